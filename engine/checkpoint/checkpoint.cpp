@@ -1,0 +1,146 @@
+// Checkpoint files; see checkpoint.h.
+#include "engine/checkpoint/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+namespace freshrec {
+namespace {
+
+constexpr int kFormatVersion = 1;
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw std::runtime_error(path + ": cannot open for fsync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error(path + ": fsync failed: " + std::strerror(errno));
+}
+
+std::string temporary_path(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
+
+void commit(const std::string& tmp, const std::string& path) {
+  fsync_path(tmp);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) throw std::runtime_error(path + ": rename from " + tmp + " failed: " + ec.message());
+  auto dir = std::filesystem::path(path).parent_path();
+  fsync_path(dir.empty() ? "." : dir.string());  // make the rename itself durable
+}
+
+std::string read_string(torch::serialize::InputArchive& archive, const std::string& key, const std::string& path) {
+  c10::IValue value;
+  if (!archive.try_read(key, value) || !value.isString())
+    throw std::runtime_error(path + ": not a freshrec checkpoint (no '" + key + "' entry)");
+  return value.toStringRef();
+}
+
+torch::serialize::InputArchive open_archive(const std::string& path) {
+  if (!std::filesystem::exists(path)) throw std::runtime_error(path + ": checkpoint not found");
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(path + ": cannot read checkpoint: " + e.what_without_backtrace());
+  }
+  return archive;
+}
+
+}  // namespace
+
+void write_file_atomically(const std::string& path, const std::string& contents) {
+  const std::string tmp = temporary_path(path);
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw std::runtime_error(tmp + ": cannot write: " + std::strerror(errno));
+    out << contents;
+    if (!out.flush()) throw std::runtime_error(tmp + ": write failed");
+  }
+  commit(tmp, path);
+}
+
+SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items) {
+  SASRecOptions o;
+  o.num_items = num_items;
+  o.hidden = config.get_int("model.hidden");
+  o.blocks = config.get_int("model.blocks");
+  o.heads = config.get_int("model.heads");
+  o.ffn_hidden = config.get_int("model.ffn_hidden");
+  o.dropout = config.get_float("model.dropout");
+  o.maxlen = config.get_int("model.maxlen");
+  return o;
+}
+
+void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optimizer* optimizer,
+                     const CheckpointInfo& info) {
+  auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  torch::serialize::OutputArchive archive;
+  torch::serialize::OutputArchive model_archive;
+  model->save(model_archive);
+  archive.write("model", model_archive);
+  if (optimizer) {
+    torch::serialize::OutputArchive optimizer_archive;
+    optimizer->save(optimizer_archive);
+    archive.write("optimizer", optimizer_archive);
+  }
+  nlohmann::json meta = info.meta;
+  meta["format_version"] = kFormatVersion;
+  meta["num_items"] = model->options().num_items;
+  archive.write("config", c10::IValue(info.config_yaml));
+  archive.write("items", c10::IValue(info.items.serialize()));
+  archive.write("users", c10::IValue(info.users.serialize()));
+  archive.write("meta", c10::IValue(meta.dump()));
+  const std::string tmp = temporary_path(path);
+  archive.save_to(tmp);
+  commit(tmp, path);
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& path) {
+  auto archive = open_archive(path);
+  CheckpointInfo info;
+  info.config_yaml = read_string(archive, "config", path);
+  info.items = IdMap::deserialize(read_string(archive, "items", path), 1);
+  info.users = IdMap::deserialize(read_string(archive, "users", path), 0);
+  info.meta = nlohmann::json::parse(read_string(archive, "meta", path));
+  const int version = info.meta.value("format_version", 0);
+  if (version != kFormatVersion)
+    throw std::runtime_error(path + ": checkpoint format " + std::to_string(version) + ", this build reads " +
+                             std::to_string(kFormatVersion));
+  return info;
+}
+
+SASRec load_checkpoint_model(const std::string& path, torch::Device device) {
+  const auto info = read_checkpoint_info(path);
+  SASRec model(sasrec_options_from_config(info.config(), info.meta.at("num_items").get<int64_t>()));
+  load_checkpoint_weights(path, model);
+  model->to(device);
+  return model;
+}
+
+void load_checkpoint_weights(const std::string& path, SASRec& model) {
+  auto archive = open_archive(path);
+  torch::serialize::InputArchive model_archive;
+  if (!archive.try_read("model", model_archive)) throw std::runtime_error(path + ": checkpoint has no model");
+  try {
+    model->load(model_archive);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(path + ": weights do not fit this model: " + e.what_without_backtrace());
+  }
+}
+
+void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
+  auto archive = open_archive(path);
+  torch::serialize::InputArchive optimizer_archive;
+  if (!archive.try_read("optimizer", optimizer_archive))
+    throw std::runtime_error(path + ": checkpoint has no optimizer state (cannot resume training from it)");
+  optimizer.load(optimizer_archive);
+}
+
+}  // namespace freshrec

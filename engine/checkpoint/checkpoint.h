@@ -1,0 +1,41 @@
+// Checkpoints: model weights, optimizer state, the config, the id maps and metadata in one file,
+// written atomically (a temporary file, fsync, then rename), so a crash never leaves half a file.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "engine/config/config.h"
+#include "engine/data/event_log.h"
+#include "models/sasrec.h"
+
+namespace freshrec {
+
+struct CheckpointInfo {
+  std::string config_yaml;
+  IdMap items{1}, users{0};
+  nlohmann::json meta;  // epoch, step, best validation, versions, ...
+  Config config() const { return Config::from_yaml_string(config_yaml, "checkpoint config"); }
+};
+
+void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optimizer* optimizer,
+                     const CheckpointInfo& info);
+
+// Everything but the tensors.
+CheckpointInfo read_checkpoint_info(const std::string& path);
+// The model, rebuilt from the checkpoint's own config and item count, on `device`.
+SASRec load_checkpoint_model(const std::string& path, torch::Device device);
+// Loads the checkpoint's weights into a model of the same shape.
+void load_checkpoint_weights(const std::string& path, SASRec& model);
+// Restores optimizer state saved with the checkpoint (the optimizer must hold the same parameters).
+void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer& optimizer);
+
+// The model options a config asks for, with the item count of the data.
+SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items);
+
+// Writes `contents` to `path` atomically (temporary file in the same folder, fsync, rename).
+void write_file_atomically(const std::string& path, const std::string& contents);
+
+}  // namespace freshrec

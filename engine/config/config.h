@@ -1,0 +1,67 @@
+// Configuration as data: a flat map of dotted keys ("model.hidden") validated against one schema.
+// Every key has a type, a default and a help line; unknown keys and bad values are errors that name
+// the key, the value and where it came from (file:line or the command line).
+#pragma once
+
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace freshrec {
+
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class KeyType { Int, Float, Bool, String, Choice, IntList };
+
+struct KeySpec {
+  std::string name;
+  KeyType type;
+  std::string default_value;         // written as in YAML
+  std::string help;
+  std::vector<std::string> choices;  // KeyType::Choice only
+};
+
+// The schema: every known key. Defined in schema.cpp.
+const std::vector<KeySpec>& config_schema();
+
+using ConfigValue = std::variant<long long, double, bool, std::string, std::vector<long long>>;
+
+class Config {
+ public:
+  // All keys at their defaults.
+  Config();
+  static Config from_yaml_file(const std::string& path);
+  static Config from_yaml_string(const std::string& text, const std::string& origin = "<string>");
+
+  // "key=value" from the command line; the value is parsed as YAML scalar or flow list.
+  void apply_override(const std::string& assignment);
+  void set(const std::string& key, const std::string& value, const std::string& origin);
+
+  long long get_int(const std::string& key) const;
+  double get_float(const std::string& key) const;
+  bool get_bool(const std::string& key) const;
+  const std::string& get_string(const std::string& key) const;  // String and Choice keys
+  const std::vector<long long>& get_int_list(const std::string& key) const;
+
+  // Nested YAML with every key, for checkpoints and `--print-config`.
+  std::string to_yaml() const;
+  // Where a key's value came from: "default", "file.yaml:12", "command line".
+  std::string origin(const std::string& key) const;
+
+ private:
+  void merge_yaml(const std::string& text, const std::string& origin);
+  const ConfigValue& value(const std::string& key, KeyType expected) const;
+
+  std::map<std::string, ConfigValue> values_;
+  std::map<std::string, std::string> origins_;
+};
+
+// Closest known key to a misspelt one ("" if none is close): for "did you mean" messages.
+std::string closest_key(const std::string& unknown);
+
+}  // namespace freshrec

@@ -1,0 +1,73 @@
+// The one list of configuration keys: name, type, default and what it does.
+// A key that is not here is rejected, so this list is also the reference of what can be set.
+#include "engine/config/config.h"
+
+namespace freshrec {
+
+const std::vector<KeySpec>& config_schema() {
+  using K = KeyType;
+  static const std::vector<KeySpec> schema = {
+      // ---- data: where the interaction log comes from ----
+      {"data.format", K::Choice, "generated", "reader for data.path",
+       {"generated", "sasrec", "movielens-dat", "movielens-csv", "movielens-udata", "recbole", "csv"}},
+      {"data.path", K::String, "", "input file (unused when data.format is generated)"},
+      {"data.strict", K::Bool, "false", "stop at the first malformed line instead of counting it"},
+      {"data.min_rating", K::Float, "0", "drop events whose rating is below this (0 keeps all)"},
+      {"data.csv.delimiter", K::String, ",", "field separator of the csv reader (\"tab\" for a tab)"},
+      {"data.csv.header", K::Bool, "true", "the first line names the columns"},
+      {"data.csv.user", K::String, "user", "user column: a header name, or a 0-based index"},
+      {"data.csv.item", K::String, "item", "item column: a header name, or a 0-based index"},
+      {"data.csv.time", K::String, "", "timestamp column (empty: line order)"},
+      {"data.csv.rating", K::String, "", "rating column (empty: none)"},
+
+      // ---- generator: the built-in synthetic log with known structure ----
+      {"generator.users", K::Int, "1500", "number of users"},
+      {"generator.items", K::Int, "600", "number of items"},
+      {"generator.clusters", K::Int, "12", "item clusters (tastes)"},
+      {"generator.events_per_user", K::Int, "40", "mean events per user (geometric-ish spread)"},
+      {"generator.sequential", K::Float, "0.7", "chance that the next item follows the cluster transition of the last one"},
+      {"generator.popularity_exponent", K::Float, "1.0", "Zipf exponent of item popularity within a cluster"},
+      {"generator.drift", K::Float, "0.002", "per-event chance that a user's favourite cluster changes"},
+      {"generator.new_item_fraction", K::Float, "0.2", "share of items that only appear later in time"},
+      {"generator.days", K::Int, "120", "time span of the log in days"},
+      {"generator.seed", K::Int, "7", "random seed (the same seed gives the same log)"},
+
+      // ---- model: SASRec; teacher and student differ only in these ----
+      {"model.hidden", K::Int, "64", "embedding and hidden width"},
+      {"model.blocks", K::Int, "2", "self-attention blocks"},
+      {"model.heads", K::Int, "1", "attention heads (must divide model.hidden)"},
+      {"model.ffn_hidden", K::Int, "0", "feed-forward inner width (0: same as model.hidden)"},
+      {"model.dropout", K::Float, "0.2", "dropout on embeddings, attention and residual branches"},
+      {"model.maxlen", K::Int, "200", "history length the model sees"},
+
+      // ---- train ----
+      {"train.loss", K::Choice, "full", "full: softmax over all items; sampled: sampled softmax with log-Q correction",
+       {"full", "sampled"}},
+      {"train.negatives", K::Int, "256", "negatives per batch for train.loss=sampled"},
+      {"train.negative_sampler", K::Choice, "popularity", "distribution of sampled negatives",
+       {"uniform", "popularity"}},
+      {"train.epochs", K::Int, "200", "maximum epochs"},
+      {"train.batch_size", K::Int, "128", "sequences per step"},
+      {"train.lr", K::Float, "0.001", "Adam learning rate"},
+      {"train.beta1", K::Float, "0.9", "Adam beta1"},
+      {"train.beta2", K::Float, "0.98", "Adam beta2"},
+      {"train.weight_decay", K::Float, "0", "decoupled weight decay (AdamW); 0: plain Adam"},
+      {"train.warmup_steps", K::Int, "0", "linear learning-rate warm-up steps"},
+      {"train.clip_norm", K::Float, "1.0", "gradient clipping by global norm (0: off)"},
+      {"train.patience", K::Int, "20", "stop after this many validations without a better NDCG@10"},
+      {"train.seed", K::Int, "42", "seed of initialisation, shuffling and dropout"},
+      {"train.device", K::Choice, "auto", "auto: CUDA when a GPU is present, else CPU", {"auto", "cpu", "cuda"}},
+      {"train.threads", K::Int, "0", "intra-op CPU threads (0: all cores)"},
+      {"train.output_dir", K::String, "runs/default", "where checkpoints and metrics go"},
+      {"train.log_every_seconds", K::Float, "10", "progress line interval"},
+      {"train.ce_chunk", K::Int, "256", "rows per chunk of the fused full-softmax cross-entropy"},
+
+      // ---- eval ----
+      {"eval.ks", K::IntList, "[1, 5, 10, 20]", "cut-offs for HR@K and NDCG@K"},
+      {"eval.batch_size", K::Int, "256", "users per evaluation batch"},
+      {"eval.filter_seen", K::Bool, "true", "exclude items the user already interacted with from the ranking"},
+  };
+  return schema;
+}
+
+}  // namespace freshrec

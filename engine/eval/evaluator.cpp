@@ -1,0 +1,93 @@
+// Evaluation; see evaluator.h.
+#include "engine/eval/evaluator.h"
+
+#include <limits>
+
+namespace freshrec {
+namespace {
+
+torch::Tensor as_tensor(const std::vector<int64_t>& values, std::vector<int64_t> shape) {
+  return torch::from_blob(const_cast<int64_t*>(values.data()), shape, torch::kLong).clone();
+}
+
+template <typename ScoreBatch>
+RankingMetrics evaluate(const UserSequences& sequences, Split split, const EvalOptions& options, ScoreBatch score) {
+  RankingMetrics metrics(options.ks);
+  const auto users = sequences.evaluation_users();
+  for (size_t start = 0; start < users.size(); start += options.batch_size) {
+    const std::vector<int32_t> chunk(users.begin() + start,
+                                     users.begin() + std::min(users.size(), start + options.batch_size));
+    SequenceBatch batch = score.make_batch(chunk);
+    auto ranks = target_ranks(score(batch), batch, sequences, split, options.filter_seen).cpu();
+    auto r = ranks.template accessor<int64_t, 1>();
+    for (int64_t i = 0; i < r.size(0); ++i) metrics.add(r[i]);
+  }
+  return metrics;
+}
+
+}  // namespace
+
+torch::Tensor target_ranks(torch::Tensor scores, const SequenceBatch& batch, const UserSequences& sequences,
+                           Split split, bool filter_seen) {
+  TORCH_CHECK(scores.dim() == 2 && scores.size(0) == batch.rows, "target_ranks: scores ", scores.sizes(),
+              " do not match a batch of ", batch.rows);
+  scores = scores.to(torch::kFloat).clone();
+  const float minus_inf = -std::numeric_limits<float>::infinity();
+  scores.select(1, 0).fill_(minus_inf);
+  auto targets = as_tensor(batch.targets, {batch.rows}).to(scores.device());
+  if (filter_seen) {
+    std::vector<int64_t> rows, cols;
+    for (int64_t r = 0; r < batch.rows; ++r) {
+      const auto& seq = sequences.items[batch.users[r]];
+      const size_t end = sequences.prefix_length(batch.users[r], split);
+      for (size_t i = 0; i < end; ++i) {
+        if (seq[i] != batch.targets[r]) rows.push_back(r), cols.push_back(seq[i]);
+      }
+    }
+    const auto n = static_cast<int64_t>(rows.size());
+    scores.index_put_({as_tensor(rows, {n}).to(scores.device()), as_tensor(cols, {n}).to(scores.device())},
+                      torch::tensor(minus_inf, scores.options()));
+  }
+  auto target_scores = scores.gather(1, targets.unsqueeze(1));  // (B, 1)
+  return (scores >= target_scores).sum(1) - 1;                  // the target counts itself once
+}
+
+RankingMetrics evaluate_model(SASRec& model, const UserSequences& sequences, Split split,
+                              const EvalOptions& options, torch::Device device) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model->is_training();
+  model->eval();
+  struct {
+    SASRec& model;
+    const UserSequences& sequences;
+    Split split;
+    torch::Device device;
+    SequenceBatch make_batch(const std::vector<int32_t>& users) const {
+      return make_eval_batch(sequences, users, split, model->options().maxlen);
+    }
+    torch::Tensor operator()(const SequenceBatch& b) const {
+      auto items = as_tensor(b.inputs, {b.rows, b.length}).to(device);
+      return model->score_all(model->last_hidden(items));
+    }
+  } score{model, sequences, split, device};
+  auto metrics = evaluate(sequences, split, options, score);
+  model->train(was_training);
+  return metrics;
+}
+
+RankingMetrics evaluate_popularity(const UserSequences& sequences, Split split, const EvalOptions& options) {
+  const auto counts = sequences.training_item_counts();
+  auto popularity = torch::tensor(std::vector<int64_t>(counts.begin(), counts.end())).to(torch::kFloat);
+  struct {
+    const UserSequences& sequences;
+    Split split;
+    torch::Tensor popularity;
+    SequenceBatch make_batch(const std::vector<int32_t>& users) const {
+      return make_eval_batch(sequences, users, split, 1);  // the model-free baseline needs no history window
+    }
+    torch::Tensor operator()(const SequenceBatch& b) const { return popularity.unsqueeze(0).expand({b.rows, -1}); }
+  } score{sequences, split, popularity};
+  return evaluate(sequences, split, options, score);
+}
+
+}  // namespace freshrec

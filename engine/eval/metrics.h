@@ -1,0 +1,37 @@
+// Full-ranking metrics from the 0-based rank of each target: HR@K, NDCG@K and MRR.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace freshrec {
+
+class RankingMetrics {
+ public:
+  explicit RankingMetrics(std::vector<long long> ks = {1, 5, 10, 20});
+  // rank: how many candidates scored strictly above the target (0 = top).
+  void add(int64_t rank);
+  void merge(const RankingMetrics& other);
+
+  size_t count() const { return count_; }
+  double hit_rate(long long k) const;  // share of targets ranked in the top k
+  double ndcg(long long k) const;      // 1/log2(rank+2) within the top k, else 0
+  double mrr() const;                  // mean 1/(rank+1), no cut-off
+  const std::vector<long long>& ks() const { return ks_; }
+
+  // {"users": n, "HR@10": ..., "NDCG@10": ..., "MRR": ...}
+  std::string to_json() const;
+
+ private:
+  std::vector<long long> ks_;
+  std::map<long long, double> hits_, ndcg_;
+  double reciprocal_rank_ = 0;
+  size_t count_ = 0;
+};
+
+// A table with one row per model: "model | HR@1 ... | NDCG@1 ... | MRR".
+std::string format_metrics_table(const std::vector<std::pair<std::string, RankingMetrics>>& rows);
+
+}  // namespace freshrec

@@ -1,0 +1,128 @@
+// Subcommand jobs; see jobs.h.
+#include "engine/jobs.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "engine/checkpoint/checkpoint.h"
+#include "engine/data/readers.h"
+#include "engine/data/sequences.h"
+#include "engine/eval/evaluator.h"
+#include "engine/runtime.h"
+#include "engine/train/trainer.h"
+
+namespace freshrec {
+namespace {
+
+EventLog load_and_report(const Config& config) {
+  ReadReport report;
+  EventLog log = load_event_log(config, &report);
+  if (report.error_count() > 0) spdlog::warn("{}", report.summary());
+  else spdlog::info("{}", report.summary());
+  return log;
+}
+
+// Re-expresses a log in a checkpoint's item ids; events of items the model never saw are dropped
+// (and counted), since a model cannot rank an item it has no row for.
+EventLog remap_items(const EventLog& log, const IdMap& items, size_t* dropped) {
+  EventLog out;
+  out.items = items;
+  out.users = log.users;
+  *dropped = 0;
+  for (const auto& e : log.events) {
+    const int32_t id = items.find(log.items.external(e.item));
+    if (id < 0) { ++*dropped; continue; }
+    Event copy = e;
+    copy.item = id;
+    out.events.push_back(copy);
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_train_job(const Config& config, const std::string& resume_path) {
+  const EventLog log = load_and_report(config);
+  const TrainSummary s = train_model(config, log, resume_path);
+  std::printf("\nbest epoch %lld of %lld%s, %.0f s, %lld parameters\n", static_cast<long long>(s.best_epoch),
+              static_cast<long long>(s.epochs_run), s.early_stopped ? " (early stop)" : "", s.seconds,
+              static_cast<long long>(s.parameters));
+  std::printf("validation (best epoch):\n%s", format_metrics_table({{"SASRec", s.best_validation}}).c_str());
+  std::printf("test:\n%s", format_metrics_table({{"SASRec", s.test}, {"popularity", s.popularity_test}}).c_str());
+  std::printf("checkpoint: %s\n", s.best_checkpoint.c_str());
+  return 0;
+}
+
+int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& overrides, const std::string& json_path) {
+  const CheckpointInfo info = read_checkpoint_info(checkpoint);
+  Config config = info.config();
+  for (const auto& o : overrides) config.apply_override(o);
+  configure_threads(config.get_int("train.threads"));
+  const torch::Device device = select_device(config.get_string("train.device"));
+  size_t dropped = 0;
+  const EventLog log = remap_items(load_and_report(config), info.items, &dropped);
+  if (dropped) spdlog::warn("{} events name items the checkpoint does not know; they are left out", dropped);
+  const UserSequences sequences = UserSequences::from_log(log);
+  EvalOptions options;
+  options.ks = config.get_int_list("eval.ks");
+  options.batch_size = config.get_int("eval.batch_size");
+  options.filter_seen = config.get_bool("eval.filter_seen");
+  SASRec model = load_checkpoint_model(checkpoint, device);
+  const RankingMetrics test = evaluate_model(model, sequences, Split::Test, options, device);
+  const RankingMetrics popularity = evaluate_popularity(sequences, Split::Test, options);
+  std::printf("test (full ranking%s), %s:\n%s", options.filter_seen ? ", seen items filtered" : "", checkpoint.c_str(),
+              format_metrics_table({{"SASRec", test}, {"popularity", popularity}}).c_str());
+  const std::string out = json_path.empty()
+                              ? (std::filesystem::path(checkpoint).parent_path() / "eval.json").string()
+                              : json_path;
+  write_file_atomically(out, nlohmann::json{{"checkpoint", checkpoint},
+                                            {"split", "test"},
+                                            {"filter_seen", options.filter_seen},
+                                            {"model", nlohmann::json::parse(test.to_json())},
+                                            {"popularity", nlohmann::json::parse(popularity.to_json())},
+                                            {"checkpoint_meta", info.meta}}
+                                 .dump(2) + "\n");
+  std::printf("metrics written to %s\n", out.c_str());
+  return 0;
+}
+
+int run_data_stats_job(const Config& config) {
+  ReadReport report;
+  const EventLog log = load_event_log(config, &report);
+  const UserSequences s = UserSequences::from_log(log);
+  std::vector<size_t> lengths;
+  for (const auto& seq : s.items) lengths.push_back(seq.size());
+  std::sort(lengths.begin(), lengths.end());
+  auto quantile = [&](double q) { return lengths[std::min(lengths.size() - 1, static_cast<size_t>(q * lengths.size()))]; };
+  const double density = static_cast<double>(log.events.size()) / (static_cast<double>(log.num_users()) * log.num_items());
+  std::printf("%s\n", report.summary().c_str());
+  std::printf("users %d, items %d, events %zu, density %.4f%%\n", log.num_users(), log.num_items(), log.events.size(),
+              100.0 * density);
+  std::printf("events per user: min %zu, median %zu, p90 %zu, max %zu\n", lengths.front(), quantile(0.5),
+              quantile(0.9), lengths.back());
+  std::printf("users with a validation and test item (3+ events): %zu\n", s.evaluation_users().size());
+  if (!log.events.empty())
+    std::printf("timestamps: %lld .. %lld\n", static_cast<long long>(log.events.front().timestamp),
+                static_cast<long long>(log.events.back().timestamp));
+  return 0;
+}
+
+int run_data_generate_job(const Config& config, const std::string& path) {
+  Config generated = config;
+  generated.set("data.format", "generated", "data generate");
+  const EventLog log = load_event_log(generated, nullptr);
+  std::string text = "user,item,timestamp\n";
+  for (const auto& e : log.events)
+    text += log.users.external(e.user) + "," + log.items.external(e.item) + "," + std::to_string(e.timestamp) + "\n";
+  write_file_atomically(path, text);
+  std::printf("wrote %zu events (%d users, %d items) to %s\n", log.events.size(), log.num_users(), log.num_items(),
+              path.c_str());
+  return 0;
+}
+
+}  // namespace freshrec

@@ -1,0 +1,25 @@
+// The jobs behind the command-line subcommands, with a torch-free interface so that the program's
+// front end compiles in seconds. Each prints its results and returns a process exit code.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "engine/config/config.h"
+
+namespace freshrec {
+
+// `freshrec train`: read the data, train, print validation/test metrics beside popularity.
+int run_train_job(const Config& config, const std::string& resume_path);
+
+// `freshrec eval`: full-ranking test metrics of a checkpoint (with the popularity baseline), as a
+// table and as JSON at json_path (default: eval.json beside the checkpoint). `overrides` change the
+// checkpoint's own config (say data.path, train.device).
+int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& overrides, const std::string& json_path);
+
+// `freshrec data stats`: what the data set holds and what the reader skipped.
+int run_data_stats_job(const Config& config);
+// `freshrec data generate`: write the generator's log as CSV (user,item,timestamp) to `path`.
+int run_data_generate_job(const Config& config, const std::string& path);
+
+}  // namespace freshrec

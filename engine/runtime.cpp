@@ -1,0 +1,26 @@
+// Runtime settings; see runtime.h.
+#include "engine/runtime.h"
+
+#include <spdlog/spdlog.h>
+
+#include <stdexcept>
+#include <thread>
+
+namespace freshrec {
+
+torch::Device select_device(const std::string& name) {
+  const bool gpu = torch::cuda::is_available();
+  if (name == "cuda" && !gpu) throw std::runtime_error("train.device is 'cuda' but no CUDA GPU is available");
+  if (name == "cuda" || (name == "auto" && gpu)) return torch::Device(torch::kCUDA, 0);
+  if (name != "cpu" && name != "auto") throw std::runtime_error("unknown device '" + name + "' (known: auto, cpu, cuda)");
+  return torch::Device(torch::kCPU);
+}
+
+void configure_threads(int64_t threads) {
+  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t n = threads > 0 ? threads : cores;
+  if (torch::get_num_threads() != n) torch::set_num_threads(static_cast<int>(n));
+  spdlog::debug("intra-op threads: {} ({} cores)", n, cores);
+}
+
+}  // namespace freshrec

@@ -1,0 +1,16 @@
+// Process-wide runtime settings: the compute device and CPU threads.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace freshrec {
+
+// "auto" picks CUDA when a GPU is present, else the CPU; "cuda" without a GPU is an error.
+torch::Device select_device(const std::string& name);
+
+// Intra-op threads: `threads` > 0, or every core (LibTorch may default to fewer).
+void configure_threads(int64_t threads);
+
+}  // namespace freshrec

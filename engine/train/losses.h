@@ -1,0 +1,38 @@
+// Next-item losses over the shared item table.
+//  - full softmax cross-entropy over every item ("SASRec+"), fused with the output projection and
+//    computed in row chunks so the (N, items) logits never exist whole;
+//  - sampled softmax with N shared negatives and log-Q correction, for large catalogs.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace freshrec {
+
+// hidden: (N, C); table: (V, C) with row 0 the padding item (never a candidate); targets: (N) int64
+// in [1, V). Returns the mean loss. Gradients for hidden and table are computed in the forward pass
+// (the loss is the graph's end), so the backward pass only scales them.
+torch::Tensor full_softmax_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& table,
+                                         const torch::Tensor& targets, int64_t chunk_rows = 256);
+
+// Draws negatives from a fixed distribution over items 1..V-1 and knows log Q of each item.
+class NegativeSampler {
+ public:
+  // counts: (V) interaction counts, index 0 unused. uniform=true ignores them.
+  NegativeSampler(const std::vector<int64_t>& counts, bool uniform);
+  // (n) item ids drawn with replacement.
+  torch::Tensor sample(int64_t n, torch::Device device) const;
+  const torch::Tensor& log_q() const { return log_q_; }  // (V) float, log of the draw probability
+
+ private:
+  torch::Tensor probabilities_, log_q_;
+};
+
+// Sampled softmax: the positive against `negatives` shared by all rows, every logit minus log Q of
+// its item (Yi et al. 2019); a negative equal to the row's positive is masked out.
+torch::Tensor sampled_softmax_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& table,
+                                            const torch::Tensor& targets, const torch::Tensor& negatives,
+                                            const torch::Tensor& log_q);
+
+}  // namespace freshrec

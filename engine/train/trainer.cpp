@@ -1,0 +1,204 @@
+// Offline trainer; see trainer.h.
+#include "engine/train/trainer.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "engine/checkpoint/checkpoint.h"
+#include "engine/data/sequences.h"
+#include "engine/eval/evaluator.h"
+#include "engine/progress.h"
+#include "engine/runtime.h"
+#include "engine/train/losses.h"
+
+namespace freshrec {
+namespace {
+
+// Per-epoch seeding: epoch e always sees the same order and dropout masks, resumed or not.
+uint64_t epoch_seed(uint64_t seed, int64_t epoch) { return seed * 1000003ULL + static_cast<uint64_t>(epoch); }
+
+void shuffle(std::vector<int32_t>& v, uint64_t seed) {
+  std::mt19937_64 engine(seed);
+  for (size_t i = v.size(); i > 1; --i) {
+    const size_t j = static_cast<size_t>(((engine() >> 11) * (1.0 / 9007199254740992.0)) * i);
+    std::swap(v[i - 1], v[j]);
+  }
+}
+
+torch::Tensor to_tensor(const std::vector<int64_t>& values, std::vector<int64_t> shape, torch::Device device) {
+  return torch::from_blob(const_cast<int64_t*>(values.data()), shape, torch::kLong).to(device, /*non_blocking=*/false,
+                                                                                         /*copy=*/true);
+}
+
+EvalOptions eval_options_from_config(const Config& config) {
+  EvalOptions o;
+  o.ks = config.get_int_list("eval.ks");
+  if (std::find(o.ks.begin(), o.ks.end(), 10) == o.ks.end()) o.ks.push_back(10);  // early stopping reads NDCG@10
+  o.batch_size = config.get_int("eval.batch_size");
+  o.filter_seen = config.get_bool("eval.filter_seen");
+  return o;
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, SASRec& model) {
+  const double lr = config.get_float("train.lr"), wd = config.get_float("train.weight_decay");
+  const auto betas = std::make_tuple(config.get_float("train.beta1"), config.get_float("train.beta2"));
+  if (wd > 0)
+    return std::make_unique<torch::optim::AdamW>(model->parameters(),
+                                                 torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd));
+  return std::make_unique<torch::optim::Adam>(model->parameters(), torch::optim::AdamOptions(lr).betas(betas));
+}
+
+}  // namespace
+
+TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path) {
+  configure_threads(config.get_int("train.threads"));
+  const torch::Device device = select_device(config.get_string("train.device"));
+  const uint64_t seed = static_cast<uint64_t>(config.get_int("train.seed"));
+  const int64_t epochs = config.get_int("train.epochs"), batch_size = config.get_int("train.batch_size");
+  const int64_t patience = config.get_int("train.patience"), warmup = config.get_int("train.warmup_steps");
+  const int64_t chunk = config.get_int("train.ce_chunk"), negatives = config.get_int("train.negatives");
+  const double lr = config.get_float("train.lr"), clip = config.get_float("train.clip_norm");
+  const bool sampled = config.get_string("train.loss") == "sampled";
+  if (epochs <= 0 || batch_size <= 0) throw ConfigError("train.epochs and train.batch_size must be positive");
+  if (sampled && negatives <= 0) throw ConfigError("train.negatives must be positive for train.loss=sampled");
+  const std::filesystem::path out_dir = config.get_string("train.output_dir");
+  std::filesystem::create_directories(out_dir);
+
+  const UserSequences sequences = UserSequences::from_log(log);
+  const auto train_users_all = sequences.training_users();
+  if (train_users_all.empty()) throw std::runtime_error("training data has no user with two or more items");
+  const EvalOptions eval_options = eval_options_from_config(config);
+
+  torch::manual_seed(seed);
+  SASRec model(sasrec_options_from_config(config, log.num_items()));
+  model->to(device);
+  auto optimizer = make_optimizer(config, model);
+  const NegativeSampler sampler(sequences.training_item_counts(), config.get_string("train.negative_sampler") == "uniform");
+  const auto log_q = sampler.log_q().to(device);
+
+  CheckpointInfo info;
+  info.config_yaml = config.to_yaml();
+  info.items = log.items;
+  info.users = log.users;
+  TrainSummary summary;
+  summary.parameters = model->parameter_count();
+  summary.best_checkpoint = (out_dir / "best.pt").string();
+  summary.last_checkpoint = (out_dir / "last.pt").string();
+  int64_t start_epoch = 1, step = 0, stale = 0;
+  double best_ndcg = -1;
+  if (!resume_path.empty()) {
+    const auto saved = read_checkpoint_info(resume_path);
+    const auto saved_options = sasrec_options_from_config(saved.config(), saved.meta.at("num_items").get<int64_t>());
+    const auto& now = model->options();
+    if (saved_options.num_items != now.num_items || saved_options.hidden != now.hidden ||
+        saved_options.blocks != now.blocks || saved_options.heads != now.heads || saved_options.maxlen != now.maxlen ||
+        saved_options.ffn_hidden != now.ffn_hidden)
+      throw std::runtime_error(resume_path + ": the checkpoint's model or item count differs from this config and data");
+    load_checkpoint_weights(resume_path, model);
+    load_checkpoint_optimizer(resume_path, *optimizer);
+    start_epoch = saved.meta.at("epoch").get<int64_t>() + 1;
+    step = saved.meta.at("step").get<int64_t>();
+    best_ndcg = saved.meta.at("best_validation_ndcg10").get<double>();
+    summary.best_epoch = saved.meta.at("best_epoch").get<int64_t>();
+    stale = saved.meta.at("stale_epochs").get<int64_t>();
+    spdlog::info("resuming from {} after epoch {} (best NDCG@10 {:.4f} at epoch {})", resume_path, start_epoch - 1,
+                 best_ndcg, summary.best_epoch);
+  }
+  spdlog::info("training SASRec: {} users, {} items, {} parameters, {} loss, on {} ({} threads)",
+               sequences.num_users(), log.num_items(), summary.parameters, config.get_string("train.loss"),
+               device.str(), torch::get_num_threads());
+
+  const int64_t batches = (static_cast<int64_t>(train_users_all.size()) + batch_size - 1) / batch_size;
+  const double log_every = config.get_float("train.log_every_seconds");
+  const auto started = std::chrono::steady_clock::now();
+  std::ofstream history(out_dir / "history.jsonl", std::ios::app);
+  int64_t epoch = start_epoch;
+  summary.epochs_run = start_epoch - 1;
+  for (; epoch <= epochs && stale < patience; ++epoch) {
+    torch::manual_seed(epoch_seed(seed, epoch));
+    auto users = train_users_all;
+    shuffle(users, epoch_seed(seed, epoch));
+    model->train();
+    Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(epochs), batches, log_every);
+    auto loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
+    for (int64_t b = 0; b < batches; ++b) {
+      const std::vector<int32_t> chunk_users(users.begin() + b * batch_size,
+                                             users.begin() + std::min<int64_t>(users.size(), (b + 1) * batch_size));
+      const SequenceBatch batch = make_train_batch(sequences, chunk_users, model->options().maxlen);
+      auto inputs = to_tensor(batch.inputs, {batch.rows, batch.length}, device);
+      auto targets = to_tensor(batch.targets, {batch.rows * batch.length}, device);
+      auto hidden = model->forward(inputs).reshape({batch.rows * batch.length, -1});  // (B*T, C)
+      auto positions = targets.nonzero().squeeze(1);
+      hidden = hidden.index_select(0, positions);
+      targets = targets.index_select(0, positions);
+      auto loss = sampled ? sampled_softmax_cross_entropy(hidden, model->item_embedding(), targets,
+                                                          sampler.sample(negatives, device), log_q)
+                          : full_softmax_cross_entropy(hidden, model->item_embedding(), targets, chunk);
+      optimizer->zero_grad();
+      loss.backward();
+      if (clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), clip);
+      if (warmup > 0) {
+        const double scale = std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup));
+        for (auto& group : optimizer->param_groups()) group.options().set_lr(lr * scale);
+      }
+      optimizer->step();
+      ++step;
+      loss_sum += loss.detach();
+      if (progress.due(b + 1)) progress.log(b + 1, loss_sum.item<double>() / (b + 1));
+    }
+    const double train_loss = loss_sum.item<double>() / batches;
+    const RankingMetrics validation = evaluate_model(model, sequences, Split::Validation, eval_options, device);
+    const double ndcg = validation.ndcg(10);
+    const bool improved = ndcg > best_ndcg;
+    if (improved) {
+      best_ndcg = ndcg, summary.best_epoch = epoch, stale = 0;
+      summary.best_validation = validation;
+    } else {
+      ++stale;
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    spdlog::info("epoch {} loss {:.4f} validation HR@10 {:.4f} NDCG@10 {:.4f}{} ({:.0f}s)", epoch, train_loss,
+                 validation.hit_rate(10), ndcg, improved ? " best" : "", seconds);
+    history << nlohmann::json{{"epoch", epoch}, {"step", step}, {"loss", train_loss}, {"seconds", seconds},
+                              {"validation", nlohmann::json::parse(validation.to_json())}}.dump()
+            << "\n" << std::flush;
+    info.meta = {{"kind", "train"},
+                 {"epoch", epoch},
+                 {"step", step},
+                 {"best_validation_ndcg10", best_ndcg},
+                 {"best_epoch", summary.best_epoch},
+                 {"stale_epochs", stale},
+                 {"validation", nlohmann::json::parse(validation.to_json())},
+                 {"torch_version", TORCH_VERSION}};
+    if (improved) save_checkpoint(summary.best_checkpoint, model, optimizer.get(), info);
+    save_checkpoint(summary.last_checkpoint, model, optimizer.get(), info);
+    summary.epochs_run = epoch;
+  }
+  summary.early_stopped = stale >= patience;
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (summary.best_epoch == 0) throw std::runtime_error("no epoch was trained (train.epochs reached already?)");
+
+  // Test the best model, beside the popularity baseline.
+  load_checkpoint_weights(summary.best_checkpoint, model);
+  summary.test = evaluate_model(model, sequences, Split::Test, eval_options, device);
+  summary.popularity_test = evaluate_popularity(sequences, Split::Test, eval_options);
+  if (summary.best_validation.count() == 0)  // resumed after the best epoch: re-measure it
+    summary.best_validation = evaluate_model(model, sequences, Split::Validation, eval_options, device);
+  write_file_atomically((out_dir / "test.json").string(),
+                        nlohmann::json{{"best_epoch", summary.best_epoch},
+                                       {"epochs_run", summary.epochs_run},
+                                       {"early_stopped", summary.early_stopped},
+                                       {"seconds", summary.seconds},
+                                       {"parameters", summary.parameters},
+                                       {"device", device.str()},
+                                       {"validation", nlohmann::json::parse(summary.best_validation.to_json())},
+                                       {"test", nlohmann::json::parse(summary.test.to_json())},
+                                       {"popularity_test", nlohmann::json::parse(summary.popularity_test.to_json())}}
+                                .dump(2) + "\n");
+  return summary;
+}
+
+}  // namespace freshrec

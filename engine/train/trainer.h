@@ -1,0 +1,30 @@
+// Offline training of a SASRec teacher (or student) on a leave-one-out split: Adam/AdamW with warm-up
+// and clipping, validation NDCG@10 every epoch, early stopping with patience, the best checkpoint
+// kept, and resumption from the last checkpoint. Seeded per epoch, so a resumed run on the CPU
+// repeats an uninterrupted one.
+#pragma once
+
+#include <string>
+
+#include "engine/config/config.h"
+#include "engine/data/event_log.h"
+#include "engine/eval/metrics.h"
+
+namespace freshrec {
+
+struct TrainSummary {
+  int64_t epochs_run = 0;  // last epoch trained
+  int64_t best_epoch = 0;
+  bool early_stopped = false;
+  double seconds = 0;
+  RankingMetrics best_validation, test, popularity_test;
+  std::string best_checkpoint, last_checkpoint;
+  int64_t parameters = 0;
+};
+
+// Trains on `log` as the config says; resume_path (optional) is a last.pt written by an earlier run
+// with the same config and data. Writes best.pt, last.pt, history.jsonl and test.json to
+// train.output_dir.
+TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path = "");
+
+}  // namespace freshrec

@@ -1,0 +1,65 @@
+// SASRec (Kang & McAuley 2018): a causal transformer over a user's item history that predicts the
+// next item. Teacher and student are this one class with different options.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace freshrec {
+
+struct SASRecOptions {
+  int64_t num_items = 0;  // items are 1..num_items; 0 is padding
+  int64_t hidden = 64;
+  int64_t blocks = 2;
+  int64_t heads = 1;
+  int64_t ffn_hidden = 0;  // 0: hidden
+  double dropout = 0.2;
+  int64_t maxlen = 200;
+  void validate() const;  // throws std::invalid_argument naming the bad option
+};
+
+// One pre-norm block: x + Attention(LN(x)), then x + FFN(LN(x)).
+class SASRecBlockImpl : public torch::nn::Module {
+ public:
+  SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout);
+  // x: (B, T, C); mask: (B, 1, T, T) bool, true where attention is allowed.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
+
+ private:
+  int64_t heads_;
+  double dropout_;
+  torch::nn::LayerNorm attention_norm_{nullptr}, ffn_norm_{nullptr};
+  torch::nn::Linear qkv_{nullptr}, attention_out_{nullptr}, ffn_in_{nullptr}, ffn_out_{nullptr};
+  torch::nn::Dropout residual_dropout_{nullptr};
+};
+TORCH_MODULE(SASRecBlock);
+
+class SASRecImpl : public torch::nn::Module {
+ public:
+  explicit SASRecImpl(const SASRecOptions& options);
+
+  // items: (B, T) int64, left-padded with 0 (position T-1 is the newest). Returns (B, T, C).
+  torch::Tensor forward(const torch::Tensor& items);
+  // Scores of every item, padding included (column 0): (..., C) -> (..., num_items + 1).
+  torch::Tensor score_all(const torch::Tensor& hidden) const;
+  // The representation after the newest item: (B, T) -> (B, C).
+  torch::Tensor last_hidden(const torch::Tensor& items) { return forward(items).select(1, -1); }
+
+  const SASRecOptions& options() const { return options_; }
+  // The item table, shared by the input lookup and the output scores: (num_items + 1, C).
+  const torch::Tensor& item_embedding() const { return item_embedding_; }
+  int64_t parameter_count() const;
+
+ private:
+  SASRecOptions options_;
+  torch::Tensor item_embedding_, position_embedding_;
+  torch::nn::Dropout embedding_dropout_{nullptr};
+  torch::nn::ModuleList blocks_;
+  torch::nn::LayerNorm final_norm_{nullptr};
+};
+TORCH_MODULE(SASRec);
+
+// Attention mask for left-padded histories: causal, padding keys hidden, and each position may
+// always see itself (so rows of padding are never fully masked). (B, T) -> (B, 1, T, T) bool.
+torch::Tensor history_attention_mask(const torch::Tensor& items);
+
+}  // namespace freshrec

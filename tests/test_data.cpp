@@ -1,0 +1,340 @@
+// Torch-free tests: config validation, readers on good and bad input, the generator, the
+// leave-one-out split and batches, and the ranking metrics against hand-computed cases.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "engine/config/config.h"
+#include "engine/data/generator.h"
+#include "engine/data/readers.h"
+#include "engine/data/sequences.h"
+#include "engine/eval/metrics.h"
+
+namespace fs = std::filesystem;
+using namespace freshrec;
+
+namespace {
+
+// A fresh folder per test, removed afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    path_ = fs::temp_directory_path() /
+            ("freshrec-test-" + std::to_string(::getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string write(const std::string& name, const std::string& text) const {
+    const auto p = path_ / name;
+    std::ofstream(p) << text;
+    return p.string();
+  }
+  fs::path path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+template <typename F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+ReaderOptions options_for(LogFormat format, bool strict = false) {
+  ReaderOptions o;
+  o.format = format;
+  o.strict = strict;
+  return o;
+}
+
+}  // namespace
+
+// ---- config ------------------------------------------------------------------------------------
+
+TEST(Config, DefaultsAndOverrides) {
+  Config c;
+  EXPECT_EQ(c.get_int("model.hidden"), 64);
+  EXPECT_EQ(c.get_string("train.loss"), "full");
+  c.apply_override("model.hidden=128");
+  c.apply_override("eval.ks=[1,10]");
+  c.apply_override("data.csv.delimiter=,");
+  EXPECT_EQ(c.get_int("model.hidden"), 128);
+  EXPECT_EQ(c.get_int_list("eval.ks"), (std::vector<long long>{1, 10}));
+  EXPECT_EQ(c.get_string("data.csv.delimiter"), ",");
+  EXPECT_EQ(c.origin("model.hidden"), "command line");
+}
+
+TEST(Config, YamlFileWithLineNumbersInErrors) {
+  TempDir dir;
+  const auto good = dir.write("good.yaml", "model:\n  hidden: 32\ntrain:\n  lr: 0.01\n");
+  const Config c = Config::from_yaml_file(good);
+  EXPECT_EQ(c.get_int("model.hidden"), 32);
+  EXPECT_DOUBLE_EQ(c.get_float("train.lr"), 0.01);
+  EXPECT_EQ(c.origin("train.lr"), good + ":4");
+
+  const auto typo = dir.write("typo.yaml", "model:\n  hiden: 32\n");
+  const auto message = error_of([&] { Config::from_yaml_file(typo); });
+  EXPECT_NE(message.find(typo + ":2"), std::string::npos) << message;
+  EXPECT_NE(message.find("unknown config key 'model.hiden'"), std::string::npos) << message;
+  EXPECT_NE(message.find("did you mean 'model.hidden'"), std::string::npos) << message;
+
+  const auto bad_type = dir.write("type.yaml", "train:\n  epochs: many\n");
+  EXPECT_NE(error_of([&] { Config::from_yaml_file(bad_type); }).find("'many' is not an integer"), std::string::npos);
+  const auto bad_choice = dir.write("choice.yaml", "train:\n  loss: ful\n");
+  EXPECT_NE(error_of([&] { Config::from_yaml_file(bad_choice); }).find("one of: full, sampled"), std::string::npos);
+  const auto bad_yaml = dir.write("broken.yaml", "model: [\n");
+  EXPECT_NE(error_of([&] { Config::from_yaml_file(bad_yaml); }).find("invalid YAML"), std::string::npos);
+  EXPECT_NE(error_of([] { Config::from_yaml_file("/nonexistent/x.yaml"); }).find("cannot open"), std::string::npos);
+}
+
+TEST(Config, OverrideErrorsNameTheKey) {
+  Config c;
+  EXPECT_NE(error_of([&] { c.apply_override("train.hidden=3"); }).find("did you mean 'model.hidden'"), std::string::npos);
+  EXPECT_NE(error_of([&] { c.apply_override("model.hidden"); }).find("not key=value"), std::string::npos);
+  EXPECT_NE(error_of([&] { c.apply_override("model.dropout=abc"); }).find("model.dropout"), std::string::npos);
+  EXPECT_NE(error_of([&] { c.apply_override("data.strict=maybe"); }).find("true or false"), std::string::npos);
+}
+
+TEST(Config, YamlRoundTrip) {
+  Config c;
+  c.apply_override("model.hidden=48");
+  c.apply_override("train.lr=0.0003");
+  c.apply_override("eval.ks=[3,7]");
+  c.apply_override("data.path=some file.txt");
+  const Config back = Config::from_yaml_string(c.to_yaml());
+  EXPECT_EQ(back.to_yaml(), c.to_yaml());
+  EXPECT_EQ(back.get_int("model.hidden"), 48);
+  EXPECT_DOUBLE_EQ(back.get_float("train.lr"), 0.0003);
+  EXPECT_EQ(back.get_string("data.path"), "some file.txt");
+}
+
+// ---- readers -----------------------------------------------------------------------------------
+
+TEST(Readers, SasrecFormat) {
+  TempDir dir;
+  const auto path = dir.write("log.txt", "1 10\n1 11\n2 10\n1 12\n\n2 13\n");
+  ReadReport report;
+  const EventLog log = read_event_log(path, options_for(LogFormat::Sasrec), &report);
+  EXPECT_EQ(log.events.size(), 5u);
+  EXPECT_EQ(log.num_users(), 2);
+  EXPECT_EQ(log.num_items(), 4);
+  EXPECT_EQ(report.error_count(), 0u);
+  const UserSequences s = UserSequences::from_log(log);
+  ASSERT_EQ(s.items[0].size(), 3u);
+  EXPECT_EQ(log.items.external(s.items[0][2]), "12");  // line order is time order
+}
+
+TEST(Readers, MovielensFormats) {
+  TempDir dir;
+  const auto dat = dir.write("ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n");
+  const EventLog a = read_event_log(dat, options_for(LogFormat::MovielensDat), nullptr);
+  ASSERT_EQ(a.events.size(), 3u);
+  EXPECT_EQ(a.events.front().timestamp, 978298413);  // sorted by time
+  EXPECT_FLOAT_EQ(a.events.front().rating, 4.0f);
+
+  const auto csv = dir.write("ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n");
+  const EventLog b = read_event_log(csv, options_for(LogFormat::MovielensCsv), nullptr);
+  ASSERT_EQ(b.events.size(), 2u);
+  EXPECT_EQ(b.items.external(b.events.front().item), "3");
+
+  const auto udata = dir.write("u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n");
+  const EventLog c = read_event_log(udata, options_for(LogFormat::MovielensUdata), nullptr);
+  EXPECT_EQ(c.events.size(), 2u);
+
+  ReaderOptions filtered = options_for(LogFormat::MovielensDat);
+  filtered.min_rating = 4;
+  ReadReport report;
+  EXPECT_EQ(read_event_log(dat, filtered, &report).events.size(), 2u);
+  EXPECT_EQ(report.below_min_rating, 1u);
+}
+
+TEST(Readers, RecboleAndGenericCsv) {
+  TempDir dir;
+  const auto inter = dir.write("x.inter",
+                               "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                               "u1\tiA\t4\t100.0\nu1\tiB\t5\t50\n");
+  const EventLog r = read_event_log(inter, options_for(LogFormat::Recbole), nullptr);
+  ASSERT_EQ(r.events.size(), 2u);
+  EXPECT_EQ(r.items.external(r.events.front().item), "iB");
+
+  ReaderOptions csv = options_for(LogFormat::Csv);
+  csv.delimiter = ';';
+  csv.user_column = "who";
+  csv.item_column = "what";
+  csv.time_column = "when";
+  const auto path = dir.write("x.csv", "what;who;when\nbook;ann;20\npen;bob;10\n");
+  const EventLog g = read_event_log(path, csv, nullptr);
+  ASSERT_EQ(g.events.size(), 2u);
+  EXPECT_EQ(g.users.external(g.events.front().user), "bob");
+
+  ReaderOptions by_index = options_for(LogFormat::Csv);
+  by_index.header = false;
+  by_index.delimiter = '\t';
+  by_index.user_column = "1";
+  by_index.item_column = "0";
+  by_index.time_column = "";
+  const auto tsv = dir.write("x.tsv", "book\tann\npen\tbob\n");
+  const EventLog t = read_event_log(tsv, by_index, nullptr);
+  EXPECT_EQ(t.users.external(t.events.front().user), "ann");
+}
+
+TEST(Readers, GzippedFile) {
+  TempDir dir;
+  const auto path = (dir.path() / "ratings.dat.gz").string();
+  gzFile f = gzopen(path.c_str(), "wb");
+  const std::string text = "1::10::5::100\n2::10::4::200\n";
+  gzwrite(f, text.data(), static_cast<unsigned>(text.size()));
+  gzclose(f);
+  EXPECT_EQ(read_event_log(path, options_for(LogFormat::MovielensDat), nullptr).events.size(), 2u);
+}
+
+TEST(Readers, BadLinesAreCountedWithFileAndLine) {
+  TempDir dir;
+  const auto path = dir.write("bad.dat", "1::10::5::100\nnot a line\n2::x::4::200\n3::11::4::soon\n4::12::4::300\n");
+  ReadReport report;
+  const EventLog log = read_event_log(path, options_for(LogFormat::MovielensDat), &report);
+  EXPECT_EQ(log.events.size(), 2u);
+  EXPECT_EQ(report.lines, 5u);
+  EXPECT_EQ(report.error_count(), 3u);
+  EXPECT_EQ(report.errors.at("too few fields"), 1u);
+  EXPECT_EQ(report.errors.at("non-numeric item id"), 1u);
+  EXPECT_EQ(report.errors.at("bad timestamp"), 1u);
+  ASSERT_EQ(report.examples.size(), 3u);
+  EXPECT_NE(report.examples[0].find(path + ":2:"), std::string::npos) << report.examples[0];
+  EXPECT_NE(report.examples[1].find("item id 'x' is not a non-negative integer"), std::string::npos);
+  EXPECT_NE(report.summary().find("3 skipped"), std::string::npos);
+}
+
+TEST(Readers, StrictStopsAtTheFirstBadLine) {
+  TempDir dir;
+  const auto path = dir.write("bad.txt", "1 10\n1 11\n-3 12\n");
+  const auto message = error_of([&] { read_event_log(path, options_for(LogFormat::Sasrec, true), nullptr); });
+  EXPECT_NE(message.find(path + ":3: user id '-3' is not a non-negative integer"), std::string::npos) << message;
+}
+
+TEST(Readers, StructuralProblemsAreAlwaysErrors) {
+  TempDir dir;
+  const auto empty = dir.write("empty.txt", "\n\n");
+  EXPECT_NE(error_of([&] { read_event_log(empty, options_for(LogFormat::Sasrec), nullptr); }).find("empty file"),
+            std::string::npos);
+  const auto header = dir.write("r.csv", "userId,movieId,timestamp\n1,2,3\n");
+  const auto message = error_of([&] { read_event_log(header, options_for(LogFormat::MovielensCsv), nullptr); });
+  EXPECT_NE(message.find(header + ":1: column 'rating' not in the header"), std::string::npos) << message;
+  EXPECT_NE(error_of([&] { read_event_log(dir.path() / "missing.txt", options_for(LogFormat::Sasrec), nullptr); })
+                .find("cannot open"),
+            std::string::npos);
+  const auto all_bad = dir.write("junk.txt", "a b\nc d\n");
+  EXPECT_NE(error_of([&] { read_event_log(all_bad, options_for(LogFormat::Sasrec), nullptr); }).find("no valid events"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { parse_log_format("parquet"); }).find("known: csv"), std::string::npos);
+}
+
+TEST(Readers, ConfigSelectsReaderAndChecksColumns) {
+  Config c;
+  c.apply_override("data.format=csv");
+  c.apply_override("data.csv.header=false");
+  c.apply_override("data.csv.user=user");
+  EXPECT_NE(error_of([&] { ReaderOptions::from_config(c); }).find("not a column index"), std::string::npos);
+  EXPECT_NE(error_of([&] { load_event_log(c, nullptr); }).find("data.path is empty"), std::string::npos);
+}
+
+// ---- generator ---------------------------------------------------------------------------------
+
+TEST(Generator, SeededAndReproducible) {
+  GeneratorOptions o;
+  o.users = 200;
+  o.items = 100;
+  const EventLog a = generate_event_log(o), b = generate_event_log(o);
+  ASSERT_EQ(a.events.size(), b.events.size());
+  for (size_t i = 0; i < a.events.size(); ++i) {
+    EXPECT_EQ(a.events[i].item, b.events[i].item);
+    EXPECT_EQ(a.events[i].timestamp, b.events[i].timestamp);
+  }
+  o.seed = 8;
+  const EventLog c = generate_event_log(o);
+  size_t same = 0;
+  for (size_t i = 0; i < std::min(a.events.size(), c.events.size()); ++i) same += a.events[i].item == c.events[i].item;
+  EXPECT_LT(same, a.events.size() / 2);
+}
+
+TEST(Generator, StructureIsThere) {
+  GeneratorOptions o;
+  o.users = 400;
+  o.items = 200;
+  o.new_item_fraction = 0.3;
+  const EventLog log = generate_event_log(o);
+  EXPECT_GT(log.events.size(), static_cast<size_t>(o.users * (o.events_per_user - 10)));
+  EXPECT_LE(log.num_items(), o.items);
+  for (size_t i = 1; i < log.events.size(); ++i) ASSERT_LE(log.events[i - 1].timestamp, log.events[i].timestamp);
+  // New items: some items first appear late in the log.
+  std::set<int32_t> seen_in_first_tenth;
+  for (size_t i = 0; i < log.events.size() / 10; ++i) seen_in_first_tenth.insert(log.events[i].item);
+  EXPECT_LT(seen_in_first_tenth.size(), static_cast<size_t>(log.num_items()) * 9 / 10);
+  // No repeats within a user.
+  const UserSequences s = UserSequences::from_log(log);
+  for (const auto& seq : s.items) EXPECT_EQ(std::set<int32_t>(seq.begin(), seq.end()).size(), seq.size());
+  EXPECT_NE(error_of([] { GeneratorOptions bad; bad.clusters = 0; generate_event_log(bad); }).find("clusters"),
+            std::string::npos);
+}
+
+// ---- sequences ---------------------------------------------------------------------------------
+
+TEST(Sequences, LeaveOneOutAndBatches) {
+  UserSequences s;
+  s.num_items = 9;
+  s.items = {{1, 2, 3, 4, 5}, {6, 7}, {8, 9, 1}};
+  EXPECT_EQ(s.evaluation_users(), (std::vector<int32_t>{0, 2}));
+  EXPECT_EQ(s.training_users(), (std::vector<int32_t>{0, 1}));  // user 2 keeps one training item
+  EXPECT_EQ(s.prefix_length(0, Split::Train), 3u);
+  EXPECT_EQ(s.prefix_length(0, Split::Validation), 3u);
+  EXPECT_EQ(s.prefix_length(0, Split::Test), 4u);
+
+  const SequenceBatch train = make_train_batch(s, {0, 1}, 4);
+  // user 0 trains on 1,2,3: inputs [0 0 1 2], targets [0 0 2 3]; user 1 on 6,7.
+  EXPECT_EQ(train.inputs, (std::vector<int64_t>{0, 0, 1, 2, 0, 0, 0, 6}));
+  EXPECT_EQ(train.targets, (std::vector<int64_t>{0, 0, 2, 3, 0, 0, 0, 7}));
+
+  const SequenceBatch valid = make_eval_batch(s, {0, 2}, Split::Validation, 2);
+  EXPECT_EQ(valid.inputs, (std::vector<int64_t>{2, 3, 0, 8}));
+  EXPECT_EQ(valid.targets, (std::vector<int64_t>{4, 9}));
+  const SequenceBatch test = make_eval_batch(s, {0}, Split::Test, 8);
+  EXPECT_EQ(test.targets, (std::vector<int64_t>{5}));
+  EXPECT_EQ(test.inputs[7], 4);
+
+  const auto counts = s.training_item_counts();
+  // Training prefixes: user 0 {1,2,3}, user 1 {6,7}, user 2 {8}.
+  EXPECT_EQ(counts, (std::vector<int64_t>{0, 1, 1, 1, 0, 0, 1, 1, 1, 0}));
+}
+
+// ---- metrics -----------------------------------------------------------------------------------
+
+TEST(Metrics, HandComputed) {
+  RankingMetrics m({1, 3});
+  m.add(0);  // top: hit@1, hit@3, ndcg 1, rr 1
+  m.add(2);  // third: hit@3, ndcg@3 = 1/log2(4) = 0.5, rr 1/3
+  m.add(9);  // miss, rr 0.1
+  EXPECT_EQ(m.count(), 3u);
+  EXPECT_DOUBLE_EQ(m.hit_rate(1), 1.0 / 3);
+  EXPECT_DOUBLE_EQ(m.hit_rate(3), 2.0 / 3);
+  EXPECT_DOUBLE_EQ(m.ndcg(1), 1.0 / 3);
+  EXPECT_DOUBLE_EQ(m.ndcg(3), (1.0 + 0.5) / 3);
+  EXPECT_DOUBLE_EQ(m.mrr(), (1.0 + 1.0 / 3 + 0.1) / 3);
+  RankingMetrics other({1, 3});
+  other.add(1);  // second: ndcg@3 = 1/log2(3)
+  m.merge(other);
+  EXPECT_DOUBLE_EQ(m.ndcg(3), (1.0 + 0.5 + 1.0 / std::log2(3.0)) / 4);
+  EXPECT_NE(m.to_json().find("\"NDCG@3\""), std::string::npos);
+  EXPECT_THROW(m.add(-1), std::invalid_argument);
+  EXPECT_THROW(RankingMetrics({0}), std::invalid_argument);
+}

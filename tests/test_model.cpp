@@ -1,0 +1,228 @@
+// Torch tests: the model's causality and padding, the losses against LibTorch references, ranking,
+// checkpoints (round trip, resume) and a short training run that must beat popularity.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "engine/checkpoint/checkpoint.h"
+#include "engine/data/generator.h"
+#include "engine/data/readers.h"
+#include "engine/eval/evaluator.h"
+#include "engine/train/losses.h"
+#include "engine/train/trainer.h"
+#include "models/sasrec.h"
+
+namespace fs = std::filesystem;
+using namespace freshrec;
+
+namespace {
+
+SASRecOptions small_options(int64_t items = 30) {
+  SASRecOptions o;
+  o.num_items = items;
+  o.hidden = 16;
+  o.blocks = 2;
+  o.heads = 2;
+  o.dropout = 0.1;
+  o.maxlen = 12;
+  return o;
+}
+
+std::string temp_folder(const std::string& name) {
+  const auto p = fs::temp_directory_path() / ("freshrec-model-" + std::to_string(::getpid()) + "-" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+// A small generated data set and a config that trains on it in seconds.
+Config small_training_config(const std::string& out) {
+  Config c;
+  c.apply_override("generator.users=600");
+  c.apply_override("generator.items=150");
+  c.apply_override("generator.clusters=10");
+  c.apply_override("generator.events_per_user=25");
+  c.apply_override("generator.sequential=0.8");
+  c.apply_override("model.hidden=32");
+  c.apply_override("model.maxlen=20");
+  c.apply_override("model.dropout=0.1");
+  c.apply_override("train.batch_size=64");
+  c.apply_override("train.lr=0.003");
+  c.apply_override("train.threads=2");
+  c.apply_override("train.device=cpu");
+  c.apply_override("train.log_every_seconds=1000");
+  c.apply_override("train.output_dir=" + out);
+  return c;
+}
+
+}  // namespace
+
+TEST(SASRec, IsCausal) {
+  torch::manual_seed(0);
+  SASRec model(small_options());
+  model->eval();
+  auto items = torch::tensor({{0, 0, 3, 4, 5, 6, 7, 8}}, torch::kLong);
+  auto changed = items.clone();
+  changed[0][6] = 20;  // change a later item
+  auto a = model->forward(items), b = model->forward(changed);
+  EXPECT_TRUE(torch::equal(a.narrow(1, 0, 6), b.narrow(1, 0, 6)));  // earlier positions unchanged
+  EXPECT_FALSE(torch::allclose(a.narrow(1, 6, 2), b.narrow(1, 6, 2)));
+}
+
+TEST(SASRec, LeftPaddingDoesNotChangeTheAnswer) {
+  torch::manual_seed(0);
+  SASRec model(small_options());
+  model->eval();
+  auto short_pad = torch::tensor({{0, 3, 4, 5}}, torch::kLong);
+  auto long_pad = torch::tensor({{0, 0, 0, 0, 0, 0, 3, 4, 5}}, torch::kLong);
+  EXPECT_TRUE(torch::allclose(model->last_hidden(short_pad), model->last_hidden(long_pad), 1e-5, 1e-6));
+  auto scores = model->score_all(model->last_hidden(short_pad));
+  EXPECT_EQ(scores.sizes(), (std::vector<int64_t>{1, 31}));
+}
+
+TEST(SASRec, RejectsBadOptionsAndInputs) {
+  auto o = small_options();
+  o.heads = 3;  // does not divide 16
+  EXPECT_THROW(SASRec{o}, std::invalid_argument);
+  SASRec model(small_options());
+  EXPECT_THROW(model->forward(torch::zeros({1, 13}, torch::kLong)), c10::Error);  // longer than maxlen
+}
+
+TEST(Losses, FusedFullSoftmaxMatchesLibTorch) {
+  torch::manual_seed(1);
+  auto hidden = torch::randn({37, 8}, torch::requires_grad());
+  auto table = torch::randn({11, 8}, torch::requires_grad());
+  auto targets = torch::randint(1, 11, {37}, torch::kLong);
+  auto ours = full_softmax_cross_entropy(hidden, table, targets, /*chunk_rows=*/5);
+  ours.backward();
+  auto dh = hidden.grad().clone(), dt = table.grad().clone();
+  hidden.mutable_grad().zero_();
+  table.mutable_grad().zero_();
+  auto logits = torch::matmul(hidden, table.t());
+  logits = logits.index_fill(1, torch::tensor({0}), -std::numeric_limits<float>::infinity());
+  auto reference = torch::nn::functional::cross_entropy(logits, targets);
+  reference.backward();
+  EXPECT_NEAR(ours.item<double>(), reference.item<double>(), 1e-5);
+  EXPECT_TRUE(torch::allclose(dh, hidden.grad(), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(dt, table.grad(), 1e-5, 1e-6));
+  EXPECT_EQ(dt[0].abs().sum().item<float>(), 0.0f);  // padding row gets no gradient
+}
+
+TEST(Losses, SampledSoftmaxWithEveryItemIsFullSoftmax) {
+  torch::manual_seed(2);
+  auto hidden = torch::randn({9, 8});
+  auto table = torch::randn({7, 8});
+  auto targets = torch::randint(1, 7, {9}, torch::kLong);
+  // All items as negatives with a uniform Q: the correction is a constant, and the positive's own
+  // copy among the negatives is masked, so this is exactly the full softmax.
+  auto negatives = torch::arange(1, 7, torch::kLong);
+  auto log_q = torch::full({7}, std::log(1.0 / 6));
+  auto sampled = sampled_softmax_cross_entropy(hidden, table, targets, negatives, log_q);
+  auto full = full_softmax_cross_entropy(hidden, table, targets);
+  EXPECT_NEAR(sampled.item<double>(), full.item<double>(), 1e-5);
+
+  NegativeSampler sampler({0, 100, 1, 1}, /*uniform=*/false);
+  auto draws = sampler.sample(2000, torch::kCPU);
+  EXPECT_EQ(draws.min().item<int64_t>() >= 1, true);
+  EXPECT_GT((draws == 1).sum().item<int64_t>(), 1800);  // item 1 holds 101/105 of the mass
+}
+
+TEST(Evaluator, RanksFilterSeenAndCountTiesAgainstTheTarget) {
+  UserSequences s;
+  s.num_items = 5;
+  s.items = {{1, 2, 3, 4}};
+  const SequenceBatch batch = make_eval_batch(s, {0}, Split::Test, 4);  // target 4, seen {1,2,3}
+  auto scores = torch::tensor({{9.f, 5.f, 8.f, 7.f, 6.f, 6.f}});       // column 0 is padding
+  EXPECT_EQ(target_ranks(scores, batch, s, Split::Test, true).item<int64_t>(), 1);   // only item 5 ties
+  EXPECT_EQ(target_ranks(scores, batch, s, Split::Test, false).item<int64_t>(), 3);  // 2, 3 above, 5 ties
+  auto constant = torch::ones({1, 6});
+  EXPECT_EQ(target_ranks(constant, batch, s, Split::Test, false).item<int64_t>(), 4);  // last, not first
+}
+
+TEST(Checkpoint, RoundTripGivesIdenticalScores) {
+  const auto dir = temp_folder("roundtrip");
+  torch::manual_seed(3);
+  SASRec model(small_options());
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-2));
+  auto items = torch::tensor({{0, 1, 2, 3}, {5, 6, 7, 8}}, torch::kLong);
+  auto loss = model->score_all(model->last_hidden(items)).logsumexp(1).mean();
+  loss.backward();
+  optimizer.step();  // non-trivial optimizer state
+  model->eval();
+  auto before = model->score_all(model->last_hidden(items));
+
+  CheckpointInfo info;
+  info.config_yaml = Config().to_yaml();
+  info.items.intern("a");
+  info.users.intern("u");
+  info.meta = {{"epoch", 4}};
+  const auto path = dir + "/model.pt";
+  // The checkpoint must describe this model: the config carries the small options.
+  Config config;
+  config.apply_override("model.hidden=16");
+  config.apply_override("model.heads=2");
+  config.apply_override("model.maxlen=12");
+  config.apply_override("model.dropout=0.1");
+  info.config_yaml = config.to_yaml();
+  save_checkpoint(path, model, &optimizer, info);
+  for (const auto& entry : fs::directory_iterator(dir))  // no temporary left behind
+    EXPECT_EQ(entry.path().filename(), "model.pt");
+
+  SASRec loaded = load_checkpoint_model(path, torch::kCPU);
+  loaded->eval();
+  EXPECT_TRUE(torch::equal(before, loaded->score_all(loaded->last_hidden(items))));
+  const auto back = read_checkpoint_info(path);
+  EXPECT_EQ(back.meta.at("epoch"), 4);
+  EXPECT_EQ(back.items.external(1), "a");
+  EXPECT_EQ(back.config().get_int("model.hidden"), 16);
+
+  torch::optim::Adam restored(loaded->parameters(), torch::optim::AdamOptions(1e-2));
+  load_checkpoint_optimizer(path, restored);
+  const auto& state = restored.state();
+  EXPECT_EQ(state.size(), optimizer.state().size());
+
+  EXPECT_THROW(read_checkpoint_info(dir + "/missing.pt"), std::runtime_error);
+  fs::remove_all(dir);
+}
+
+TEST(Training, BeatsPopularityAndResumesExactly) {
+  const auto dir = temp_folder("train");
+  Config config = small_training_config(dir + "/full");
+  config.apply_override("train.epochs=6");
+  const EventLog log = load_event_log(config, nullptr);
+  const TrainSummary full = train_model(config, log);
+  EXPECT_EQ(full.epochs_run, 6);
+  EXPECT_GT(full.test.ndcg(10), full.popularity_test.ndcg(10) * 1.2)
+      << "SASRec NDCG@10 " << full.test.ndcg(10) << " vs popularity " << full.popularity_test.ndcg(10);
+  EXPECT_TRUE(fs::exists(dir + "/full/best.pt"));
+  EXPECT_TRUE(fs::exists(dir + "/full/test.json"));
+
+  // Stop after 3 epochs, resume to 6: the same weights as the uninterrupted run, bit for bit.
+  Config first = small_training_config(dir + "/resumed");
+  first.apply_override("train.epochs=3");
+  train_model(first, log);
+  Config second = small_training_config(dir + "/resumed");
+  second.apply_override("train.epochs=6");
+  const TrainSummary resumed = train_model(second, log, dir + "/resumed/last.pt");
+  EXPECT_EQ(resumed.epochs_run, 6);
+  SASRec a = load_checkpoint_model(dir + "/full/last.pt", torch::kCPU);
+  SASRec b = load_checkpoint_model(dir + "/resumed/last.pt", torch::kCPU);
+  const auto pa = a->named_parameters(), pb = b->named_parameters();
+  for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+  EXPECT_DOUBLE_EQ(resumed.test.ndcg(10), full.test.ndcg(10));
+  fs::remove_all(dir);
+}
+
+TEST(Training, SampledSoftmaxAlsoLearns) {
+  const auto dir = temp_folder("sampled");
+  Config config = small_training_config(dir);
+  config.apply_override("train.epochs=6");
+  config.apply_override("train.loss=sampled");
+  config.apply_override("train.negatives=64");
+  const EventLog log = load_event_log(config, nullptr);
+  const TrainSummary s = train_model(config, log);
+  EXPECT_GT(s.test.ndcg(10), s.popularity_test.ndcg(10) * 1.2)
+      << "SASRec NDCG@10 " << s.test.ndcg(10) << " vs popularity " << s.popularity_test.ndcg(10);
+  fs::remove_all(dir);
+}
