@@ -1,0 +1,109 @@
+// CPU bodies of the sparse embedding ops (mirrors cuda/sparse_embedding_kernel.cu).
+// Parallel over segments; each segment is reduced in its sorted order, so results do not depend on
+// the thread count.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "kernels/sparse_embedding_common.h"
+
+namespace freshrec::ops {
+namespace {
+
+// ---- kernels ---------------------------------------------------------------------------------------
+
+// Sum of grad_output rows order[begin..end) into out (D), in fp32.
+void reduce_segment(const float* grad_output, const int64_t* order, int64_t begin, int64_t end, int64_t D, float* out) {
+  std::fill(out, out + D, 0.f);
+  for (int64_t p = begin; p < end; ++p) {
+    const float* g = grad_output + order[p] * D;
+    for (int64_t d = 0; d < D; ++d) out[d] += g[d];
+  }
+}
+
+void adam_row(float* w, float* m, float* v, const float* g, int64_t D, int64_t* row_step, int64_t step,
+              const AdamScalars& a, bool per_row_step) {
+  const int64_t t = per_row_step ? ++*row_step : step;
+  float step_size, bc2_sqrt;
+  adam_bias_terms(a, t, step_size, bc2_sqrt);
+  for (int64_t d = 0; d < D; ++d) adam_element(w[d], m[d], v[d], g[d], a, step_size, bc2_sqrt);
+}
+
+// ---- host entries ----------------------------------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor> embedding_backward_sparse_cpu(const at::Tensor& indices, const at::Tensor& grad_output,
+                                                                 int64_t num_rows, int64_t padding_idx) {
+  check_lookup("embedding_backward_sparse", indices, grad_output, num_rows);
+  const int64_t D = grad_output.size(1);
+  const Segments seg = sort_into_segments(indices, padding_idx);
+  auto row_grads = at::empty({seg.count(), D}, grad_output.options().dtype(at::kFloat));
+  if (seg.count() == 0) return {seg.rows, row_grads};
+  const auto grad = grad_output.contiguous();
+  const float* g = grad.data_ptr<float>();
+  const int64_t* order = seg.order.data_ptr<int64_t>();
+  const int64_t* offsets = seg.offsets.data_ptr<int64_t>();
+  float* out = row_grads.data_ptr<float>();
+  at::parallel_for(0, seg.count(), 64, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) reduce_segment(g, order, offsets[s], offsets[s + 1], D, out + s * D);
+  });
+  return {seg.rows, row_grads};
+}
+
+void rowwise_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
+                      const at::Tensor& rows, const at::Tensor& row_grads, int64_t step, double lr, double beta1,
+                      double beta2, double eps, double weight_decay, bool decoupled, bool per_row_step) {
+  const int64_t D = weight.size(1);
+  check_adam_state("rowwise_adam_", weight, exp_avg, exp_avg_sq, row_step, D, weight.device());
+  TORCH_CHECK(step >= 1, "rowwise_adam_: step must be >= 1, got ", step);
+  check_lookup("rowwise_adam_", rows, row_grads, weight.size(0));
+  const AdamScalars a = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled);
+  if (rows.numel() == 0) return;
+  const auto grads = row_grads.contiguous();
+  const int64_t* r = rows.data_ptr<int64_t>();
+  const float* g = grads.data_ptr<float>();
+  float *w = weight.data_ptr<float>(), *m = exp_avg.data_ptr<float>(), *v = exp_avg_sq.data_ptr<float>();
+  int64_t* steps = row_step.data_ptr<int64_t>();
+  at::parallel_for(0, rows.size(0), 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t row = r[i];
+      adam_row(w + row * D, m + row * D, v + row * D, g + i * D, D, steps + row, step, a, per_row_step);
+    }
+  });
+}
+
+void embedding_backward_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
+                                 const at::Tensor& indices, const at::Tensor& grad_output, int64_t padding_idx,
+                                 int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay,
+                                 bool decoupled, bool per_row_step) {
+  const int64_t D = grad_output.size(1);
+  check_lookup("embedding_backward_adam_", indices, grad_output, weight.size(0));
+  check_adam_state("embedding_backward_adam_", weight, exp_avg, exp_avg_sq, row_step, D, indices.device());
+  TORCH_CHECK(step >= 1, "embedding_backward_adam_: step must be >= 1, got ", step);
+  const AdamScalars a = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled);
+  const Segments seg = sort_into_segments(indices, padding_idx);
+  if (seg.count() == 0) return;
+  const auto grad = grad_output.contiguous();
+  const float* g = grad.data_ptr<float>();
+  const int64_t *order = seg.order.data_ptr<int64_t>(), *offsets = seg.offsets.data_ptr<int64_t>();
+  const int64_t* rows = seg.rows.data_ptr<int64_t>();
+  float *w = weight.data_ptr<float>(), *m = exp_avg.data_ptr<float>(), *v = exp_avg_sq.data_ptr<float>();
+  int64_t* steps = row_step.data_ptr<int64_t>();
+  at::parallel_for(0, seg.count(), 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> row_grad(D);  // one row's gradient: the only gradient memory of the fused path
+    for (int64_t s = begin; s < end; ++s) {
+      reduce_segment(g, order, offsets[s], offsets[s + 1], D, row_grad.data());
+      const int64_t row = rows[s];
+      adam_row(w + row * D, m + row * D, v + row * D, row_grad.data(), D, steps + row, step, a, per_row_step);
+    }
+  });
+}
+
+}  // namespace
+}  // namespace freshrec::ops
+
+TORCH_LIBRARY_IMPL(freshrec, CPU, m) {
+  m.impl("embedding_backward_sparse", &freshrec::ops::embedding_backward_sparse_cpu);
+  m.impl("rowwise_adam_", &freshrec::ops::rowwise_adam_cpu);
+  m.impl("embedding_backward_adam_", &freshrec::ops::embedding_backward_adam_cpu);
+}
