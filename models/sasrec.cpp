@@ -79,11 +79,16 @@ torch::Tensor SASRecImpl::forward(const torch::Tensor& items) {
   auto real = (items != 0).unsqueeze(-1).to(item_embedding_.dtype());  // (B, T, 1)
   // Positions count from the newest item, so the newest always has the same embedding.
   auto positions = position_embedding_.narrow(0, options_.maxlen - T, T);
-  auto x = torch::embedding(item_embedding_, items, /*padding_idx=*/0) * std::sqrt(static_cast<double>(options_.hidden));
+  auto x = lookup_items(items) * std::sqrt(static_cast<double>(options_.hidden));
   x = embedding_dropout_->forward((x + positions) * real);
   auto mask = history_attention_mask(items);
   for (auto& block : *blocks_) x = block->as<SASRecBlock>()->forward(x, mask) * real;
   return final_norm_->forward(x);
+}
+
+torch::Tensor SASRecImpl::lookup_items(const torch::Tensor& items) {
+  if (sparse_sink_ && is_training()) return ops::sparse_embedding_lookup(item_embedding_, items, *sparse_sink_);
+  return torch::embedding(item_embedding_, items, /*padding_idx=*/0);
 }
 
 torch::Tensor SASRecImpl::score_all(const torch::Tensor& hidden) const {

@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include "kernels/sparse_embedding_autograd.h"
+
 namespace freshrec {
 
 struct SASRecOptions {
@@ -41,6 +43,10 @@ class SASRecImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& items);
   // Scores of every item, padding included (column 0): (..., C) -> (..., num_items + 1).
   torch::Tensor score_all(const torch::Tensor& hidden) const;
+  // Item embedding rows for any shape of ids: (...) -> (..., C). With a sparse-gradient sink set,
+  // the lookup's gradient goes there instead of into a dense table gradient.
+  torch::Tensor lookup_items(const torch::Tensor& items);
+  void set_sparse_gradients(ops::SparseGradients* sink) { sparse_sink_ = sink; }
   // The representation after the newest item: (B, T) -> (B, C).
   torch::Tensor last_hidden(const torch::Tensor& items) { return forward(items).select(1, -1); }
 
@@ -55,6 +61,7 @@ class SASRecImpl : public torch::nn::Module {
   torch::nn::Dropout embedding_dropout_{nullptr};
   torch::nn::ModuleList blocks_;
   torch::nn::LayerNorm final_norm_{nullptr};
+  ops::SparseGradients* sparse_sink_ = nullptr;
 };
 TORCH_MODULE(SASRec);
 

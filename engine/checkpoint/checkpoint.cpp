@@ -78,7 +78,7 @@ SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items
 }
 
 void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optimizer* optimizer,
-                     const CheckpointInfo& info) {
+                     const CheckpointInfo& info, torch::nn::Module* sparse_optimizer) {
   auto parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
   torch::serialize::OutputArchive archive;
@@ -89,6 +89,11 @@ void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optim
     torch::serialize::OutputArchive optimizer_archive;
     optimizer->save(optimizer_archive);
     archive.write("optimizer", optimizer_archive);
+  }
+  if (sparse_optimizer) {
+    torch::serialize::OutputArchive sparse_archive;
+    sparse_optimizer->save(sparse_archive);
+    archive.write("sparse_optimizer", sparse_archive);
   }
   nlohmann::json meta = info.meta;
   meta["format_version"] = kFormatVersion;
@@ -135,12 +140,19 @@ void load_checkpoint_weights(const std::string& path, SASRec& model) {
   }
 }
 
-void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
+void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer& optimizer,
+                               torch::nn::Module* sparse_optimizer) {
   auto archive = open_archive(path);
   torch::serialize::InputArchive optimizer_archive;
   if (!archive.try_read("optimizer", optimizer_archive))
     throw std::runtime_error(path + ": checkpoint has no optimizer state (cannot resume training from it)");
   optimizer.load(optimizer_archive);
+  if (sparse_optimizer) {
+    torch::serialize::InputArchive sparse_archive;
+    if (!archive.try_read("sparse_optimizer", sparse_archive))
+      throw std::runtime_error(path + ": checkpoint has no row-wise optimizer state (trained without sparse embeddings?)");
+    sparse_optimizer->load(sparse_archive);
+  }
 }
 
 }  // namespace freshrec

@@ -20,8 +20,9 @@ struct CheckpointInfo {
   Config config() const { return Config::from_yaml_string(config_yaml, "checkpoint config"); }
 };
 
+// `sparse_optimizer` (optional): the row-wise optimizer's state module (moments of the item table).
 void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optimizer* optimizer,
-                     const CheckpointInfo& info);
+                     const CheckpointInfo& info, torch::nn::Module* sparse_optimizer = nullptr);
 
 // Everything but the tensors.
 CheckpointInfo read_checkpoint_info(const std::string& path);
@@ -30,7 +31,9 @@ SASRec load_checkpoint_model(const std::string& path, torch::Device device);
 // Loads the checkpoint's weights into a model of the same shape.
 void load_checkpoint_weights(const std::string& path, SASRec& model);
 // Restores optimizer state saved with the checkpoint (the optimizer must hold the same parameters).
-void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer& optimizer);
+// With `sparse_optimizer`, its state is restored too (and must be in the checkpoint).
+void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer& optimizer,
+                               torch::nn::Module* sparse_optimizer = nullptr);
 
 // The model options a config asks for, with the item count of the data.
 SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items);

@@ -80,15 +80,17 @@ torch::Tensor NegativeSampler::sample(int64_t n, torch::Device device) const {
   return torch::multinomial(probabilities_, n, /*replacement=*/true).to(device);
 }
 
-torch::Tensor sampled_softmax_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& table,
-                                            const torch::Tensor& targets, const torch::Tensor& negatives,
-                                            const torch::Tensor& log_q) {
-  TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == table.size(1), "sampled_softmax_cross_entropy: hidden ",
-              hidden.sizes(), " and table ", table.sizes(), " do not match");
-  auto positive = (hidden * torch::embedding(table, targets)).sum(1, /*keepdim=*/true) -
-                  log_q.index_select(0, targets).unsqueeze(1);                                    // (N, 1)
-  auto negative = torch::matmul(hidden, torch::embedding(table, negatives).t()) -
-                  log_q.index_select(0, negatives).unsqueeze(0);                                  // (N, K)
+torch::Tensor sampled_softmax_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& positive_rows,
+                                            const torch::Tensor& negative_rows, const torch::Tensor& targets,
+                                            const torch::Tensor& negatives, const torch::Tensor& log_q) {
+  TORCH_CHECK(hidden.dim() == 2 && positive_rows.sizes() == hidden.sizes(), "sampled_softmax_cross_entropy: hidden ",
+              hidden.sizes(), " and positive rows ", positive_rows.sizes(), " do not match");
+  TORCH_CHECK(negative_rows.dim() == 2 && negative_rows.size(1) == hidden.size(1) &&
+                  negative_rows.size(0) == negatives.size(0),
+              "sampled_softmax_cross_entropy: negative rows ", negative_rows.sizes(), " do not match ",
+              negatives.size(0), " negatives of width ", hidden.size(1));
+  auto positive = (hidden * positive_rows).sum(1, /*keepdim=*/true) - log_q.index_select(0, targets).unsqueeze(1);  // (N, 1)
+  auto negative = torch::matmul(hidden, negative_rows.t()) - log_q.index_select(0, negatives).unsqueeze(0);         // (N, K)
   negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1),
                                   -std::numeric_limits<float>::infinity());
   auto logits = torch::cat({positive, negative}, 1).to(torch::kFloat);

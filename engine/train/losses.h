@@ -29,10 +29,11 @@ class NegativeSampler {
   torch::Tensor probabilities_, log_q_;
 };
 
-// Sampled softmax: the positive against `negatives` shared by all rows, every logit minus log Q of
-// its item (Yi et al. 2019); a negative equal to the row's positive is masked out.
-torch::Tensor sampled_softmax_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& table,
-                                            const torch::Tensor& targets, const torch::Tensor& negatives,
-                                            const torch::Tensor& log_q);
+// Sampled softmax: each row's positive against `negatives` shared by all rows, every logit minus
+// log Q of its item (Yi et al. 2019); a negative equal to the row's positive is masked out.
+// positive_rows: (N, C) embeddings of targets; negative_rows: (K, C) embeddings of negatives.
+torch::Tensor sampled_softmax_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& positive_rows,
+                                            const torch::Tensor& negative_rows, const torch::Tensor& targets,
+                                            const torch::Tensor& negatives, const torch::Tensor& log_q);
 
 }  // namespace freshrec

@@ -13,6 +13,7 @@
 #include "engine/progress.h"
 #include "engine/runtime.h"
 #include "engine/train/losses.h"
+#include "engine/train/sparse_adam.h"
 
 namespace freshrec {
 namespace {
@@ -42,13 +43,24 @@ EvalOptions eval_options_from_config(const Config& config) {
   return o;
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& config, SASRec& model) {
+// LibTorch's Adam/AdamW for the dense parameters: all of them, or all but the item table when that
+// is updated row-wise (then `sparse` gets the row-wise optimizer with the same hyper-parameters).
+std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, SASRec& model, SparseRowAdam* sparse) {
   const double lr = config.get_float("train.lr"), wd = config.get_float("train.weight_decay");
-  const auto betas = std::make_tuple(config.get_float("train.beta1"), config.get_float("train.beta2"));
-  if (wd > 0)
-    return std::make_unique<torch::optim::AdamW>(model->parameters(),
-                                                 torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd));
-  return std::make_unique<torch::optim::Adam>(model->parameters(), torch::optim::AdamOptions(lr).betas(betas));
+  const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
+  std::vector<torch::Tensor> dense;
+  for (const auto& p : model->parameters())
+    if (!sparse || !p.is_same(model->item_embedding())) dense.push_back(p);
+  if (sparse) {
+    ops::RowwiseAdamOptions o;
+    o.lr = lr, o.beta1 = beta1, o.beta2 = beta2, o.weight_decay = wd, o.decoupled_weight_decay = wd > 0;
+    o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";
+    *sparse = SparseRowAdam(model->item_embedding(), o, /*padding_idx=*/0);
+    model->set_sparse_gradients(&(*sparse)->gradients());
+  }
+  const auto betas = std::make_tuple(beta1, beta2);
+  if (wd > 0) return std::make_unique<torch::optim::AdamW>(dense, torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd));
+  return std::make_unique<torch::optim::Adam>(dense, torch::optim::AdamOptions(lr).betas(betas));
 }
 
 }  // namespace
@@ -62,6 +74,10 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   const int64_t chunk = config.get_int("train.ce_chunk"), negatives = config.get_int("train.negatives");
   const double lr = config.get_float("train.lr"), clip = config.get_float("train.clip_norm");
   const bool sampled = config.get_string("train.loss") == "sampled";
+  const bool sparse = config.get_bool("train.sparse_embeddings");
+  if (sparse && !sampled)
+    throw ConfigError(config.origin("train.sparse_embeddings") +
+                      ": train.sparse_embeddings needs train.loss=sampled (a full softmax touches every row)");
   if (epochs <= 0 || batch_size <= 0) throw ConfigError("train.epochs and train.batch_size must be positive");
   if (sampled && negatives <= 0) throw ConfigError("train.negatives must be positive for train.loss=sampled");
   const std::filesystem::path out_dir = config.get_string("train.output_dir");
@@ -75,7 +91,9 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   torch::manual_seed(seed);
   SASRec model(sasrec_options_from_config(config, log.num_items()));
   model->to(device);
-  auto optimizer = make_optimizer(config, model);
+  SparseRowAdam sparse_optimizer{nullptr};
+  auto optimizer = make_optimizers(config, model, sparse ? &sparse_optimizer : nullptr);
+  torch::nn::Module* sparse_state = sparse ? sparse_optimizer.get() : nullptr;  // saved with checkpoints
   const NegativeSampler sampler(sequences.training_item_counts(), config.get_string("train.negative_sampler") == "uniform");
   const auto log_q = sampler.log_q().to(device);
 
@@ -98,7 +116,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
         saved_options.ffn_hidden != now.ffn_hidden)
       throw std::runtime_error(resume_path + ": the checkpoint's model or item count differs from this config and data");
     load_checkpoint_weights(resume_path, model);
-    load_checkpoint_optimizer(resume_path, *optimizer);
+    load_checkpoint_optimizer(resume_path, *optimizer, sparse_state);
     start_epoch = saved.meta.at("epoch").get<int64_t>() + 1;
     step = saved.meta.at("step").get<int64_t>();
     best_ndcg = saved.meta.at("best_validation_ndcg10").get<double>();
@@ -134,17 +152,28 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       auto positions = targets.nonzero().squeeze(1);
       hidden = hidden.index_select(0, positions);
       targets = targets.index_select(0, positions);
-      auto loss = sampled ? sampled_softmax_cross_entropy(hidden, model->item_embedding(), targets,
-                                                          sampler.sample(negatives, device), log_q)
-                          : full_softmax_cross_entropy(hidden, model->item_embedding(), targets, chunk);
+      torch::Tensor loss;
+      if (sampled) {
+        const auto drawn = sampler.sample(negatives, device);
+        loss = sampled_softmax_cross_entropy(hidden, model->lookup_items(targets), model->lookup_items(drawn), targets,
+                                             drawn, log_q);
+      } else {
+        loss = full_softmax_cross_entropy(hidden, model->item_embedding(), targets, chunk);
+      }
       optimizer->zero_grad();
       loss.backward();
-      if (clip > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), clip);
-      if (warmup > 0) {
-        const double scale = std::min(1.0, static_cast<double>(step + 1) / static_cast<double>(warmup));
-        for (auto& group : optimizer->param_groups()) group.options().set_lr(lr * scale);
+      // With sparse embeddings the clipping norm covers the dense parameters only: the table's
+      // gradient is never reduced before the fused update (and Adam's step is scale-free per row).
+      if (clip > 0) {
+        std::vector<torch::Tensor> clipped;
+        for (const auto& group : optimizer->param_groups())
+          for (const auto& p : group.params()) clipped.push_back(p);
+        torch::nn::utils::clip_grad_norm_(clipped, clip);
       }
+      const double lr_now = warmup > 0 ? lr * std::min(1.0, static_cast<double>(step + 1) / warmup) : lr;
+      for (auto& group : optimizer->param_groups()) group.options().set_lr(lr_now);
       optimizer->step();
+      if (sparse) sparse_optimizer->step(lr_now);
       ++step;
       loss_sum += loss.detach();
       if (progress.due(b + 1)) progress.log(b + 1, loss_sum.item<double>() / (b + 1));
@@ -173,8 +202,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                  {"stale_epochs", stale},
                  {"validation", nlohmann::json::parse(validation.to_json())},
                  {"torch_version", TORCH_VERSION}};
-    if (improved) save_checkpoint(summary.best_checkpoint, model, optimizer.get(), info);
-    save_checkpoint(summary.last_checkpoint, model, optimizer.get(), info);
+    if (improved) save_checkpoint(summary.best_checkpoint, model, optimizer.get(), info, sparse_state);
+    save_checkpoint(summary.last_checkpoint, model, optimizer.get(), info, sparse_state);
     summary.epochs_run = epoch;
   }
   summary.early_stopped = stale >= patience;

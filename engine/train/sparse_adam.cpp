@@ -1,0 +1,28 @@
+// Row-wise Adam over sparse lookup gradients; see sparse_adam.h.
+#include "engine/train/sparse_adam.h"
+
+namespace freshrec {
+
+SparseRowAdamImpl::SparseRowAdamImpl(torch::Tensor weight, ops::RowwiseAdamOptions options, int64_t padding_idx)
+    : weight_(std::move(weight)), options_(options), padding_idx_(padding_idx) {
+  exp_avg_ = register_buffer("exp_avg", torch::zeros_like(weight_));
+  exp_avg_sq_ = register_buffer("exp_avg_sq", torch::zeros_like(weight_));
+  row_step_ = register_buffer("row_step", torch::zeros({weight_.size(0)}, weight_.options().dtype(torch::kLong)));
+  step_ = register_buffer("step", torch::zeros({}, torch::kLong));  // on the CPU: read every step
+}
+
+void SparseRowAdamImpl::step(double lr) {
+  if (gradients_.empty()) return;
+  auto indices = torch::cat(gradients_.indices);
+  auto grads = torch::cat(gradients_.grad_outputs);
+  gradients_.clear();
+  step_ += 1;
+  auto options = options_;
+  options.lr = lr;
+  torch::NoGradGuard no_grad;
+  auto weight = weight_.detach();  // the same storage, updated in place
+  ops::embedding_backward_adam_(weight, exp_avg_, exp_avg_sq_, row_step_, indices, grads, padding_idx_,
+                                step_.item<int64_t>(), options);
+}
+
+}  // namespace freshrec

@@ -1,0 +1,32 @@
+// Row-wise Adam for an embedding table whose gradient is kept sparse: per step it takes the lookups'
+// gradients collected by ops::sparse_embedding_lookup and updates only the touched rows with the fused
+// kernel (no dense gradient, no dense moments pass). Its state (moments, per-row steps, global step)
+// is a module's buffers, so it is saved in and restored from checkpoints.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "kernels/sparse_embedding.h"
+#include "kernels/sparse_embedding_autograd.h"
+
+namespace freshrec {
+
+class SparseRowAdamImpl : public torch::nn::Module {
+ public:
+  SparseRowAdamImpl(torch::Tensor weight, ops::RowwiseAdamOptions options, int64_t padding_idx = 0);
+
+  // Where lookups of `weight` send their gradients.
+  ops::SparseGradients& gradients() { return gradients_; }
+  // Applies and clears the collected gradients at learning rate `lr`. No-op when nothing was looked up.
+  void step(double lr);
+  int64_t steps_taken() const { return step_.item<int64_t>(); }
+
+ private:
+  torch::Tensor weight_, exp_avg_, exp_avg_sq_, row_step_, step_;
+  ops::RowwiseAdamOptions options_;
+  int64_t padding_idx_;
+  ops::SparseGradients gradients_;
+};
+TORCH_MODULE(SparseRowAdam);
+
+}  // namespace freshrec
