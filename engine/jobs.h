@@ -2,6 +2,7 @@
 // front end compiles in seconds. Each prints its results and returns a process exit code.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -21,5 +22,15 @@ int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& 
 int run_data_stats_job(const Config& config);
 // `freshrec data generate`: write the generator's log as CSV (user,item,timestamp) to `path`.
 int run_data_generate_job(const Config& config, const std::string& path);
+
+// `freshrec bench kernels`: the embedding-table update step by each variant, in one run.
+struct KernelBenchOptions {
+  int64_t rows = 0;  // 0: 10,000,000 on a GPU, 1,000,000 on the CPU
+  int64_t dim = 0;   // 0: 128 on a GPU, 64 on the CPU
+  int64_t lookups = 65536;
+  int64_t steps = 0;  // timed steps (0: 50 on a GPU, 5 on the CPU)
+  std::string device = "auto";
+};
+int run_kernel_bench_job(const KernelBenchOptions& options);
 
 }  // namespace freshrec

@@ -22,12 +22,23 @@ void reduce_segment(const float* grad_output, const int64_t* order, int64_t begi
   }
 }
 
-void adam_row(float* w, float* m, float* v, const float* g, int64_t D, int64_t* row_step, int64_t step,
-              const AdamScalars& a, bool per_row_step) {
-  const int64_t t = per_row_step ? ++*row_step : step;
+// Bias terms by the global step, computed once per call; by the row's own count, once per row
+// (pow is expensive next to a 64-wide row update).
+struct BiasTerms {
   float step_size, bc2_sqrt;
-  adam_bias_terms(a, t, step_size, bc2_sqrt);
-  for (int64_t d = 0; d < D; ++d) adam_element(w[d], m[d], v[d], g[d], a, step_size, bc2_sqrt);
+};
+
+void adam_row(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ g,
+              int64_t D, int64_t* row_step, const BiasTerms& global, const AdamScalars& a, bool per_row_step) {
+  BiasTerms b = global;
+  if (per_row_step) adam_bias_terms(a, ++*row_step, b.step_size, b.bc2_sqrt);
+  for (int64_t d = 0; d < D; ++d) adam_element(w[d], m[d], v[d], g[d], a, b.step_size, b.bc2_sqrt);
+}
+
+BiasTerms global_bias_terms(const AdamScalars& a, int64_t step) {
+  BiasTerms b;
+  adam_bias_terms(a, step, b.step_size, b.bc2_sqrt);
+  return b;
 }
 
 // ---- host entries ----------------------------------------------------------------------------------
@@ -64,10 +75,11 @@ void rowwise_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_a
   const float* g = grads.data_ptr<float>();
   float *w = weight.data_ptr<float>(), *m = exp_avg.data_ptr<float>(), *v = exp_avg_sq.data_ptr<float>();
   int64_t* steps = row_step.data_ptr<int64_t>();
+  const BiasTerms bias = global_bias_terms(a, step);
   at::parallel_for(0, rows.size(0), 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t row = r[i];
-      adam_row(w + row * D, m + row * D, v + row * D, g + i * D, D, steps + row, step, a, per_row_step);
+      adam_row(w + row * D, m + row * D, v + row * D, g + i * D, D, steps + row, bias, a, per_row_step);
     }
   });
 }
@@ -89,12 +101,13 @@ void embedding_backward_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Te
   const int64_t* rows = seg.rows.data_ptr<int64_t>();
   float *w = weight.data_ptr<float>(), *m = exp_avg.data_ptr<float>(), *v = exp_avg_sq.data_ptr<float>();
   int64_t* steps = row_step.data_ptr<int64_t>();
+  const BiasTerms bias = global_bias_terms(a, step);
   at::parallel_for(0, seg.count(), 64, [&](int64_t begin, int64_t end) {
     std::vector<float> row_grad(D);  // one row's gradient: the only gradient memory of the fused path
     for (int64_t s = begin; s < end; ++s) {
       reduce_segment(g, order, offsets[s], offsets[s + 1], D, row_grad.data());
       const int64_t row = rows[s];
-      adam_row(w + row * D, m + row * D, v + row * D, row_grad.data(), D, steps + row, step, a, per_row_step);
+      adam_row(w + row * D, m + row * D, v + row * D, row_grad.data(), D, steps + row, bias, a, per_row_step);
     }
   });
 }

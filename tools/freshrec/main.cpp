@@ -63,6 +63,18 @@ int main(int argc, char** argv) {
   generate_args.attach(generate);
   generate->add_option("--out,-o", generate_out, "output CSV file")->required();
 
+  auto* bench = app.add_subcommand("bench", "measure the engine beside its baselines, in one run");
+  bench->require_subcommand(1);
+  freshrec::KernelBenchOptions kernel_bench;
+  auto* bench_kernels = bench->add_subcommand(
+      "kernels", "embedding-table update step: fused row-wise Adam vs LibTorch dense and sparse paths, and the bound");
+  bench_kernels->add_option("--rows", kernel_bench.rows, "table rows (default 10,000,000 on a GPU, 1,000,000 on the CPU)");
+  bench_kernels->add_option("--dim", kernel_bench.dim, "embedding width (default 128 on a GPU, 64 on the CPU)");
+  bench_kernels->add_option("--lookups", kernel_bench.lookups, "lookups per step")->capture_default_str();
+  bench_kernels->add_option("--steps", kernel_bench.steps, "timed steps (default 50 on a GPU, 5 on the CPU)");
+  bench_kernels->add_option("--device", kernel_bench.device, "auto, cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -82,6 +94,7 @@ int main(int argc, char** argv) {
     };
     if (*train) return with_config(train_args, [&](const freshrec::Config& c) { return freshrec::run_train_job(c, resume); });
     if (*eval) return freshrec::run_eval_job(checkpoint, eval_overrides, json_out);
+    if (*bench_kernels) return freshrec::run_kernel_bench_job(kernel_bench);
     if (*stats) return with_config(stats_args, [](const freshrec::Config& c) { return freshrec::run_data_stats_job(c); });
     if (*generate)
       return with_config(generate_args, [&](const freshrec::Config& c) { return freshrec::run_data_generate_job(c, generate_out); });
