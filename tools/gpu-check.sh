@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The device check for a GPU machine without a package registry (recipe: ../shared/docs/GPU-BUILD.md).
+#   here:   tools/gpu-check.sh fetch        Debian packages the build needs, into .deps/debs (git-ignored)
+#   there:  tools/gpu-check.sh run OUT      unpack them, build with the machine's PyTorch, then run the
+#                                           torch tests (CUDA ones included), `bench kernels` on the GPU,
+#                                           and the demo training on the GPU and on the CPU; logs to OUT
+# Through the device tool: carry [".deps"] and run `bash tools/gpu-check.sh run $OUT`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEBS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libgtest-dev libgmock-dev
+  googletest libcli11-dev nlohmann-json3-dev libjemalloc-dev libjemalloc2 zlib1g-dev)
+
+case "${1:-}" in
+  fetch)
+    rm -rf .deps/debs && mkdir -p .deps/debs
+    (cd .deps/debs && apt-get download "${DEBS[@]}")
+    echo "fetched $(ls .deps/debs | wc -l) packages into .deps/debs ($(du -sh .deps/debs | cut -f1))"
+    ;;
+  run)
+    out=${2:?usage: $0 run OUT_DIR}
+    mkdir -p "$out"
+    prefix=/tmp/freshrec-deps
+    for f in .deps/debs/*.deb; do dpkg-deb -x "$f" "$prefix"; done
+    export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+    torch_cmake=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+    { nvidia-smi; python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'; nvcc --version; } \
+      >"$out/machine.txt" 2>&1 || true
+    start=$(date +%s)
+    cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix/usr;$torch_cmake" \
+      -DFRESHREC_CUDA=ON >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+    cmake --build build-gpu -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -m 20 -E "error|FAILED" "$out/build.log"; exit 1; }
+    echo "build: $(( $(date +%s) - start )) s" | tee -a "$out/machine.txt"
+    status=0
+    ./build-gpu/test_torch 2>&1 | tail -40 >"$out/tests.txt" || status=1
+    ./build-gpu/test_data >/dev/null 2>&1 || status=1
+    ./build-gpu/freshrec bench kernels --device cuda >"$out/bench-kernels.txt" 2>&1 || status=1
+    for device in cuda cpu; do
+      ./build-gpu/freshrec train -c configs/demo.yaml train.device=$device train.output_dir=/tmp/freshrec-demo-$device \
+        train.log_every_seconds=30 >"$out/train-$device.txt" 2>&1 || status=1
+    done
+    grep -h -E "passed|FAILED|Skipped" "$out/tests.txt" || true
+    cat "$out/bench-kernels.txt"
+    tail -n 8 "$out/train-cuda.txt" "$out/train-cpu.txt"
+    exit $status
+    ;;
+  *)
+    echo "usage: $0 fetch | run OUT_DIR" >&2; exit 2 ;;
+esac
