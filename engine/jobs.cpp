@@ -14,6 +14,8 @@
 #include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
 #include "engine/runtime.h"
+#include "engine/stream/sources.h"
+#include "engine/stream/stream_learner.h"
 #include "engine/train/trainer.h"
 
 namespace freshrec {
@@ -88,6 +90,62 @@ int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& 
                                             {"checkpoint_meta", info.meta}}
                                  .dump(2) + "\n");
   std::printf("metrics written to %s\n", out.c_str());
+  return 0;
+}
+
+int run_stream_job(const Config& config, const std::string& teacher_path, bool resume, bool compare_frozen) {
+  const std::filesystem::path out = config.get_string("stream.output_dir");
+  StreamRun continual;
+  continual.output_dir = (out / "continual").string();
+  continual.teacher = teacher_path;
+  if (resume) {
+    continual.resume = (out / "continual" / "stream.pt").string();
+    if (!std::filesystem::exists(continual.resume))
+      throw std::runtime_error(continual.resume + ": nothing to resume (no stream checkpoint there)");
+  }
+  std::vector<std::pair<std::string, StreamSummary>> results;
+  if (config.get_string("stream.source") == "stdin") {
+    if (continual.teacher.empty() && !resume) throw ConfigError("stream.source=stdin needs --teacher CHECKPOINT");
+    LineStreamSource source(std::cin, parse_line_format(config.get_string("stream.stdin_format")));
+    results.emplace_back("continual", run_stream(config, source, {}, continual));
+  } else {
+    ReplaySource source = config.get_string("data.format") == "generated"
+                              ? ReplaySource::from_log(load_event_log(config, nullptr), "generator")
+                              : ReplaySource::from_file(config.get_string("data.path"), ReaderOptions::from_config(config));
+    const uint64_t cut = source.quantile_position(config.get_float("stream.pretrain_fraction"));
+    std::vector<RawEvent> warm;
+    for (uint64_t p = 0; p < cut; ++p)
+      if (source.records()[p].event) warm.push_back(*source.records()[p].event);
+    spdlog::info("replay: {} events before the {:.0f}% time quantile, {} to stream", warm.size(),
+                 100 * config.get_float("stream.pretrain_fraction"), source.records().size() - cut);
+    if (continual.teacher.empty() && !resume) {
+      if (warm.empty()) throw ConfigError("stream.pretrain_fraction leaves no events to pre-train a teacher on");
+      EventLog prefix;
+      for (size_t i = 0; i < warm.size(); ++i) append_event(prefix, warm[i], i);
+      Config teacher_config = config;
+      teacher_config.set("train.output_dir", (out / "teacher").string(), "stream job");
+      continual.teacher = train_model(teacher_config, prefix).best_checkpoint;
+    }
+    if (compare_frozen) {
+      StreamRun frozen = continual;
+      frozen.learn = false, frozen.resume.clear(), frozen.label = "frozen";
+      frozen.output_dir = (out / "frozen").string();
+      source.skip_to(cut);
+      results.emplace_back("frozen", run_stream(config, source, warm, frozen));
+    }
+    source.skip_to(cut);
+    results.emplace_back("continual", run_stream(config, source, warm, continual));
+  }
+  std::printf("\nprequential (test-then-train) metrics over the stream:\n%-10s %9s %9s %9s %8s %9s %9s %8s %8s\n",
+              "model", "events", "HR@10", "NDCG@10", "MRR", "cold", "new items", "dead", "s");
+  for (const auto& [name, s] : results)
+    std::printf("%-10s %9llu %9.4f %9.4f %8.4f %9llu %9llu %8llu %8.1f\n", name.c_str(),
+                static_cast<unsigned long long>(s.scored), s.overall.hit_rate(10), s.overall.ndcg(10), s.overall.mrr(),
+                static_cast<unsigned long long>(s.cold_items), static_cast<unsigned long long>(s.new_items),
+                static_cast<unsigned long long>(s.dead_letters), s.seconds);
+  if (results.size() == 2 && results[0].second.overall.ndcg(10) > 0)
+    std::printf("continual / frozen NDCG@10: %.3f\n", results[1].second.overall.ndcg(10) / results[0].second.overall.ndcg(10));
+  std::printf("checkpoint: %s\n", results.back().second.checkpoint.c_str());
   return 0;
 }
 

@@ -23,6 +23,11 @@ int run_data_stats_job(const Config& config);
 // `freshrec data generate`: write the generator's log as CSV (user,item,timestamp) to `path`.
 int run_data_generate_job(const Config& config, const std::string& path);
 
+// `freshrec stream`: test-then-train over stream.source. Without a teacher (and not resuming) a
+// replayed log pre-trains one on its events before stream.pretrain_fraction. compare_frozen also
+// replays the stream through the frozen teacher and prints both.
+int run_stream_job(const Config& config, const std::string& teacher, bool resume, bool compare_frozen);
+
 // `freshrec bench kernels`: the embedding-table update step by each variant, in one run.
 struct KernelBenchOptions {
   int64_t rows = 0;  // 0: 10,000,000 on a GPU, 1,000,000 on the CPU

@@ -95,6 +95,16 @@ torch::Tensor SASRecImpl::score_all(const torch::Tensor& hidden) const {
   return torch::matmul(hidden, item_embedding_.t());
 }
 
+void SASRecImpl::grow_items(int64_t num_items) {
+  if (num_items <= options_.num_items) return;
+  torch::NoGradGuard no_grad;
+  const auto old = item_embedding_.detach();
+  const double spread = old.size(0) > 2 ? old.narrow(0, 1, old.size(0) - 1).std().item<double>() : 0.02;
+  auto extra = torch::randn({num_items - options_.num_items, options_.hidden}, old.options()) * spread;
+  item_embedding_.set_data(torch::cat({old, extra}));
+  options_.num_items = num_items;
+}
+
 int64_t SASRecImpl::parameter_count() const {
   int64_t n = 0;
   for (const auto& p : parameters()) n += p.numel();

@@ -50,6 +50,11 @@ class SASRecImpl : public torch::nn::Module {
   // The representation after the newest item: (B, T) -> (B, C).
   torch::Tensor last_hidden(const torch::Tensor& items) { return forward(items).select(1, -1); }
 
+  // Adds item rows so ids up to `num_items` exist (a stream met new items). New rows are drawn with
+  // the spread of the existing rows, so they start as plausible, unremarkable items. The table keeps
+  // its identity (set_data), so optimizers and sparse sinks holding it stay valid.
+  void grow_items(int64_t num_items);
+
   const SASRecOptions& options() const { return options_; }
   // The item table, shared by the input lookup and the output scores: (num_items + 1, C).
   const torch::Tensor& item_embedding() const { return item_embedding_; }

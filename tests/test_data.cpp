@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <sstream>
 
 #include "engine/config/config.h"
 #include "engine/data/generator.h"
@@ -337,4 +338,87 @@ TEST(Metrics, HandComputed) {
   EXPECT_NE(m.to_json().find("\"NDCG@3\""), std::string::npos);
   EXPECT_THROW(m.add(-1), std::invalid_argument);
   EXPECT_THROW(RankingMetrics({0}), std::invalid_argument);
+}
+
+// ---- stream sources and history store ----------------------------------------------------------
+
+#include "engine/stream/history_store.h"
+#include "engine/stream/sources.h"
+
+TEST(StreamSources, BadEventsGetReasons) {
+  std::string error;
+  EXPECT_TRUE(parse_stream_line("u1,i2,1700000000", LineFormat::Csv, error));
+  EXPECT_TRUE(parse_stream_line(R"({"user": "u1", "item": 7, "timestamp": 1700000000})", LineFormat::Json, error));
+  const std::vector<std::pair<std::string, LineFormat>> bad = {
+      {"u1", LineFormat::Csv},                                  // too few fields
+      {"u1,i2,soon", LineFormat::Csv},                          // bad timestamp
+      {"-4,i2", LineFormat::Csv},                               // negative id
+      {"u1,i2,1700000000000", LineFormat::Csv},                 // milliseconds: absurd
+      {"u1,i2,-5", LineFormat::Csv},                            // before 1970
+      {"u1,i2,1,2,3", LineFormat::Csv},                         // too many fields
+      {R"({"user": "u1"})", LineFormat::Json},                  // missing item
+      {R"({"user": "u1", "item": 2, "color": 1})", LineFormat::Json},  // unknown field
+      {R"({"user": -1, "item": 2})", LineFormat::Json},         // negative id
+      {R"({"user": "u1", "item": [2]})", LineFormat::Json},     // wrong type
+      {R"({"user": "u1", )", LineFormat::Json},                 // broken JSON
+      {"[1, 2]", LineFormat::Json},                             // not an object
+  };
+  for (const auto& [line, format] : bad) {
+    error.clear();
+    EXPECT_FALSE(parse_stream_line(line, format, error)) << line;
+    EXPECT_FALSE(error.empty()) << line;
+  }
+  error.clear();
+  parse_stream_line(R"({"user": "u1", "item": 2, "color": 1})", LineFormat::Json, error);
+  EXPECT_NE(error.find("unknown field 'color'"), std::string::npos) << error;
+}
+
+TEST(StreamSources, StdinLinesKeepPositionsAndSkip) {
+  std::istringstream in("u1,a,10\n\nbroken\nu2,b,20\nu1,c,30\n");
+  LineStreamSource source(in, LineFormat::Csv);
+  source.skip_to(1);  // resume after the first event
+  auto r = source.next();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->position, 1u);
+  EXPECT_FALSE(r->event);
+  EXPECT_EQ(r->text, "broken");
+  r = source.next();
+  EXPECT_EQ(r->event->user, "u2");
+  source.next();
+  EXPECT_FALSE(source.next());
+  EXPECT_TRUE(source.finished());
+}
+
+TEST(StreamSources, ReplayIsInTimeOrderWithQuantileCut) {
+  TempDir dir;
+  const auto path = dir.write("r.dat", "1::10::5::300\n2::11::4::100\nbad line\n1::12::3::200\n3::13::3::400\n");
+  const ReplaySource source = ReplaySource::from_file(path, options_for(LogFormat::MovielensDat));
+  const auto& r = source.records();
+  ASSERT_EQ(r.size(), 5u);
+  EXPECT_EQ(r[0].event->item, "11");  // t=100
+  EXPECT_FALSE(r[1].event);           // the bad line (line 3) follows its file predecessor (t=100)
+  EXPECT_NE(r[1].origin.find(":3"), std::string::npos) << r[1].origin;
+  EXPECT_EQ(r[2].event->item, "12");  // t=200
+  EXPECT_EQ(r[3].event->item, "10");  // t=300
+  EXPECT_EQ(r[4].event->item, "13");  // t=400
+  for (size_t i = 0; i < r.size(); ++i) EXPECT_EQ(r[i].position, i);
+  EXPECT_EQ(source.quantile_position(0.5), 2u);  // cut at t=200: the first two records are history
+  EXPECT_EQ(source.quantile_position(0), 0u);
+}
+
+TEST(HistoryStore, KeepsTheLastItemsAndRoundTrips) {
+  HistoryStore store(3);
+  bool created = false;
+  const int32_t a = store.user_slot("alice", &created);
+  EXPECT_TRUE(created);
+  for (int32_t item : {1, 2, 3, 4}) store.push(a, item);
+  const int32_t b = store.user_slot("bob");
+  store.push(b, 9);
+  EXPECT_EQ(store.user_slot("alice", &created), a);
+  EXPECT_FALSE(created);
+  EXPECT_EQ(store.history(a), (std::vector<int32_t>{2, 3, 4}));
+  const HistoryStore back = HistoryStore::restore(3, store.serialize_users(), store.lengths(), store.flat_items());
+  EXPECT_EQ(back.history(back.user_ids().find("alice")), (std::vector<int32_t>{2, 3, 4}));
+  EXPECT_EQ(back.history(back.user_ids().find("bob")), (std::vector<int32_t>{9}));
+  EXPECT_THROW(HistoryStore::restore(3, store.serialize_users(), {1}, {1}), std::runtime_error);
 }

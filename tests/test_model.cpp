@@ -4,6 +4,8 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/generator.h"
@@ -258,5 +260,128 @@ TEST(Training, SparseEmbeddingsMatchTheDensePath) {
   Config full = sparse;
   full.apply_override("train.loss=full");
   EXPECT_THROW(train_model(full, log), ConfigError);
+  fs::remove_all(dir);
+}
+
+// ---- streaming -------------------------------------------------------------------------------------
+
+#include "engine/stream/sources.h"
+#include "engine/stream/stream_learner.h"
+
+namespace {
+
+// Stops with an exception at a given record: a crash in the middle of a micro-batch.
+class CrashingSource : public EventSource {
+ public:
+  CrashingSource(EventSource& inner, uint64_t crash_at) : inner_(inner), crash_at_(crash_at) {}
+  std::optional<StreamRecord> next() override {
+    auto r = inner_.next();
+    if (r && r->position == crash_at_) throw std::runtime_error("simulated crash");
+    return r;
+  }
+  void skip_to(uint64_t p) override { inner_.skip_to(p); }
+  bool finished() const override { return inner_.finished(); }
+
+ private:
+  EventSource& inner_;
+  uint64_t crash_at_;
+};
+
+Config stream_config(const std::string& out) {
+  Config c = small_training_config(out + "/teacher");
+  c.apply_override("generator.drift=0.02");
+  c.apply_override("train.epochs=3");
+  c.apply_override("train.loss=sampled");
+  c.apply_override("train.negatives=64");
+  c.apply_override("stream.batch_size=64");
+  c.apply_override("stream.window=1000");
+  c.apply_override("stream.grow_chunk=16");
+  c.apply_override("stream.output_dir=" + out);
+  return c;
+}
+
+}  // namespace
+
+TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
+  const auto dir = temp_folder("stream");
+  const Config config = stream_config(dir);
+  ReplaySource source = ReplaySource::from_log(load_event_log(config, nullptr), "generator");
+  const uint64_t cut = source.quantile_position(0.7);
+  std::vector<RawEvent> warm;
+  for (uint64_t p = 0; p < cut; ++p) warm.push_back(*source.records()[p].event);
+  EventLog prefix;
+  for (size_t i = 0; i < warm.size(); ++i) append_event(prefix, warm[i], i);
+  const std::string teacher = train_model(config, prefix).best_checkpoint;
+  const int64_t teacher_items = read_checkpoint_info(teacher).items.size();
+
+  Config checkpointing = config;
+  checkpointing.apply_override("stream.checkpoint_every=640");
+  StreamRun whole{teacher, "", true, dir + "/whole", "whole"};
+  source.skip_to(cut);
+  const StreamSummary full = run_stream(checkpointing, source, warm, whole);
+  EXPECT_EQ(full.events, source.records().size() - cut);
+  EXPECT_EQ(full.scored, full.events);
+  EXPECT_GT(full.new_items, 0u);  // the generator introduces items over time
+  EXPECT_GT(full.cold_items, 0u);
+  SASRec after = load_checkpoint_model(full.checkpoint, torch::kCPU);
+  EXPECT_GT(after->options().num_items, teacher_items);
+  EXPECT_EQ(after->options().num_items % 16, 0);  // grown in whole chunks
+
+  // Crash in the middle of the stream, then resume from the last checkpoint.
+  StreamRun crashing{teacher, "", true, dir + "/crashed", "crashed"};
+  source.skip_to(cut);
+  CrashingSource crash(source, cut + 2000 + 37);
+  EXPECT_THROW(run_stream(checkpointing, crash, warm, crashing), std::runtime_error);
+  StreamRun resumed = crashing;
+  resumed.resume = dir + "/crashed/stream.pt";
+  const StreamSummary rest = run_stream(checkpointing, source, warm, resumed);
+  EXPECT_EQ(rest.events, full.events);  // every event exactly once
+  SASRec a = load_checkpoint_model(full.checkpoint, torch::kCPU), b = load_checkpoint_model(rest.checkpoint, torch::kCPU);
+  const auto pb = b->named_parameters();
+  for (const auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+  fs::remove_all(dir);
+}
+
+TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
+  const auto dir = temp_folder("stream-bad");
+  Config config = stream_config(dir);
+  config.apply_override("generator.drift=0.05");
+  config.apply_override("generator.new_item_fraction=0.4");
+  ReplaySource replay = ReplaySource::from_log(load_event_log(config, nullptr), "generator");
+  const uint64_t cut = replay.quantile_position(0.6);
+  std::vector<RawEvent> warm;
+  for (uint64_t p = 0; p < cut; ++p) warm.push_back(*replay.records()[p].event);
+  EventLog prefix;
+  for (size_t i = 0; i < warm.size(); ++i) append_event(prefix, warm[i], i);
+  const std::string teacher = train_model(config, prefix).best_checkpoint;
+
+  // The stream as JSON lines, with bad events mixed in.
+  std::string lines;
+  size_t bad = 0;
+  for (uint64_t p = cut; p < replay.records().size(); ++p) {
+    const auto& e = *replay.records()[p].event;
+    lines += nlohmann::json{{"user", e.user}, {"item", e.item}, {"timestamp", *e.timestamp}}.dump() + "\n";
+    if (p % 500 == 0) {
+      lines += "{\"user\": \"x\", \"item\": 1, \"colour\": 2}\n{\"user\": -3, \"item\": 4}\nnot json\n";
+      lines += "{\"user\": \"x\", \"item\": 1, \"timestamp\": 99999999999999}\n";
+      bad += 4;
+    }
+  }
+  std::istringstream frozen_in(lines), continual_in(lines);
+  LineStreamSource frozen_source(frozen_in, LineFormat::Json), continual_source(continual_in, LineFormat::Json);
+  const StreamSummary frozen = run_stream(config, frozen_source, warm, {teacher, "", false, dir + "/frozen", "frozen"});
+  const StreamSummary continual =
+      run_stream(config, continual_source, warm, {teacher, "", true, dir + "/continual", "continual"});
+  EXPECT_EQ(continual.dead_letters, bad);
+  EXPECT_EQ(continual.scored + bad, continual.events);
+  std::ifstream letters(dir + "/continual/dead_letters.jsonl");
+  size_t count = 0;
+  bool named_field = false;
+  for (std::string line; std::getline(letters, line); ++count)
+    named_field |= line.find("unknown field 'colour'") != std::string::npos;
+  EXPECT_EQ(count, bad);
+  EXPECT_TRUE(named_field);
+  EXPECT_GT(continual.overall.ndcg(10), frozen.overall.ndcg(10) * 1.1)
+      << "continual " << continual.overall.ndcg(10) << " vs frozen " << frozen.overall.ndcg(10);
   fs::remove_all(dir);
 }

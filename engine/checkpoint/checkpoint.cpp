@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 namespace freshrec {
@@ -102,6 +103,10 @@ void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optim
   archive.write("items", c10::IValue(info.items.serialize()));
   archive.write("users", c10::IValue(info.users.serialize()));
   archive.write("meta", c10::IValue(meta.dump()));
+  std::string names;
+  for (const auto& [name, text] : info.texts) archive.write("text." + name, c10::IValue(text)), names += "t" + name + "\n";
+  for (const auto& [name, tensor] : info.tensors) archive.write("tensor." + name, tensor.cpu()), names += "T" + name + "\n";
+  archive.write("extra_names", c10::IValue(names));
   const std::string tmp = temporary_path(path);
   archive.save_to(tmp);
   commit(tmp, path);
@@ -114,6 +119,20 @@ CheckpointInfo read_checkpoint_info(const std::string& path) {
   info.items = IdMap::deserialize(read_string(archive, "items", path), 1);
   info.users = IdMap::deserialize(read_string(archive, "users", path), 0);
   info.meta = nlohmann::json::parse(read_string(archive, "meta", path));
+  c10::IValue names;
+  if (archive.try_read("extra_names", names) && names.isString()) {
+    std::istringstream lines(names.toStringRef());
+    for (std::string line; std::getline(lines, line);) {
+      const std::string name = line.substr(1);
+      if (line[0] == 't') {
+        info.texts[name] = read_string(archive, "text." + name, path);
+      } else {
+        torch::Tensor tensor;
+        archive.read("tensor." + name, tensor);
+        info.tensors[name] = tensor;
+      }
+    }
+  }
   const int version = info.meta.value("format_version", 0);
   if (version != kFormatVersion)
     throw std::runtime_error(path + ": checkpoint format " + std::to_string(version) + ", this build reads " +

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
+#include <map>
 #include <string>
 
 #include "engine/config/config.h"
@@ -17,6 +18,9 @@ struct CheckpointInfo {
   std::string config_yaml;
   IdMap items{1}, users{0};
   nlohmann::json meta;  // epoch, step, best validation, versions, ...
+  // Further named state (a stream's history store and source position, ...).
+  std::map<std::string, std::string> texts;
+  std::map<std::string, torch::Tensor> tensors;
   Config config() const { return Config::from_yaml_string(config_yaml, "checkpoint config"); }
 };
 

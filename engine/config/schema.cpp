@@ -66,6 +66,20 @@ const std::vector<KeySpec>& config_schema() {
       {"train.log_every_seconds", K::Float, "10", "progress line interval"},
       {"train.ce_chunk", K::Int, "256", "rows per chunk of the fused full-softmax cross-entropy"},
 
+      // ---- stream: continual updates (test-then-train) ----
+      {"stream.source", K::Choice, "replay", "replay: the log named by data.* in time order; stdin: one event per line",
+       {"replay", "stdin"}},
+      {"stream.stdin_format", K::Choice, "csv", "stdin lines: csv user,item[,timestamp[,rating]] or json objects",
+       {"csv", "json"}},
+      {"stream.pretrain_fraction", K::Float, "0.8",
+       "replay: events before this time quantile pre-train the teacher and fill the histories"},
+      {"stream.batch_size", K::Int, "256", "events per micro-batch"},
+      {"stream.window", K::Int, "2000", "events per rolling-metrics window"},
+      {"stream.checkpoint_every", K::Int, "20000", "events between checkpoints (0: only at the end)"},
+      {"stream.grow_chunk", K::Int, "1024", "rows the item table grows by when new items arrive"},
+      {"stream.max_loss", K::Float, "50", "a batch whose loss is not finite or above this is skipped"},
+      {"stream.output_dir", K::String, "runs/stream", "stream.pt, metrics.jsonl and dead_letters.jsonl go here"},
+
       // ---- eval ----
       {"eval.ks", K::IntList, "[1, 5, 10, 20]", "cut-offs for HR@K and NDCG@K"},
       {"eval.batch_size", K::Int, "256", "users per evaluation batch"},

@@ -56,7 +56,8 @@ std::optional<double> parse_number(const std::string& s) {
   return v;
 }
 
-// Reads all lines of a plain or gzipped file.
+}  // namespace
+
 std::vector<std::string> read_lines(const std::string& path) {
   gzFile file = gzopen(path.c_str(), "rb");  // reads plain files transparently too
   if (!file) throw DataError(path + ": cannot open (" + std::strerror(errno) + ")");
@@ -81,6 +82,8 @@ std::vector<std::string> read_lines(const std::string& path) {
   }
   return lines;
 }
+
+namespace {
 
 int column_index(const std::vector<std::string>& header, const std::string& wanted, bool recbole,
                  const std::string& where) {
@@ -269,6 +272,16 @@ std::optional<RawEvent> LineParser::parse(const std::string& line, std::string& 
   return event;
 }
 
+void append_event(EventLog& log, const RawEvent& raw, uint64_t order) {
+  Event e;
+  e.user = log.users.intern(raw.user);
+  e.item = log.items.intern(raw.item);
+  e.order = order;
+  e.timestamp = raw.timestamp ? static_cast<int64_t>(std::llround(*raw.timestamp)) : static_cast<int64_t>(order);
+  e.rating = raw.rating ? static_cast<float>(*raw.rating) : std::numeric_limits<float>::quiet_NaN();
+  log.events.push_back(e);
+}
+
 EventLog read_event_log(const std::string& path, const ReaderOptions& options, ReadReport* report) {
   ReadReport local;
   ReadReport& r = report ? *report : local;
@@ -301,13 +314,7 @@ EventLog read_event_log(const std::string& path, const ReaderOptions& options, R
       ++r.below_min_rating;
       continue;
     }
-    Event e;
-    e.user = log.users.intern(raw->user);
-    e.item = log.items.intern(raw->item);
-    e.order = i;
-    e.timestamp = raw->timestamp ? static_cast<int64_t>(std::llround(*raw->timestamp)) : static_cast<int64_t>(i);
-    e.rating = raw->rating ? static_cast<float>(*raw->rating) : std::numeric_limits<float>::quiet_NaN();
-    log.events.push_back(e);
+    append_event(log, *raw, i);
   }
   r.events = log.events.size();
   if (log.events.empty())

@@ -72,6 +72,12 @@ class LineParser {
   bool numeric_ids_ = true;
 };
 
+// Interns one parsed event into a log (ids mapped, line order kept for ties; no timestamp: `order`).
+void append_event(EventLog& log, const RawEvent& raw, uint64_t order);
+
+// All lines of a plain or gzipped file (trailing \r removed).
+std::vector<std::string> read_lines(const std::string& path);
+
 // Reads a whole file into an event log (ids interned, sorted by time). Throws DataError when the
 // file is missing or empty, a header lacks a column, or (strict) at the first malformed line.
 EventLog read_event_log(const std::string& path, const ReaderOptions& options, ReadReport* report);

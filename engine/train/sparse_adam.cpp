@@ -25,4 +25,14 @@ void SparseRowAdamImpl::step(double lr) {
                                 step_.item<int64_t>(), options);
 }
 
+void SparseRowAdamImpl::grow_to_weight() {
+  const int64_t rows = weight_.size(0), old = exp_avg_.size(0);
+  if (rows <= old) return;
+  torch::NoGradGuard no_grad;
+  const auto zeros = torch::zeros({rows - old, weight_.size(1)}, exp_avg_.options());
+  exp_avg_.set_data(torch::cat({exp_avg_, zeros}));
+  exp_avg_sq_.set_data(torch::cat({exp_avg_sq_, zeros}));
+  row_step_.set_data(torch::cat({row_step_, torch::zeros({rows - old}, row_step_.options())}));
+}
+
 }  // namespace freshrec

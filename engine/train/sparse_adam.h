@@ -20,6 +20,8 @@ class SparseRowAdamImpl : public torch::nn::Module {
   // Applies and clears the collected gradients at learning rate `lr`. No-op when nothing was looked up.
   void step(double lr);
   int64_t steps_taken() const { return step_.item<int64_t>(); }
+  // Follows the table after it grew (SASRec::grow_items): new rows start with zero moments.
+  void grow_to_weight();
 
  private:
   torch::Tensor weight_, exp_avg_, exp_avg_sq_, row_step_, step_;

@@ -63,6 +63,16 @@ int main(int argc, char** argv) {
   generate_args.attach(generate);
   generate->add_option("--out,-o", generate_out, "output CSV file")->required();
 
+  ConfigArgs stream_args;
+  std::string teacher;
+  bool stream_resume = false, compare_frozen = false;
+  auto* stream = app.add_subcommand("stream", "continual updates from a stream of events: test-then-train");
+  stream_args.attach(stream);
+  stream->add_option("--teacher", teacher, "checkpoint to start from (replay without one pre-trains it)")
+      ->check(CLI::ExistingFile);
+  stream->add_flag("--resume", stream_resume, "continue from the stream checkpoint in stream.output_dir");
+  stream->add_flag("--compare-frozen", compare_frozen, "also replay through the frozen teacher and compare");
+
   auto* bench = app.add_subcommand("bench", "measure the engine beside its baselines, in one run");
   bench->require_subcommand(1);
   freshrec::KernelBenchOptions kernel_bench;
@@ -94,6 +104,10 @@ int main(int argc, char** argv) {
     };
     if (*train) return with_config(train_args, [&](const freshrec::Config& c) { return freshrec::run_train_job(c, resume); });
     if (*eval) return freshrec::run_eval_job(checkpoint, eval_overrides, json_out);
+    if (*stream)
+      return with_config(stream_args, [&](const freshrec::Config& c) {
+        return freshrec::run_stream_job(c, teacher, stream_resume, compare_frozen);
+      });
     if (*bench_kernels) return freshrec::run_kernel_bench_job(kernel_bench);
     if (*stats) return with_config(stats_args, [](const freshrec::Config& c) { return freshrec::run_data_stats_job(c); });
     if (*generate)

@@ -1,0 +1,49 @@
+// Per-user history store; see history_store.h.
+#include "engine/stream/history_store.h"
+
+#include <stdexcept>
+
+namespace freshrec {
+
+int32_t HistoryStore::user_slot(const std::string& external_user, bool* created) {
+  const int32_t before = static_cast<int32_t>(users_.size());
+  const int32_t slot = users_.intern(external_user);
+  if (created) *created = slot >= before;
+  if (slot >= static_cast<int32_t>(histories_.size())) histories_.resize(slot + 1);
+  return slot;
+}
+
+void HistoryStore::push(int32_t slot, int32_t item) {
+  auto& h = histories_.at(slot);
+  if (static_cast<int64_t>(h.size()) == maxlen_) h.erase(h.begin());
+  h.push_back(item);
+}
+
+std::vector<int64_t> HistoryStore::lengths() const {
+  std::vector<int64_t> out;
+  for (const auto& h : histories_) out.push_back(static_cast<int64_t>(h.size()));
+  return out;
+}
+
+std::vector<int64_t> HistoryStore::flat_items() const {
+  std::vector<int64_t> out;
+  for (const auto& h : histories_) out.insert(out.end(), h.begin(), h.end());
+  return out;
+}
+
+HistoryStore HistoryStore::restore(int64_t maxlen, const std::string& users, const std::vector<int64_t>& lengths,
+                                   const std::vector<int64_t>& items) {
+  HistoryStore store(maxlen);
+  store.users_ = IdMap::deserialize(users, 0);
+  if (lengths.size() != store.users_.size()) throw std::runtime_error("history store: user count and lengths differ");
+  size_t at = 0;
+  for (int64_t n : lengths) {
+    if (n < 0 || n > maxlen || at + n > items.size()) throw std::runtime_error("history store: corrupt lengths");
+    store.histories_.emplace_back(items.begin() + at, items.begin() + at + n);
+    at += n;
+  }
+  if (at != items.size()) throw std::runtime_error("history store: corrupt item array");
+  return store;
+}
+
+}  // namespace freshrec

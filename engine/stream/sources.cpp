@@ -1,0 +1,169 @@
+// Stream sources; see sources.h.
+#include "engine/stream/sources.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+namespace freshrec {
+namespace {
+
+constexpr double kLatestTimestamp = 4102444800.0;  // 2100-01-01: later (or negative) is a unit error
+
+// Checks shared by every source: ids present and not negative, timestamps plausible (seconds).
+bool valid_event(const RawEvent& e, std::string& error) {
+  for (const auto* id : {&e.user, &e.item}) {
+    const char* what = id == &e.user ? "user" : "item";
+    if (id->empty()) return error = std::string("empty ") + what + " id", false;
+    if ((*id)[0] == '-') return error = std::string("negative ") + what + " id '" + *id + "'", false;
+  }
+  if (e.timestamp && (*e.timestamp < 0 || *e.timestamp > kLatestTimestamp))
+    return error = "timestamp " + std::to_string(static_cast<long long>(*e.timestamp)) +
+                   " is outside 1970..2100 (seconds expected)",
+           false;
+  return true;
+}
+
+std::string id_text(const nlohmann::json& v, const char* field, std::string& error) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number_integer()) return std::to_string(v.get<long long>());
+  if (v.is_number_unsigned()) return std::to_string(v.get<unsigned long long>());
+  error = std::string("field '") + field + "' must be a string or an integer";
+  return "";
+}
+
+}  // namespace
+
+LineFormat parse_line_format(const std::string& name) {
+  if (name == "csv") return LineFormat::Csv;
+  if (name == "json") return LineFormat::Json;
+  throw DataError("unknown stream line format '" + name + "' (known: csv, json)");
+}
+
+std::optional<RawEvent> parse_stream_line(const std::string& line, LineFormat format, std::string& error) {
+  RawEvent e;
+  if (format == LineFormat::Json) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& x) {
+      error = std::string("invalid JSON: ") + x.what();
+      return std::nullopt;
+    }
+    if (!j.is_object()) return error = "a JSON event must be an object", std::nullopt;
+    for (const auto& [key, value] : j.items()) {
+      if (key == "user") e.user = id_text(value, "user", error);
+      else if (key == "item") e.item = id_text(value, "item", error);
+      else if (key == "timestamp" || key == "rating") {
+        if (!value.is_number()) return error = "field '" + key + "' must be a number", std::nullopt;
+        (key == "timestamp" ? e.timestamp : e.rating) = value.get<double>();
+      } else {
+        return error = "unknown field '" + key + "' (known: user, item, timestamp, rating)", std::nullopt;
+      }
+      if (!error.empty()) return std::nullopt;
+    }
+    if (!j.contains("user") || !j.contains("item")) return error = "missing field 'user' or 'item'", std::nullopt;
+  } else {
+    std::string reason;
+    ReaderOptions csv;
+    csv.format = LogFormat::Csv;
+    csv.header = false;
+    csv.user_column = "0", csv.item_column = "1";
+    const auto fields = std::count(line.begin(), line.end(), ',') + 1;
+    if (fields > 4) return error = "expected user,item[,timestamp[,rating]], found " + std::to_string(fields) + " fields", std::nullopt;
+    if (fields >= 3) csv.time_column = "2";
+    if (fields >= 4) csv.rating_column = "3";
+    auto parsed = LineParser(csv).parse(line, reason, error);
+    if (!parsed) return std::nullopt;
+    e = *parsed;
+  }
+  if (!valid_event(e, error)) return std::nullopt;
+  return e;
+}
+
+ReplaySource ReplaySource::from_file(const std::string& path, const ReaderOptions& options) {
+  ReplaySource source;
+  const auto lines = read_lines(path);
+  LineParser parser(options);
+  size_t first = 0;
+  while (first < lines.size() && lines[first].find_first_not_of(" \t") == std::string::npos) ++first;
+  if (first == lines.size()) throw DataError(path + ": empty file: no events");
+  if (parser.expects_header()) parser.read_header(lines[first], path + ":" + std::to_string(first + 1)), ++first;
+  struct Keyed {
+    double time;
+    StreamRecord record;
+  };
+  std::vector<Keyed> keyed;
+  double last_time = -1;
+  for (size_t i = first; i < lines.size(); ++i) {
+    if (lines[i].find_first_not_of(" \t") == std::string::npos) continue;
+    StreamRecord r;
+    r.text = lines[i];
+    r.origin = path + ":" + std::to_string(i + 1);
+    std::string reason;
+    r.event = parser.parse(lines[i], reason, r.error);
+    if (r.event && !valid_event(*r.event, r.error)) r.event.reset();
+    if (r.event) last_time = r.event->timestamp.value_or(static_cast<double>(i));
+    keyed.push_back({last_time, std::move(r)});
+  }
+  std::stable_sort(keyed.begin(), keyed.end(), [](const Keyed& a, const Keyed& b) { return a.time < b.time; });
+  for (auto& k : keyed) {
+    k.record.position = source.records_.size();
+    source.records_.push_back(std::move(k.record));
+  }
+  return source;
+}
+
+ReplaySource ReplaySource::from_log(const EventLog& log, const std::string& name) {
+  ReplaySource source;
+  for (const auto& e : log.events) {  // event logs are sorted by time already
+    StreamRecord r;
+    r.position = source.records_.size();
+    r.event = RawEvent{log.users.external(e.user), log.items.external(e.item), static_cast<double>(e.timestamp),
+                       std::nullopt};
+    r.origin = name + ":" + std::to_string(r.position + 1);
+    r.text = r.event->user + "," + r.event->item + "," + std::to_string(e.timestamp);
+    source.records_.push_back(std::move(r));
+  }
+  return source;
+}
+
+uint64_t ReplaySource::quantile_position(double fraction) const {
+  if (fraction <= 0 || records_.empty()) return 0;
+  if (fraction >= 1) return records_.size();
+  // The cut is a time, so that events sharing a second land on the same side.
+  const auto& cut_record = records_[static_cast<size_t>(fraction * records_.size())];
+  const double cut = cut_record.event ? cut_record.event->timestamp.value_or(0) : 0;
+  uint64_t p = 0;
+  while (p < records_.size() && (!records_[p].event || records_[p].event->timestamp.value_or(0) < cut)) ++p;
+  return p;
+}
+
+std::optional<StreamRecord> ReplaySource::next() {
+  if (finished()) return std::nullopt;
+  return records_[next_++];
+}
+
+std::optional<StreamRecord> LineStreamSource::next() {
+  std::string line;
+  while (std::getline(in_, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank: not an event
+    StreamRecord r;
+    r.position = position_++;
+    r.origin = name_ + ":" + std::to_string(r.position + 1);
+    r.text = line;
+    r.event = parse_stream_line(line, format_, r.error);
+    return r;
+  }
+  finished_ = true;
+  return std::nullopt;
+}
+
+void LineStreamSource::skip_to(uint64_t position) {
+  while (position_ < position && next()) {
+  }
+}
+
+}  // namespace freshrec

@@ -1,0 +1,78 @@
+// Where a stream's events come from: a log file replayed in timestamp order, or lines arriving on an
+// input stream (standard input) as CSV `user,item[,timestamp[,rating]]` or JSON lines
+// {"user": ..., "item": ..., "timestamp": ...}. Each record carries its position, so a checkpoint can
+// say exactly where to continue; a record that does not parse carries the reason instead.
+#pragma once
+
+#include <cstdint>
+#include <istream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/data/readers.h"
+
+namespace freshrec {
+
+struct StreamRecord {
+  uint64_t position = 0;          // 0-based index in the source's delivery order
+  std::optional<RawEvent> event;  // empty: malformed, see error
+  std::string error;
+  std::string text;  // the line as received (for dead letters)
+  std::string origin;  // "file:line" or "stdin:line"
+};
+
+class EventSource {
+ public:
+  virtual ~EventSource() = default;
+  // The next record, or nullopt at the end (or, for a live source, when nothing came within the wait).
+  virtual std::optional<StreamRecord> next() = 0;
+  // Continue after `position` records (on resume).
+  virtual void skip_to(uint64_t position) = 0;
+  virtual bool finished() const = 0;
+};
+
+// A recorded log delivered in timestamp order: a file parsed whole (stable: ties keep file order; a
+// malformed line is delivered where its predecessor's timestamp puts it), or an event log in memory
+// (the generator's).
+class ReplaySource : public EventSource {
+ public:
+  static ReplaySource from_file(const std::string& path, const ReaderOptions& options);
+  static ReplaySource from_log(const EventLog& log, const std::string& name);
+  std::optional<StreamRecord> next() override;
+  void skip_to(uint64_t position) override { next_ = std::min<uint64_t>(position, records_.size()); }
+  bool finished() const override { return next_ >= records_.size(); }
+  const std::vector<StreamRecord>& records() const { return records_; }
+  // Position of the first record at or after the `fraction` time quantile: what comes before it is
+  // history for pre-training, the rest is the stream.
+  uint64_t quantile_position(double fraction) const;
+
+ private:
+  std::vector<StreamRecord> records_;
+  uint64_t next_ = 0;
+};
+
+enum class LineFormat { Csv, Json };
+LineFormat parse_line_format(const std::string& name);
+
+// Parses one CSV or JSON line into an event; on failure sets `error` and returns nullopt.
+std::optional<RawEvent> parse_stream_line(const std::string& line, LineFormat format, std::string& error);
+
+// Lines from an input stream (standard input), one event per line, in arrival order.
+class LineStreamSource : public EventSource {
+ public:
+  LineStreamSource(std::istream& in, LineFormat format, std::string name = "stdin")
+      : in_(in), format_(format), name_(std::move(name)) {}
+  std::optional<StreamRecord> next() override;
+  void skip_to(uint64_t position) override;
+  bool finished() const override { return finished_; }
+
+ private:
+  std::istream& in_;
+  LineFormat format_;
+  std::string name_;
+  uint64_t position_ = 0;
+  bool finished_ = false;
+};
+
+}  // namespace freshrec

@@ -1,0 +1,321 @@
+// Test-then-train over a stream; see stream_learner.h.
+#include "engine/stream/stream_learner.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "engine/checkpoint/checkpoint.h"
+#include "engine/runtime.h"
+#include "engine/stream/history_store.h"
+#include "engine/train/losses.h"
+#include "engine/train/sparse_adam.h"
+
+namespace freshrec {
+namespace {
+
+namespace fs = std::filesystem;
+
+// One event waiting in the micro-batch: the user's history as it was when the event arrived.
+struct Pending {
+  std::vector<int32_t> history;
+  int64_t item;
+  bool cold;  // the item was new when the event arrived: the model could not have ranked it
+};
+
+struct Settings {
+  int64_t batch_size, window, checkpoint_every, negatives, grow_chunk;
+  double lr, clip, max_loss;
+  uint64_t seed;
+  explicit Settings(const Config& c)
+      : batch_size(c.get_int("stream.batch_size")),
+        window(c.get_int("stream.window")),
+        checkpoint_every(c.get_int("stream.checkpoint_every")),
+        negatives(c.get_int("train.negatives")),
+        grow_chunk(c.get_int("stream.grow_chunk")),
+        lr(c.get_float("train.lr")),
+        clip(c.get_float("train.clip_norm")),
+        max_loss(c.get_float("stream.max_loss")),
+        seed(static_cast<uint64_t>(c.get_int("train.seed"))) {
+    if (batch_size <= 0 || window <= 0 || grow_chunk <= 0 || negatives <= 0)
+      throw ConfigError("stream.batch_size, stream.window, stream.grow_chunk and train.negatives must be positive");
+  }
+};
+
+class StreamLearner {
+ public:
+  StreamLearner(const Config& config, const StreamRun& run, const std::vector<RawEvent>& warm_history)
+      : settings_(config), run_(run), device_(select_device(config.get_string("train.device"))) {
+    fs::create_directories(run.output_dir);
+    const std::string& start = run.resume.empty() ? run.teacher : run.resume;
+    if (start.empty()) throw std::runtime_error("stream: a teacher checkpoint (or a stream checkpoint to resume) is needed");
+    info_ = read_checkpoint_info(start);
+    model_ = load_checkpoint_model(start, device_);
+    items_ = info_.items;
+    store_ = HistoryStore(model_->options().maxlen);
+    std::vector<torch::Tensor> dense;
+    for (const auto& p : model_->parameters())
+      if (!p.is_same(model_->item_embedding())) dense.push_back(p);
+    dense_ = std::make_unique<torch::optim::Adam>(
+        dense, torch::optim::AdamOptions(settings_.lr).betas({config.get_float("train.beta1"), config.get_float("train.beta2")}));
+    ops::RowwiseAdamOptions o;
+    o.lr = settings_.lr, o.beta1 = config.get_float("train.beta1"), o.beta2 = config.get_float("train.beta2");
+    o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";
+    sparse_ = SparseRowAdam(model_->item_embedding(), o, /*padding_idx=*/0);
+    model_->set_sparse_gradients(&sparse_->gradients());
+    if (!run.resume.empty()) {
+      restore(run.resume);
+    } else {
+      // Histories from before the stream; items the teacher never saw get rows, but are not counted
+      // as stream arrivals.
+      for (const auto& e : warm_history) store_.push(store_.user_slot(e.user), item_id(e.item, nullptr));
+      summary_.new_items = 0;
+    }
+    metrics_.open(fs::path(run.output_dir) / "metrics.jsonl", std::ios::app);
+    dead_letters_.open(fs::path(run.output_dir) / "dead_letters.jsonl", std::ios::app);
+  }
+
+  uint64_t next_position() const { return summary_.next_position; }
+
+  void consume(const StreamRecord& record) {
+    ++summary_.events;
+    summary_.next_position = record.position + 1;
+    if (!record.event) {
+      ++summary_.dead_letters;
+      dead_letters_ << nlohmann::json{{"position", record.position}, {"origin", record.origin},
+                                      {"reason", record.error}, {"text", record.text}}.dump()
+                    << "\n";
+      spdlog::debug("dead letter at {}: {}", record.origin, record.error);
+    } else {
+      bool new_user = false;
+      const int32_t slot = store_.user_slot(record.event->user, &new_user);
+      summary_.new_users += new_user;
+      bool cold = false;
+      const int32_t item = item_id(record.event->item, &cold);
+      pending_.push_back({store_.history(slot), item, cold});
+      store_.push(slot, item);
+    }
+    if (static_cast<int64_t>(pending_.size()) >= settings_.batch_size) flush();
+  }
+
+  StreamSummary finish() {
+    flush();
+    write_window();
+    save();
+    summary_.checkpoint = (fs::path(run_.output_dir) / "stream.pt").string();
+    return summary_;
+  }
+
+ private:
+  // Internal id of an external item, adding a row (the table grows by whole chunks) when new.
+  int32_t item_id(const std::string& external, bool* cold) {
+    int32_t id = items_.find(external);
+    if (cold) *cold = id < 0;
+    if (id >= 0) return id;
+    id = items_.intern(external);
+    ++summary_.new_items;
+    if (id > model_->options().num_items) {
+      const int64_t rows = ((id + settings_.grow_chunk - 1) / settings_.grow_chunk) * settings_.grow_chunk;
+      model_->grow_items(rows);
+      sparse_->grow_to_weight();
+      spdlog::debug("item table grown to {} rows", rows + 1);
+    }
+    return id;
+  }
+
+  torch::Tensor histories_tensor(const std::vector<Pending>& batch) const {
+    const int64_t T = model_->options().maxlen;
+    std::vector<int64_t> flat(batch.size() * T, 0);
+    for (size_t r = 0; r < batch.size(); ++r) {
+      const auto& h = batch[r].history;
+      const size_t n = std::min<size_t>(h.size(), T);
+      for (size_t k = 0; k < n; ++k) flat[r * T + T - n + k] = h[h.size() - n + k];
+    }
+    return torch::tensor(flat, torch::kLong).view({static_cast<int64_t>(batch.size()), T}).to(device_);
+  }
+
+  // Test: rank each event's item among the known items, the user's earlier items filtered.
+  void score(const std::vector<Pending>& batch, const torch::Tensor& inputs) {
+    torch::NoGradGuard no_grad;
+    model_->eval();
+    auto scores = model_->score_all(model_->last_hidden(inputs)).to(torch::kFloat);  // (B, rows)
+    const float minus_inf = -std::numeric_limits<float>::infinity();
+    scores.select(1, 0).fill_(minus_inf);
+    const int64_t known = items_.end_id();  // rows past the vocabulary are spare capacity
+    if (known < scores.size(1)) scores.narrow(1, known, scores.size(1) - known).fill_(minus_inf);
+    std::vector<int64_t> rows, cols, targets;
+    for (size_t r = 0; r < batch.size(); ++r) {
+      targets.push_back(batch[r].item);
+      for (int32_t seen : batch[r].history)
+        if (seen != batch[r].item) rows.push_back(static_cast<int64_t>(r)), cols.push_back(seen);
+    }
+    if (!rows.empty())
+      scores.index_put_({torch::tensor(rows).to(device_), torch::tensor(cols).to(device_)},
+                        torch::tensor(minus_inf, scores.options()));
+    auto target = torch::tensor(targets).to(device_);
+    auto ranks = ((scores >= scores.gather(1, target.unsqueeze(1))).sum(1) - 1).cpu();
+    auto r = ranks.accessor<int64_t, 1>();
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const int64_t rank = batch[i].cold ? known : r[i];  // a new item is a miss: it could not be ranked
+      summary_.cold_items += batch[i].cold;
+      summary_.overall.add(rank);
+      window_.add(rank);
+      ++summary_.scored;
+      if (static_cast<int64_t>(window_.count()) >= settings_.window) write_window();
+    }
+  }
+
+  // Train: one step on the events of the batch that have a history, loss on the newest position.
+  void learn(const std::vector<Pending>& batch, const torch::Tensor& inputs) {
+    std::vector<int64_t> keep, targets;
+    for (size_t r = 0; r < batch.size(); ++r)
+      if (!batch[r].history.empty()) keep.push_back(static_cast<int64_t>(r)), targets.push_back(batch[r].item);
+    if (keep.empty()) return;
+    torch::manual_seed(settings_.seed * 1000003ULL + summary_.batches);  // same draws when resumed
+    model_->train();
+    auto rows = inputs.index_select(0, torch::tensor(keep).to(device_));
+    auto target = torch::tensor(targets).to(device_);
+    auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
+    auto hidden = model_->last_hidden(rows);
+    auto log_q = torch::zeros({model_->options().num_items + 1}, hidden.options());  // uniform draws
+    auto loss = sampled_softmax_cross_entropy(hidden, model_->lookup_items(target), model_->lookup_items(negatives),
+                                              target, negatives, log_q);
+    const double value = loss.item<double>();
+    if (!std::isfinite(value) || value > settings_.max_loss) {
+      // Guard: a bad batch never reaches the weights.
+      ++summary_.skipped_batches;
+      sparse_->gradients().clear();
+      spdlog::warn("batch {} skipped: loss {}", summary_.batches, value);
+      return;
+    }
+    dense_->zero_grad();
+    loss.backward();
+    if (settings_.clip > 0) torch::nn::utils::clip_grad_norm_(dense_->param_groups()[0].params(), settings_.clip);
+    dense_->step();
+    sparse_->step(settings_.lr);
+    last_loss_ = value;
+  }
+
+  void flush() {
+    if (pending_.empty()) return;
+    const auto inputs = histories_tensor(pending_);
+    score(pending_, inputs);
+    if (run_.learn) learn(pending_, inputs);
+    ++summary_.batches;
+    events_since_checkpoint_ += static_cast<int64_t>(pending_.size());
+    pending_.clear();
+    if (settings_.checkpoint_every > 0 && events_since_checkpoint_ >= settings_.checkpoint_every) save();
+  }
+
+  void write_window() {
+    if (window_.count() == 0) return;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    metrics_ << nlohmann::json{{"label", run_.label},
+                               {"events", summary_.events},
+                               {"position", summary_.next_position},
+                               {"window_events", window_.count()},
+                               {"HR@10", window_.hit_rate(10)},
+                               {"NDCG@10", window_.ndcg(10)},
+                               {"MRR", window_.mrr()},
+                               {"loss", last_loss_},
+                               {"cold_items", summary_.cold_items},
+                               {"new_users", summary_.new_users},
+                               {"new_items", summary_.new_items},
+                               {"dead_letters", summary_.dead_letters},
+                               {"seconds", seconds}}
+                    .dump()
+             << "\n"
+             << std::flush;
+    spdlog::info("{} {} events, window NDCG@10 {:.4f} HR@10 {:.4f}, overall NDCG@10 {:.4f}, {:.0f} events/s",
+                 run_.label, summary_.events, window_.ndcg(10), window_.hit_rate(10), summary_.overall.ndcg(10),
+                 summary_.events / std::max(seconds, 1e-9));
+    window_ = RankingMetrics({10});
+  }
+
+  // Everything needed to continue at exactly the next event, written atomically. Checkpoints are
+  // taken only between micro-batches, so every event before next_position has been applied.
+  void save() {
+    CheckpointInfo info;
+    info.config_yaml = info_.config_yaml;
+    info.items = items_;
+    info.users = store_.user_ids();
+    info.meta = {{"kind", "stream"},
+                 {"next_position", summary_.next_position},
+                 {"events", summary_.events},
+                 {"scored", summary_.scored},
+                 {"cold_items", summary_.cold_items},
+                 {"new_users", summary_.new_users},
+                 {"new_items", summary_.new_items},
+                 {"dead_letters", summary_.dead_letters},
+                 {"batches", summary_.batches},
+                 {"skipped_batches", summary_.skipped_batches},
+                 {"learn", run_.learn}};
+    info.texts["history_users"] = store_.serialize_users();
+    info.tensors["history_lengths"] = torch::tensor(store_.lengths(), torch::kLong);
+    info.tensors["history_items"] = torch::tensor(store_.flat_items(), torch::kLong);
+    save_checkpoint((fs::path(run_.output_dir) / "stream.pt").string(), model_, dense_.get(), info, sparse_.get());
+    events_since_checkpoint_ = 0;
+  }
+
+  void restore(const std::string& path) {
+    load_checkpoint_optimizer(path, *dense_, sparse_.get());
+    const auto& m = info_.meta;
+    if (m.value("kind", "") != "stream") throw std::runtime_error(path + ": not a stream checkpoint (kind is not 'stream')");
+    summary_.next_position = m.at("next_position");
+    summary_.events = m.at("events");
+    summary_.scored = m.at("scored");
+    summary_.cold_items = m.at("cold_items");
+    summary_.new_users = m.at("new_users");
+    summary_.new_items = m.at("new_items");
+    summary_.dead_letters = m.at("dead_letters");
+    summary_.batches = m.at("batches");
+    summary_.skipped_batches = m.at("skipped_batches");
+    auto to_vector = [](const torch::Tensor& t) {
+      auto c = t.to(torch::kLong).contiguous();
+      return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+    };
+    store_ = HistoryStore::restore(model_->options().maxlen, info_.texts.at("history_users"),
+                                   to_vector(info_.tensors.at("history_lengths")),
+                                   to_vector(info_.tensors.at("history_items")));
+  }
+
+  Settings settings_;
+  StreamRun run_;
+  torch::Device device_;
+  CheckpointInfo info_;
+  SASRec model_{nullptr};
+  IdMap items_{1};
+  HistoryStore store_;
+  std::unique_ptr<torch::optim::Adam> dense_;
+  SparseRowAdam sparse_{nullptr};
+  std::vector<Pending> pending_;
+  RankingMetrics window_{{10}};
+  StreamSummary summary_;
+  int64_t events_since_checkpoint_ = 0;
+  double last_loss_ = std::numeric_limits<double>::quiet_NaN();
+  std::ofstream metrics_, dead_letters_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
+StreamSummary run_stream(const Config& config, EventSource& source, const std::vector<RawEvent>& warm_history,
+                         const StreamRun& run) {
+  configure_threads(config.get_int("train.threads"));
+  StreamLearner learner(config, run, warm_history);
+  if (!run.resume.empty()) {
+    source.skip_to(learner.next_position());
+    spdlog::info("{}: resuming at event {}", run.label, learner.next_position());
+  }
+  const auto started = std::chrono::steady_clock::now();
+  while (auto record = source.next()) learner.consume(*record);
+  StreamSummary summary = learner.finish();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return summary;
+}
+
+}  // namespace freshrec

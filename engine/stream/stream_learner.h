@@ -1,0 +1,46 @@
+// Continual updates from a stream of feedback (test-then-train): each event is first scored by the
+// current model from the user's history (rank of the true item among all items), then learned from
+// in a micro-batch: forward, backward, LibTorch Adam for the transformer and the fused row-wise Adam
+// for the touched item rows. New users and items get fresh slots and rows; malformed events go to a
+// dead-letter file; checkpoints hold the model, both optimizers, the histories, the id maps and the
+// source position, so a resumed run continues at exactly the next event.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/config/config.h"
+#include "engine/data/readers.h"
+#include "engine/eval/metrics.h"
+#include "engine/stream/sources.h"
+
+namespace freshrec {
+
+struct StreamRun {
+  std::string teacher;      // checkpoint to start from (ignored when resuming)
+  std::string resume;       // a stream checkpoint (stream.pt) to continue from
+  bool learn = true;        // false: the frozen baseline, scored but never updated
+  std::string output_dir;   // stream.pt, metrics.jsonl, dead_letters.jsonl
+  std::string label = "continual";
+};
+
+struct StreamSummary {
+  uint64_t events = 0;          // records consumed, malformed included
+  uint64_t scored = 0;          // events ranked before learning from them
+  uint64_t cold_items = 0;      // scored events whose item the model had never seen (counted as misses)
+  uint64_t new_users = 0, new_items = 0;
+  uint64_t dead_letters = 0;
+  uint64_t batches = 0, skipped_batches = 0;  // skipped: non-finite or exploding loss
+  uint64_t next_position = 0;   // where a resumed run continues
+  RankingMetrics overall{{10}};
+  double seconds = 0;
+  std::string checkpoint;
+};
+
+// Runs the stream until the source ends. `warm_history` (events before the stream, in time order)
+// fills the history store on a fresh start; on resume the store comes from the checkpoint.
+StreamSummary run_stream(const Config& config, EventSource& source, const std::vector<RawEvent>& warm_history,
+                         const StreamRun& run);
+
+}  // namespace freshrec
