@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's two commands on a fresh Debian 12 machine, as root; both idempotent.
-#   tools/quickstart.sh run    install what is missing, build, run the main job (configs/demo.yaml)
+#   tools/quickstart.sh run    install what is missing, build, run the main job: pre-train a teacher on
+#                              generated data, stream the rest through it frozen and continual (configs/demo.yaml)
 #   tools/quickstart.sh test   install what is missing, build, run the whole test suite (ctest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,7 @@ build() {
 case "${1:-}" in
   run)
     install_system_packages; install_torch; build
-    ./build/freshrec train --config configs/demo.yaml "${@:2}"
+    ./build/freshrec stream --config configs/demo.yaml --compare-frozen "${@:2}"
     ;;
   test)
     install_system_packages; install_torch; build
