@@ -376,7 +376,7 @@ TEST(StreamSources, BadEventsGetReasons) {
 TEST(StreamSources, StdinLinesKeepPositionsAndSkip) {
   std::istringstream in("u1,a,10\n\nbroken\nu2,b,20\nu1,c,30\n");
   LineStreamSource source(in, LineFormat::Csv);
-  source.skip_to(1);  // resume after the first event
+  source.seek("1");  // resume after the first event
   auto r = source.next();
   ASSERT_TRUE(r);
   EXPECT_EQ(r->position, 1u);
@@ -387,6 +387,8 @@ TEST(StreamSources, StdinLinesKeepPositionsAndSkip) {
   source.next();
   EXPECT_FALSE(source.next());
   EXPECT_TRUE(source.finished());
+  EXPECT_EQ(source.position(), "4");
+  EXPECT_THROW(source.seek("x"), DataError);
 }
 
 TEST(StreamSources, ReplayIsInTimeOrderWithQuantileCut) {

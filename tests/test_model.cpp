@@ -274,13 +274,14 @@ namespace {
 class CrashingSource : public EventSource {
  public:
   CrashingSource(EventSource& inner, uint64_t crash_at) : inner_(inner), crash_at_(crash_at) {}
-  std::optional<StreamRecord> next() override {
-    auto r = inner_.next();
+  std::optional<StreamRecord> next(int wait_ms) override {
+    auto r = inner_.next(wait_ms);
     if (r && r->position == crash_at_) throw std::runtime_error("simulated crash");
     return r;
   }
-  void skip_to(uint64_t p) override { inner_.skip_to(p); }
   bool finished() const override { return inner_.finished(); }
+  std::string position() const override { return inner_.position(); }
+  void seek(const std::string& p) override { inner_.seek(p); }
 
  private:
   EventSource& inner_;

@@ -74,6 +74,7 @@ const std::vector<KeySpec>& config_schema() {
       {"stream.pretrain_fraction", K::Float, "0.8",
        "replay: events before this time quantile pre-train the teacher and fill the histories"},
       {"stream.batch_size", K::Int, "256", "events per micro-batch"},
+      {"stream.max_wait_ms", K::Int, "1000", "a micro-batch closes when its oldest event has waited this long"},
       {"stream.window", K::Int, "2000", "events per rolling-metrics window"},
       {"stream.checkpoint_every", K::Int, "20000", "events between checkpoints (0: only at the end)"},
       {"stream.grow_chunk", K::Int, "1024", "rows the item table grows by when new items arrive"},

@@ -3,8 +3,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <poll.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 
 namespace freshrec {
 namespace {
@@ -140,12 +144,33 @@ uint64_t ReplaySource::quantile_position(double fraction) const {
   return p;
 }
 
-std::optional<StreamRecord> ReplaySource::next() {
+uint64_t parse_position(const std::string& text, const char* source) {
+  size_t used = 0;
+  unsigned long long v = 0;
+  try {
+    v = std::stoull(text, &used);
+  } catch (const std::logic_error&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size())
+    throw DataError(std::string(source) + ": checkpoint position '" + text + "' is not an event count");
+  return v;
+}
+
+void ReplaySource::seek(const std::string& position) { skip_to(parse_position(position, "replay source")); }
+
+std::optional<StreamRecord> ReplaySource::next(int) {
   if (finished()) return std::nullopt;
   return records_[next_++];
 }
 
-std::optional<StreamRecord> LineStreamSource::next() {
+std::optional<StreamRecord> LineStreamSource::next(int wait_ms) {
+  // Standard input: wait for a line at most wait_ms, so a half-filled micro-batch can still be
+  // flushed on time. Other streams (files, tests) are read directly.
+  if (&in_ == &std::cin && wait_ms >= 0 && std::cin.rdbuf()->in_avail() <= 0) {
+    pollfd fd{STDIN_FILENO, POLLIN, 0};
+    if (::poll(&fd, 1, wait_ms) == 0) return std::nullopt;
+  }
   std::string line;
   while (std::getline(in_, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -161,8 +186,9 @@ std::optional<StreamRecord> LineStreamSource::next() {
   return std::nullopt;
 }
 
-void LineStreamSource::skip_to(uint64_t position) {
-  while (position_ < position && next()) {
+void LineStreamSource::seek(const std::string& text) {
+  const uint64_t position = parse_position(text, name_.c_str());
+  while (position_ < position && next(-1)) {
   }
 }
 

@@ -25,11 +25,16 @@ struct StreamRecord {
 class EventSource {
  public:
   virtual ~EventSource() = default;
-  // The next record, or nullopt at the end (or, for a live source, when nothing came within the wait).
-  virtual std::optional<StreamRecord> next() = 0;
-  // Continue after `position` records (on resume).
-  virtual void skip_to(uint64_t position) = 0;
+  // The next record; a live source waits at most `wait_ms` and returns nullopt when nothing came
+  // (then finished() tells whether the source has ended).
+  virtual std::optional<StreamRecord> next(int wait_ms) = 0;
   virtual bool finished() const = 0;
+  // Where to continue after every record returned so far, as text for checkpoints ...
+  virtual std::string position() const = 0;
+  // ... and going back there on resume.
+  virtual void seek(const std::string& position) = 0;
+  // Told once a checkpoint holding position() is durable (a Kafka source commits its offsets then).
+  virtual void checkpointed(const std::string& /*position*/) {}
 };
 
 // A recorded log delivered in timestamp order: a file parsed whole (stable: ties keep file order; a
@@ -39,9 +44,11 @@ class ReplaySource : public EventSource {
  public:
   static ReplaySource from_file(const std::string& path, const ReaderOptions& options);
   static ReplaySource from_log(const EventLog& log, const std::string& name);
-  std::optional<StreamRecord> next() override;
-  void skip_to(uint64_t position) override { next_ = std::min<uint64_t>(position, records_.size()); }
+  std::optional<StreamRecord> next(int wait_ms = 0) override;
   bool finished() const override { return next_ >= records_.size(); }
+  std::string position() const override { return std::to_string(next_); }
+  void seek(const std::string& position) override;
+  void skip_to(uint64_t position) { next_ = std::min<uint64_t>(position, records_.size()); }
   const std::vector<StreamRecord>& records() const { return records_; }
   // Position of the first record at or after the `fraction` time quantile: what comes before it is
   // history for pre-training, the rest is the stream.
@@ -58,14 +65,17 @@ LineFormat parse_line_format(const std::string& name);
 // Parses one CSV or JSON line into an event; on failure sets `error` and returns nullopt.
 std::optional<RawEvent> parse_stream_line(const std::string& line, LineFormat format, std::string& error);
 
-// Lines from an input stream (standard input), one event per line, in arrival order.
+// Lines from an input stream (standard input), one event per line, in arrival order. Its position
+// counts the events read; on resume the producer is expected to send the same lines again, and the
+// ones before the checkpoint are skipped.
 class LineStreamSource : public EventSource {
  public:
   LineStreamSource(std::istream& in, LineFormat format, std::string name = "stdin")
       : in_(in), format_(format), name_(std::move(name)) {}
-  std::optional<StreamRecord> next() override;
-  void skip_to(uint64_t position) override;
+  std::optional<StreamRecord> next(int wait_ms = 0) override;
   bool finished() const override { return finished_; }
+  std::string position() const override { return std::to_string(position_); }
+  void seek(const std::string& position) override;
 
  private:
   std::istream& in_;

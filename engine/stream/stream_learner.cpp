@@ -28,7 +28,7 @@ struct Pending {
 };
 
 struct Settings {
-  int64_t batch_size, window, checkpoint_every, negatives, grow_chunk;
+  int64_t batch_size, window, checkpoint_every, negatives, grow_chunk, max_wait_ms;
   double lr, clip, max_loss;
   uint64_t seed;
   explicit Settings(const Config& c)
@@ -37,6 +37,7 @@ struct Settings {
         checkpoint_every(c.get_int("stream.checkpoint_every")),
         negatives(c.get_int("train.negatives")),
         grow_chunk(c.get_int("stream.grow_chunk")),
+        max_wait_ms(c.get_int("stream.max_wait_ms")),
         lr(c.get_float("train.lr")),
         clip(c.get_float("train.clip_norm")),
         max_loss(c.get_float("stream.max_loss")),
@@ -48,8 +49,9 @@ struct Settings {
 
 class StreamLearner {
  public:
-  StreamLearner(const Config& config, const StreamRun& run, const std::vector<RawEvent>& warm_history)
-      : settings_(config), run_(run), device_(select_device(config.get_string("train.device"))) {
+  StreamLearner(const Config& config, const StreamRun& run, const std::vector<RawEvent>& warm_history,
+                EventSource& source)
+      : settings_(config), run_(run), source_(source), device_(select_device(config.get_string("train.device"))) {
     fs::create_directories(run.output_dir);
     const std::string& start = run.resume.empty() ? run.teacher : run.resume;
     if (start.empty()) throw std::runtime_error("stream: a teacher checkpoint (or a stream checkpoint to resume) is needed");
@@ -79,11 +81,12 @@ class StreamLearner {
     dead_letters_.open(fs::path(run.output_dir) / "dead_letters.jsonl", std::ios::app);
   }
 
-  uint64_t next_position() const { return summary_.next_position; }
+  // Where the source continues when resuming ("" on a fresh start).
+  const std::string& saved_position() const { return saved_position_; }
 
   void consume(const StreamRecord& record) {
     ++summary_.events;
-    summary_.next_position = record.position + 1;
+    if (pending_.empty()) oldest_pending_ = std::chrono::steady_clock::now();
     if (!record.event) {
       ++summary_.dead_letters;
       dead_letters_ << nlohmann::json{{"position", record.position}, {"origin", record.origin},
@@ -101,6 +104,14 @@ class StreamLearner {
     }
     if (static_cast<int64_t>(pending_.size()) >= settings_.batch_size) flush();
   }
+
+  // A micro-batch also closes when its oldest event has waited stream.max_wait_ms.
+  void tick() {
+    if (!pending_.empty() && std::chrono::steady_clock::now() - oldest_pending_ >=
+                                 std::chrono::milliseconds(settings_.max_wait_ms))
+      flush();
+  }
+  int wait_ms() const { return static_cast<int>(settings_.max_wait_ms); }
 
   StreamSummary finish() {
     flush();
@@ -216,7 +227,7 @@ class StreamLearner {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
     metrics_ << nlohmann::json{{"label", run_.label},
                                {"events", summary_.events},
-                               {"position", summary_.next_position},
+                               {"position", source_.position()},
                                {"window_events", window_.count()},
                                {"HR@10", window_.hit_rate(10)},
                                {"NDCG@10", window_.ndcg(10)},
@@ -237,14 +248,15 @@ class StreamLearner {
   }
 
   // Everything needed to continue at exactly the next event, written atomically. Checkpoints are
-  // taken only between micro-batches, so every event before next_position has been applied.
+  // taken only between micro-batches, so every event before the saved position has been applied.
   void save() {
     CheckpointInfo info;
     info.config_yaml = info_.config_yaml;
     info.items = items_;
     info.users = store_.user_ids();
+    const std::string position = source_.position();
     info.meta = {{"kind", "stream"},
-                 {"next_position", summary_.next_position},
+                 {"source_position", position},
                  {"events", summary_.events},
                  {"scored", summary_.scored},
                  {"cold_items", summary_.cold_items},
@@ -258,6 +270,7 @@ class StreamLearner {
     info.tensors["history_lengths"] = torch::tensor(store_.lengths(), torch::kLong);
     info.tensors["history_items"] = torch::tensor(store_.flat_items(), torch::kLong);
     save_checkpoint((fs::path(run_.output_dir) / "stream.pt").string(), model_, dense_.get(), info, sparse_.get());
+    source_.checkpointed(position);
     events_since_checkpoint_ = 0;
   }
 
@@ -265,7 +278,7 @@ class StreamLearner {
     load_checkpoint_optimizer(path, *dense_, sparse_.get());
     const auto& m = info_.meta;
     if (m.value("kind", "") != "stream") throw std::runtime_error(path + ": not a stream checkpoint (kind is not 'stream')");
-    summary_.next_position = m.at("next_position");
+    saved_position_ = m.at("source_position").get<std::string>();
     summary_.events = m.at("events");
     summary_.scored = m.at("scored");
     summary_.cold_items = m.at("cold_items");
@@ -285,6 +298,9 @@ class StreamLearner {
 
   Settings settings_;
   StreamRun run_;
+  EventSource& source_;
+  std::string saved_position_;
+  std::chrono::steady_clock::time_point oldest_pending_;
   torch::Device device_;
   CheckpointInfo info_;
   SASRec model_{nullptr};
@@ -306,13 +322,20 @@ class StreamLearner {
 StreamSummary run_stream(const Config& config, EventSource& source, const std::vector<RawEvent>& warm_history,
                          const StreamRun& run) {
   configure_threads(config.get_int("train.threads"));
-  StreamLearner learner(config, run, warm_history);
+  StreamLearner learner(config, run, warm_history, source);
   if (!run.resume.empty()) {
-    source.skip_to(learner.next_position());
-    spdlog::info("{}: resuming at event {}", run.label, learner.next_position());
+    source.seek(learner.saved_position());
+    spdlog::info("{}: resuming at source position {}", run.label, learner.saved_position());
   }
   const auto started = std::chrono::steady_clock::now();
-  while (auto record = source.next()) learner.consume(*record);
+  while (true) {
+    if (auto record = source.next(learner.wait_ms())) {
+      learner.consume(*record);
+    } else if (source.finished()) {
+      break;
+    }
+    learner.tick();
+  }
   StreamSummary summary = learner.finish();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return summary;

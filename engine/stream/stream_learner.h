@@ -32,7 +32,6 @@ struct StreamSummary {
   uint64_t new_users = 0, new_items = 0;
   uint64_t dead_letters = 0;
   uint64_t batches = 0, skipped_batches = 0;  // skipped: non-finite or exploding loss
-  uint64_t next_position = 0;   // where a resumed run continues
   RankingMetrics overall{{10}};
   double seconds = 0;
   std::string checkpoint;
