@@ -15,6 +15,9 @@
 #include "engine/eval/evaluator.h"
 #include "engine/runtime.h"
 #include "engine/stream/sources.h"
+#ifdef FRESHREC_WITH_KAFKA
+#include "engine/stream/kafka_source.h"
+#endif
 #include "engine/stream/stream_learner.h"
 #include "engine/train/trainer.h"
 
@@ -106,8 +109,16 @@ int run_stream_job(const Config& config, const std::string& teacher_path, bool r
   std::vector<std::pair<std::string, StreamSummary>> results;
   if (config.get_string("stream.source") == "stdin") {
     if (continual.teacher.empty() && !resume) throw ConfigError("stream.source=stdin needs --teacher CHECKPOINT");
-    LineStreamSource source(std::cin, parse_line_format(config.get_string("stream.stdin_format")));
+    LineStreamSource source(std::cin, parse_line_format(config.get_string("stream.line_format")));
     results.emplace_back("continual", run_stream(config, source, {}, continual));
+  } else if (config.get_string("stream.source") == "kafka") {
+#ifdef FRESHREC_WITH_KAFKA
+    if (continual.teacher.empty() && !resume) throw ConfigError("stream.source=kafka needs --teacher CHECKPOINT");
+    KafkaSource source(KafkaOptions::from_config(config));
+    results.emplace_back("continual", run_stream(config, source, {}, continual));
+#else
+    throw ConfigError("stream.source=kafka: this build has no Kafka support (librdkafka was not found)");
+#endif
   } else {
     ReplaySource source = config.get_string("data.format") == "generated"
                               ? ReplaySource::from_log(load_event_log(config, nullptr), "generator")

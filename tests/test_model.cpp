@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/generator.h"
@@ -386,3 +387,127 @@ TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
       << "continual " << continual.overall.ndcg(10) << " vs frozen " << frozen.overall.ndcg(10);
   fs::remove_all(dir);
 }
+
+#ifdef FRESHREC_WITH_KAFKA
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>  // after rdkafka.h, as it requires
+#include <librdkafka/rdkafkacpp.h>
+
+#include "engine/stream/kafka_source.h"
+
+namespace {
+
+// librdkafka's built-in mock cluster: real Kafka-protocol brokers on loopback, inside this process.
+class MockKafka {
+ public:
+  explicit MockKafka(int brokers) {
+    char error[512];
+    handle_ = rd_kafka_new(RD_KAFKA_PRODUCER, rd_kafka_conf_new(), error, sizeof error);
+    if (!handle_) throw std::runtime_error(error);
+    cluster_ = rd_kafka_mock_cluster_new(handle_, brokers);
+    if (!cluster_) throw std::runtime_error("cannot start the mock Kafka cluster");
+  }
+  ~MockKafka() {
+    rd_kafka_mock_cluster_destroy(cluster_);
+    rd_kafka_destroy(handle_);
+  }
+  std::string bootstraps() const { return rd_kafka_mock_cluster_bootstraps(cluster_); }
+  void create_topic(const std::string& topic, int partitions) {
+    rd_kafka_mock_topic_create(cluster_, topic.c_str(), partitions, 1);
+  }
+  void restart_broker(int id) {
+    rd_kafka_mock_broker_set_down(cluster_, id);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    rd_kafka_mock_broker_set_up(cluster_, id);
+  }
+  void produce(const std::string& topic, const std::vector<std::string>& messages) {
+    std::string error;
+    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+    conf->set("bootstrap.servers", bootstraps(), error);
+    std::unique_ptr<RdKafka::Producer> producer(RdKafka::Producer::create(conf.get(), error));
+    for (size_t i = 0; i < messages.size(); ++i) {
+      auto& m = messages[i];
+      while (producer->produce(topic, static_cast<int32_t>(i % 2), RdKafka::Producer::RK_MSG_COPY,
+                               const_cast<char*>(m.data()), m.size(), nullptr, 0, 0, nullptr) ==
+             RdKafka::ERR__QUEUE_FULL)
+        producer->poll(10);
+    }
+    if (producer->flush(10000) != RdKafka::ERR_NO_ERROR) throw std::runtime_error("mock Kafka: messages not delivered");
+  }
+
+ private:
+  rd_kafka_t* handle_;
+  rd_kafka_mock_cluster_t* cluster_;
+};
+
+// Calls `action` when a given record passes.
+class HookedSource : public EventSource {
+ public:
+  HookedSource(EventSource& inner, uint64_t at, std::function<void()> action)
+      : inner_(inner), at_(at), action_(std::move(action)) {}
+  std::optional<StreamRecord> next(int wait_ms) override {
+    auto r = inner_.next(wait_ms);
+    if (r && r->position == at_) action_();
+    return r;
+  }
+  bool finished() const override { return inner_.finished(); }
+  std::string position() const override { return inner_.position(); }
+  void seek(const std::string& p) override { inner_.seek(p); }
+
+ private:
+  EventSource& inner_;
+  uint64_t at_;
+  std::function<void()> action_;
+};
+
+}  // namespace
+
+TEST(Stream, KafkaSourceSurvivesABrokerRestartAndResumesExactlyOnce) {
+  const auto dir = temp_folder("kafka");
+  Config config = stream_config(dir);
+  config.apply_override("generator.users=200");
+  config.apply_override("train.epochs=1");
+  config.apply_override("stream.checkpoint_every=256");
+  config.apply_override("stream.max_wait_ms=200");
+  ReplaySource replay = ReplaySource::from_log(load_event_log(config, nullptr), "generator");
+  const uint64_t cut = replay.quantile_position(0.7);
+  std::vector<RawEvent> warm;
+  std::vector<std::string> messages;
+  for (uint64_t p = 0; p < replay.records().size(); ++p) {
+    if (p < cut) warm.push_back(*replay.records()[p].event);
+    else messages.push_back(replay.records()[p].text);
+  }
+  messages.push_back("{\"this is\": \"not csv\"}");  // one dead letter
+  EventLog prefix;
+  for (size_t i = 0; i < warm.size(); ++i) append_event(prefix, warm[i], i);
+  const std::string teacher = train_model(config, prefix).best_checkpoint;
+
+  MockKafka kafka(3);
+  kafka.create_topic("events", 2);
+  kafka.produce("events", messages);
+  KafkaOptions options;
+  options.brokers = kafka.bootstraps();
+  options.topic = "events";
+  options.format = LineFormat::Csv;
+  options.idle_exit_ms = 3000;
+  // A crashed member blocks the group until its session times out: keep that short here.
+  options.properties = {{"session.timeout.ms", "6000"}, {"heartbeat.interval.ms", "500"}};
+
+  // First consumer: the process "crashes" in the middle of a micro-batch.
+  {
+    KafkaSource source(options);
+    HookedSource crash(source, 700, [] { throw std::runtime_error("simulated crash"); });
+    EXPECT_THROW(run_stream(config, crash, warm, {teacher, "", true, dir + "/kafka", "kafka"}), std::runtime_error);
+  }
+  // Second consumer, same group: resumes from the checkpoint's offsets and reads to the end, while
+  // a broker restarts under it.
+  KafkaSource source(options);
+  HookedSource restart(source, 100, [&] { kafka.restart_broker(1); });
+  const StreamSummary s =
+      run_stream(config, restart, warm, {teacher, dir + "/kafka/stream.pt", true, dir + "/kafka", "kafka"});
+  EXPECT_EQ(s.events, messages.size());  // every message once: none lost, none twice
+  EXPECT_EQ(s.dead_letters, 1u);
+  EXPECT_EQ(s.scored, messages.size() - 1);
+  fs::remove_all(dir);
+}
+#endif

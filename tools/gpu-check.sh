@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEBS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libgtest-dev libgmock-dev
-  googletest libcli11-dev nlohmann-json3-dev libjemalloc-dev libjemalloc2 zlib1g-dev)
+  googletest libcli11-dev nlohmann-json3-dev libjemalloc-dev libjemalloc2 zlib1g-dev librdkafka-dev librdkafka1
+  librdkafka++1)
 
 case "${1:-}" in
   fetch)
@@ -22,6 +23,8 @@ case "${1:-}" in
     prefix=/tmp/freshrec-deps
     for f in .deps/debs/*.deb; do dpkg-deb -x "$f" "$prefix"; done
     export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+    # The packages' .pc files say prefix=/usr: let pkg-config (librdkafka) look under the unpacked tree.
+    export PKG_CONFIG_PATH="$prefix/usr/lib/x86_64-linux-gnu/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$prefix"
     torch_cmake=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
     { nvidia-smi; python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'; nvcc --version; } \
       >"$out/machine.txt" 2>&1 || true
