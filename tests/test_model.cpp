@@ -511,3 +511,101 @@ TEST(Stream, KafkaSourceSurvivesABrokerRestartAndResumesExactlyOnce) {
   fs::remove_all(dir);
 }
 #endif
+
+// ---- the stream process killed at random points ---------------------------------------------------
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <random>
+
+namespace {
+
+// Runs `freshrec` with args; kills it with SIGKILL after `kill_after_ms` (< 0: never). Returns true
+// when it ran to the end with exit status 0.
+bool run_freshrec(const std::vector<std::string>& args, int kill_after_ms) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> argv{const_cast<char*>(FRESHREC_BINARY)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr)) _exit(126);
+    execv(FRESHREC_BINARY, argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  if (kill_after_ms >= 0) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kill_after_ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    kill(pid, SIGKILL);
+  }
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+}  // namespace
+
+TEST(Stream, SigkilledProcessResumesToTheSameModel) {
+  const auto dir = temp_folder("sigkill");
+  Config config = stream_config(dir);
+  config.apply_override("generator.users=1500");
+  config.apply_override("stream.checkpoint_every=256");
+  config.apply_override("stream.pretrain_fraction=0.7");
+  // The log as a CSV file, and a teacher trained on its first 70%.
+  const EventLog log = load_event_log(config, nullptr);
+  std::ofstream(dir + "/log.csv") << [&] {
+    std::string text = "user,item,timestamp\n";
+    for (const auto& e : log.events)
+      text += log.users.external(e.user) + "," + log.items.external(e.item) + "," + std::to_string(e.timestamp) + "\n";
+    return text;
+  }();
+  config.apply_override("data.format=csv");
+  config.apply_override("data.path=" + dir + "/log.csv");
+  config.apply_override("data.csv.time=timestamp");
+  ReplaySource replay = ReplaySource::from_file(dir + "/log.csv", ReaderOptions::from_config(config));
+  const uint64_t cut = replay.quantile_position(0.7);
+  EventLog prefix;
+  for (uint64_t p = 0; p < cut; ++p) append_event(prefix, *replay.records()[p].event, p);
+  const std::string teacher = train_model(config, prefix).best_checkpoint;
+  std::ofstream(dir + "/config.yaml") << config.to_yaml();
+
+  auto args = [&](const std::string& out, bool resume) {
+    std::vector<std::string> a{"--log-level", "warn", "stream", "--config", dir + "/config.yaml",
+                               "stream.output_dir=" + out};
+    if (resume) a.push_back("--resume");
+    else a.insert(a.end(), {"--teacher", teacher});
+    return a;
+  };
+  const auto started = std::chrono::steady_clock::now();
+  ASSERT_TRUE(run_freshrec(args(dir + "/whole", false), -1));
+  const int whole_ms = static_cast<int>(
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
+
+  std::mt19937 rng(12345);
+  bool done = false;
+  int kills = 0;
+  for (int attempt = 0; attempt < 40 && !done; ++attempt) {
+    const bool resume = fs::exists(dir + "/killed/continual/stream.pt");
+    // Kill somewhere inside a run (process start included), four times, then let it finish.
+    const int kill_after = kills < 4 ? std::uniform_int_distribution<int>(whole_ms / 5, whole_ms * 4 / 5)(rng) : -1;
+    done = run_freshrec(args(dir + "/killed", resume), kill_after);
+    kills += !done;
+  }
+  ASSERT_TRUE(done);
+  EXPECT_GE(kills, 1);
+  RecordProperty("sigkills", kills);
+  std::printf("stream process killed %d times before it finished\n", kills);
+  const auto whole = read_checkpoint_info(dir + "/whole/continual/stream.pt");
+  const auto killed = read_checkpoint_info(dir + "/killed/continual/stream.pt");
+  EXPECT_EQ(killed.meta.at("events"), whole.meta.at("events"));  // every event applied once
+  EXPECT_EQ(killed.meta.at("source_position"), whole.meta.at("source_position"));
+  SASRec a = load_checkpoint_model(dir + "/whole/continual/stream.pt", torch::kCPU);
+  SASRec b = load_checkpoint_model(dir + "/killed/continual/stream.pt", torch::kCPU);
+  const auto pb = b->named_parameters();
+  for (const auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+  fs::remove_all(dir);
+}
