@@ -591,7 +591,7 @@ TEST(Stream, SigkilledProcessResumesToTheSameModel) {
   for (int attempt = 0; attempt < 40 && !done; ++attempt) {
     const bool resume = fs::exists(dir + "/killed/continual/stream.pt");
     // Kill somewhere inside a run (process start included), four times, then let it finish.
-    const int kill_after = kills < 4 ? std::uniform_int_distribution<int>(whole_ms / 5, whole_ms * 4 / 5)(rng) : -1;
+    const int kill_after = kills < 4 ? std::uniform_int_distribution<int>(whole_ms / 4, whole_ms / 2)(rng) : -1;
     done = run_freshrec(args(dir + "/killed", resume), kill_after);
     kills += !done;
   }
