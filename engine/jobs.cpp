@@ -147,13 +147,15 @@ int run_stream_job(const Config& config, const std::string& teacher_path, bool r
     source.skip_to(cut);
     results.emplace_back("continual", run_stream(config, source, warm, continual));
   }
-  std::printf("\nprequential (test-then-train) metrics over the stream:\n%-10s %9s %9s %9s %8s %9s %9s %8s %8s\n",
-              "model", "events", "HR@10", "NDCG@10", "MRR", "cold", "new items", "dead", "s");
+  std::printf("\nprequential (test-then-train) metrics over the stream:\n%-10s %9s %9s %9s %8s %9s %9s %8s %8s %9s %9s %9s\n",
+              "model", "events", "HR@10", "NDCG@10", "MRR", "cold", "new items", "dead", "s", "events/s",
+              "p50 ms", "p99 ms");
   for (const auto& [name, s] : results)
-    std::printf("%-10s %9llu %9.4f %9.4f %8.4f %9llu %9llu %8llu %8.1f\n", name.c_str(),
+    std::printf("%-10s %9llu %9.4f %9.4f %8.4f %9llu %9llu %8llu %8.1f %9.0f %9.1f %9.1f\n", name.c_str(),
                 static_cast<unsigned long long>(s.scored), s.overall.hit_rate(10), s.overall.ndcg(10), s.overall.mrr(),
                 static_cast<unsigned long long>(s.cold_items), static_cast<unsigned long long>(s.new_items),
-                static_cast<unsigned long long>(s.dead_letters), s.seconds);
+                static_cast<unsigned long long>(s.dead_letters), s.seconds, s.events / std::max(s.seconds, 1e-9),
+                s.latency_p50_ms, s.latency_p99_ms);
   if (results.size() == 2 && results[0].second.overall.ndcg(10) > 0)
     std::printf("continual / frozen NDCG@10: %.3f\n", results[1].second.overall.ndcg(10) / results[0].second.overall.ndcg(10));
   std::printf("checkpoint: %s\n", results.back().second.checkpoint.c_str());

@@ -99,6 +99,14 @@ TEST(Config, YamlFileWithLineNumbersInErrors) {
   EXPECT_NE(error_of([] { Config::from_yaml_file("/nonexistent/x.yaml"); }).find("cannot open"), std::string::npos);
 }
 
+TEST(Config, StoredConfigsSkipKeysOfOtherVersions) {
+  std::vector<std::string> skipped;
+  const Config c = Config::from_stored_yaml("model:\n  hidden: 24\nstream:\n  retired_key: 3\n", "checkpoint", &skipped);
+  EXPECT_EQ(c.get_int("model.hidden"), 24);
+  EXPECT_EQ(skipped, (std::vector<std::string>{"stream.retired_key"}));
+  EXPECT_THROW(Config::from_stored_yaml("model:\n  hidden: wide\n", "checkpoint", &skipped), ConfigError);
+}
+
 TEST(Config, OverrideErrorsNameTheKey) {
   Config c;
   EXPECT_NE(error_of([&] { c.apply_override("train.hidden=3"); }).find("did you mean 'model.hidden'"), std::string::npos);

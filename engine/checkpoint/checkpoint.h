@@ -21,7 +21,8 @@ struct CheckpointInfo {
   // Further named state (a stream's history store and source position, ...).
   std::map<std::string, std::string> texts;
   std::map<std::string, torch::Tensor> tensors;
-  Config config() const { return Config::from_yaml_string(config_yaml, "checkpoint config"); }
+  // The config the checkpoint was written with; keys from other versions of freshrec are skipped.
+  Config config() const { return Config::from_stored_yaml(config_yaml, "checkpoint config", nullptr); }
 };
 
 // `sparse_optimizer` (optional): the row-wise optimizer's state module (moments of the item table).

@@ -149,7 +149,14 @@ Config Config::from_yaml_string(const std::string& text, const std::string& orig
   return config;
 }
 
-void Config::merge_yaml(const std::string& text, const std::string& origin) {
+Config Config::from_stored_yaml(const std::string& text, const std::string& origin, std::vector<std::string>* skipped) {
+  Config config;
+  std::vector<std::string> local;
+  config.merge_yaml(text, origin, skipped ? skipped : &local);
+  return config;
+}
+
+void Config::merge_yaml(const std::string& text, const std::string& origin, std::vector<std::string>* skipped) {
   YAML::Node root;
   try {
     root = YAML::Load(text);
@@ -162,6 +169,10 @@ void Config::merge_yaml(const std::string& text, const std::string& origin) {
   flatten(root, "", origin, entries);
   for (const auto& [key, node, where] : entries) {
     const KeySpec* spec = find_spec(key);
+    if (!spec && skipped) {
+      skipped->push_back(key);
+      continue;
+    }
     if (!spec) {
       const std::string hint = closest_key(key);
       throw ConfigError(where + ": unknown config key '" + key + "'" +

@@ -37,6 +37,9 @@ class Config {
   Config();
   static Config from_yaml_file(const std::string& path);
   static Config from_yaml_string(const std::string& text, const std::string& origin = "<string>");
+  // For configs stored in checkpoints by other versions: keys this build does not know are skipped
+  // (and listed in `skipped`), the rest is checked as usual.
+  static Config from_stored_yaml(const std::string& text, const std::string& origin, std::vector<std::string>* skipped);
 
   // "key=value" from the command line; the value is parsed as YAML scalar or flow list.
   void apply_override(const std::string& assignment);
@@ -54,7 +57,7 @@ class Config {
   std::string origin(const std::string& key) const;
 
  private:
-  void merge_yaml(const std::string& text, const std::string& origin);
+  void merge_yaml(const std::string& text, const std::string& origin, std::vector<std::string>* skipped = nullptr);
   const ConfigValue& value(const std::string& key, KeyType expected) const;
 
   std::map<std::string, ConfigValue> values_;

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -25,7 +26,10 @@ struct Pending {
   std::vector<int32_t> history;
   int64_t item;
   bool cold;  // the item was new when the event arrived: the model could not have ranked it
+  std::chrono::steady_clock::time_point arrival;
 };
+
+constexpr size_t kMaxLatencySamples = 1 << 20;
 
 struct Settings {
   int64_t batch_size, window, checkpoint_every, negatives, grow_chunk, max_wait_ms;
@@ -99,7 +103,7 @@ class StreamLearner {
       summary_.new_users += new_user;
       bool cold = false;
       const int32_t item = item_id(record.event->item, &cold);
-      pending_.push_back({store_.history(slot), item, cold});
+      pending_.push_back({store_.history(slot), item, cold, std::chrono::steady_clock::now()});
       store_.push(slot, item);
     }
     if (static_cast<int64_t>(pending_.size()) >= settings_.batch_size) flush();
@@ -118,6 +122,11 @@ class StreamLearner {
     write_window();
     save();
     summary_.checkpoint = (fs::path(run_.output_dir) / "stream.pt").string();
+    if (!latencies_ms_.empty()) {
+      std::sort(latencies_ms_.begin(), latencies_ms_.end());
+      auto at = [&](double q) { return latencies_ms_[std::min(latencies_ms_.size() - 1, static_cast<size_t>(q * latencies_ms_.size()))]; };
+      summary_.latency_p50_ms = at(0.5), summary_.latency_p99_ms = at(0.99);
+    }
     return summary_;
   }
 
@@ -216,6 +225,10 @@ class StreamLearner {
     const auto inputs = histories_tensor(pending_);
     score(pending_, inputs);
     if (run_.learn) learn(pending_, inputs);
+    const auto done = std::chrono::steady_clock::now();
+    for (const auto& p : pending_)
+      if (latencies_ms_.size() < kMaxLatencySamples)
+        latencies_ms_.push_back(std::chrono::duration<double, std::milli>(done - p.arrival).count());
     ++summary_.batches;
     events_since_checkpoint_ += static_cast<int64_t>(pending_.size());
     pending_.clear();
@@ -309,6 +322,7 @@ class StreamLearner {
   std::unique_ptr<torch::optim::Adam> dense_;
   SparseRowAdam sparse_{nullptr};
   std::vector<Pending> pending_;
+  std::vector<double> latencies_ms_;
   RankingMetrics window_{{10}};
   StreamSummary summary_;
   int64_t events_since_checkpoint_ = 0;

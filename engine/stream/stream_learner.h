@@ -33,6 +33,8 @@ struct StreamSummary {
   uint64_t dead_letters = 0;
   uint64_t batches = 0, skipped_batches = 0;  // skipped: non-finite or exploding loss
   RankingMetrics overall{{10}};
+  // From an event's arrival to the end of the model step that learned from it (scored, if frozen).
+  double latency_p50_ms = 0, latency_p99_ms = 0;
   double seconds = 0;
   std::string checkpoint;
 };

@@ -6,6 +6,8 @@
 #include <exception>
 #include <iostream>
 
+#include <unistd.h>
+
 #include "engine/config/config.h"
 #include "engine/jobs.h"
 
@@ -85,6 +87,14 @@ int main(int argc, char** argv) {
   bench_kernels->add_option("--device", kernel_bench.device, "auto, cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
 
+  ConfigArgs bench_stream_args;
+  std::string bench_teacher;
+  auto* bench_stream = bench->add_subcommand(
+      "stream", "stream throughput (events/s) and arrival-to-update latency, continual beside frozen scoring");
+  bench_stream_args.attach(bench_stream);
+  bench_stream->add_option("--teacher", bench_teacher, "checkpoint to start from (default: pre-train one)")
+      ->check(CLI::ExistingFile);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -107,6 +117,13 @@ int main(int argc, char** argv) {
     if (*stream)
       return with_config(stream_args, [&](const freshrec::Config& c) {
         return freshrec::run_stream_job(c, teacher, stream_resume, compare_frozen);
+      });
+    if (*bench_stream)
+      return with_config(bench_stream_args, [&](freshrec::Config c) {
+        // A fresh output folder, so a benchmark never resumes or appends to an earlier run.
+        const std::string out = c.get_string("stream.output_dir") + "/bench-" + std::to_string(::getpid());
+        c.set("stream.output_dir", out, "bench stream");
+        return freshrec::run_stream_job(c, bench_teacher, false, true);
       });
     if (*bench_kernels) return freshrec::run_kernel_bench_job(kernel_bench);
     if (*stats) return with_config(stats_args, [](const freshrec::Config& c) { return freshrec::run_data_stats_job(c); });
