@@ -137,15 +137,23 @@ int run_stream_job(const Config& config, const std::string& teacher_path, bool r
       teacher_config.set("train.output_dir", (out / "teacher").string(), "stream job");
       continual.teacher = train_model(teacher_config, prefix).best_checkpoint;
     }
+    const double replay_share = config.get_float("stream.replay_share");
     if (compare_frozen) {
       StreamRun frozen = continual;
       frozen.learn = false, frozen.resume.clear(), frozen.label = "frozen";
       frozen.output_dir = (out / "frozen").string();
       source.skip_to(cut);
       results.emplace_back("frozen", run_stream(config, source, warm, frozen));
+      if (replay_share > 0) {  // continual without replay too, so the replay's effect shows
+        Config plain = config;
+        plain.set("stream.replay_share", "0", "stream job");
+        source.skip_to(cut);
+        results.emplace_back("continual", run_stream(plain, source, warm, continual));
+        continual.output_dir = (out / "replay").string(), continual.label = "replay";
+      }
     }
     source.skip_to(cut);
-    results.emplace_back("continual", run_stream(config, source, warm, continual));
+    results.emplace_back(continual.label, run_stream(config, source, warm, continual));
   }
   std::printf("\nprequential (test-then-train) metrics over the stream:\n%-10s %9s %9s %9s %8s %9s %9s %8s %8s %9s %9s %9s\n",
               "model", "events", "HR@10", "NDCG@10", "MRR", "cold", "new items", "dead", "s", "events/s",
@@ -156,8 +164,10 @@ int run_stream_job(const Config& config, const std::string& teacher_path, bool r
                 static_cast<unsigned long long>(s.cold_items), static_cast<unsigned long long>(s.new_items),
                 static_cast<unsigned long long>(s.dead_letters), s.seconds, s.events / std::max(s.seconds, 1e-9),
                 s.latency_p50_ms, s.latency_p99_ms);
-  if (results.size() == 2 && results[0].second.overall.ndcg(10) > 0)
-    std::printf("continual / frozen NDCG@10: %.3f\n", results[1].second.overall.ndcg(10) / results[0].second.overall.ndcg(10));
+  if (results.size() >= 2 && results[0].second.overall.ndcg(10) > 0)
+    for (size_t i = 1; i < results.size(); ++i)
+      std::printf("%s / frozen NDCG@10: %.3f\n", results[i].first.c_str(),
+                  results[i].second.overall.ndcg(10) / results[0].second.overall.ndcg(10));
   std::printf("checkpoint: %s\n", results.back().second.checkpoint.c_str());
   return 0;
 }

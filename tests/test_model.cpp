@@ -318,6 +318,8 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
 
   Config checkpointing = config;
   checkpointing.apply_override("stream.checkpoint_every=640");
+  checkpointing.apply_override("stream.replay_share=0.5");  // the reservoir must survive the crash too
+  checkpointing.apply_override("stream.replay_capacity=500");
   StreamRun whole{teacher, "", true, dir + "/whole", "whole"};
   source.skip_to(cut);
   const StreamSummary full = run_stream(checkpointing, source, warm, whole);
@@ -338,6 +340,8 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   resumed.resume = dir + "/crashed/stream.pt";
   const StreamSummary rest = run_stream(checkpointing, source, warm, resumed);
   EXPECT_EQ(rest.events, full.events);  // every event exactly once
+  EXPECT_GT(full.replayed, 0u);
+  EXPECT_EQ(rest.replayed, full.replayed);
   SASRec a = load_checkpoint_model(full.checkpoint, torch::kCPU), b = load_checkpoint_model(rest.checkpoint, torch::kCPU);
   const auto pb = b->named_parameters();
   for (const auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();

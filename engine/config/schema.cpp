@@ -84,6 +84,9 @@ const std::vector<KeySpec>& config_schema() {
       {"stream.checkpoint_every", K::Int, "20000", "events between checkpoints (0: only at the end)"},
       {"stream.grow_chunk", K::Int, "1024", "rows the item table grows by when new items arrive"},
       {"stream.max_loss", K::Float, "50", "a batch whose loss is not finite or above this is skipped"},
+      {"stream.replay_share", K::Float, "0",
+       "past examples replayed per new one in each training step, against forgetting (0: off)"},
+      {"stream.replay_capacity", K::Int, "4096", "examples kept for replay (reservoir sampling over the stream)"},
       {"stream.output_dir", K::String, "runs/stream", "stream.pt, metrics.jsonl and dead_letters.jsonl go here"},
 
       // ---- eval ----

@@ -31,9 +31,26 @@ struct Pending {
 
 constexpr size_t kMaxLatencySamples = 1 << 20;
 
+// Counter-based random numbers: the n-th draw depends only on (seed, n), so a resumed run makes the
+// same reservoir and replay choices without saving generator state.
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// Past training examples kept by reservoir sampling (every example seen so far is equally likely to
+// be in it), replayed beside each micro-batch against forgetting.
+struct Reservoir {
+  std::vector<std::vector<int32_t>> histories;
+  std::vector<int64_t> items;
+  uint64_t seen = 0;
+};
+
 struct Settings {
-  int64_t batch_size, window, checkpoint_every, negatives, grow_chunk, max_wait_ms;
-  double lr, clip, max_loss;
+  int64_t batch_size, window, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity;
+  double lr, clip, max_loss, replay_share;
   uint64_t seed;
   explicit Settings(const Config& c)
       : batch_size(c.get_int("stream.batch_size")),
@@ -42,12 +59,17 @@ struct Settings {
         negatives(c.get_int("train.negatives")),
         grow_chunk(c.get_int("stream.grow_chunk")),
         max_wait_ms(c.get_int("stream.max_wait_ms")),
+        replay_capacity(c.get_int("stream.replay_capacity")),
         lr(c.get_float("train.lr")),
         clip(c.get_float("train.clip_norm")),
         max_loss(c.get_float("stream.max_loss")),
+        replay_share(c.get_float("stream.replay_share")),
         seed(static_cast<uint64_t>(c.get_int("train.seed"))) {
-    if (batch_size <= 0 || window <= 0 || grow_chunk <= 0 || negatives <= 0)
-      throw ConfigError("stream.batch_size, stream.window, stream.grow_chunk and train.negatives must be positive");
+    if (batch_size <= 0 || window <= 0 || grow_chunk <= 0 || negatives <= 0 || replay_capacity <= 0)
+      throw ConfigError(
+          "stream.batch_size, stream.window, stream.grow_chunk, stream.replay_capacity and train.negatives must be "
+          "positive");
+    if (replay_share < 0) throw ConfigError("stream.replay_share must be >= 0, got " + std::to_string(replay_share));
   }
 };
 
@@ -140,6 +162,7 @@ class StreamLearner {
     ++summary_.new_items;
     if (id > model_->options().num_items) {
       const int64_t rows = ((id + settings_.grow_chunk - 1) / settings_.grow_chunk) * settings_.grow_chunk;
+      torch::manual_seed(settings_.seed * 7919ULL + static_cast<uint64_t>(rows));  // new rows: same draws every run
       model_->grow_items(rows);
       sparse_->grow_to_weight();
       spdlog::debug("item table grown to {} rows", rows + 1);
@@ -189,18 +212,27 @@ class StreamLearner {
     }
   }
 
-  // Train: one step on the events of the batch that have a history, loss on the newest position.
-  void learn(const std::vector<Pending>& batch, const torch::Tensor& inputs) {
-    std::vector<int64_t> keep, targets;
-    for (size_t r = 0; r < batch.size(); ++r)
-      if (!batch[r].history.empty()) keep.push_back(static_cast<int64_t>(r)), targets.push_back(batch[r].item);
-    if (keep.empty()) return;
+  // Train: one step on the events of the batch that have a history, loss on the newest position,
+  // plus stream.replay_share as many examples replayed from the reservoir.
+  void learn(const std::vector<Pending>& batch) {
+    std::vector<Pending> examples;
+    for (const auto& p : batch)
+      if (!p.history.empty()) examples.push_back(p);
+    if (examples.empty()) return;
+    const size_t fresh = examples.size();
+    const auto replayed = static_cast<size_t>(std::llround(settings_.replay_share * static_cast<double>(fresh)));
+    for (size_t k = 0; k < replayed && !reservoir_.items.empty(); ++k) {
+      const size_t j = mix(settings_.seed * 31 + summary_.batches * 1000003ULL + k) % reservoir_.items.size();
+      examples.push_back({reservoir_.histories[j], reservoir_.items[j], false, {}});
+      ++summary_.replayed;
+    }
+    std::vector<int64_t> targets;
+    for (const auto& e : examples) targets.push_back(e.item);
     torch::manual_seed(settings_.seed * 1000003ULL + summary_.batches);  // same draws when resumed
     model_->train();
-    auto rows = inputs.index_select(0, torch::tensor(keep).to(device_));
     auto target = torch::tensor(targets).to(device_);
     auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
-    auto hidden = model_->last_hidden(rows);
+    auto hidden = model_->last_hidden(histories_tensor(examples));
     auto log_q = torch::zeros({model_->options().num_items + 1}, hidden.options());  // uniform draws
     auto loss = sampled_softmax_cross_entropy(hidden, model_->lookup_items(target), model_->lookup_items(negatives),
                                               target, negatives, log_q);
@@ -210,21 +242,33 @@ class StreamLearner {
       ++summary_.skipped_batches;
       sparse_->gradients().clear();
       spdlog::warn("batch {} skipped: loss {}", summary_.batches, value);
+    } else {
+      dense_->zero_grad();
+      loss.backward();
+      if (settings_.clip > 0) torch::nn::utils::clip_grad_norm_(dense_->param_groups()[0].params(), settings_.clip);
+      dense_->step();
+      sparse_->step(settings_.lr);
+      last_loss_ = value;
+    }
+    if (settings_.replay_share > 0)
+      for (size_t i = 0; i < fresh; ++i) remember(examples[i]);
+  }
+
+  void remember(const Pending& example) {
+    const uint64_t n = reservoir_.seen++;
+    if (reservoir_.items.size() < static_cast<size_t>(settings_.replay_capacity)) {
+      reservoir_.histories.push_back(example.history);
+      reservoir_.items.push_back(example.item);
       return;
     }
-    dense_->zero_grad();
-    loss.backward();
-    if (settings_.clip > 0) torch::nn::utils::clip_grad_norm_(dense_->param_groups()[0].params(), settings_.clip);
-    dense_->step();
-    sparse_->step(settings_.lr);
-    last_loss_ = value;
+    const uint64_t j = mix(settings_.seed ^ (n * 0x2545f4914f6cdd1dULL)) % (n + 1);
+    if (j < reservoir_.items.size()) reservoir_.histories[j] = example.history, reservoir_.items[j] = example.item;
   }
 
   void flush() {
     if (pending_.empty()) return;
-    const auto inputs = histories_tensor(pending_);
-    score(pending_, inputs);
-    if (run_.learn) learn(pending_, inputs);
+    score(pending_, histories_tensor(pending_));
+    if (run_.learn) learn(pending_);
     const auto done = std::chrono::steady_clock::now();
     for (const auto& p : pending_)
       if (latencies_ms_.size() < kMaxLatencySamples)
@@ -282,6 +326,16 @@ class StreamLearner {
     info.texts["history_users"] = store_.serialize_users();
     info.tensors["history_lengths"] = torch::tensor(store_.lengths(), torch::kLong);
     info.tensors["history_items"] = torch::tensor(store_.flat_items(), torch::kLong);
+    std::vector<int64_t> lengths, flat;
+    for (const auto& h : reservoir_.histories) {
+      lengths.push_back(static_cast<int64_t>(h.size()));
+      flat.insert(flat.end(), h.begin(), h.end());
+    }
+    info.tensors["reservoir_lengths"] = torch::tensor(lengths, torch::kLong);
+    info.tensors["reservoir_histories"] = torch::tensor(flat, torch::kLong);
+    info.tensors["reservoir_items"] = torch::tensor(reservoir_.items, torch::kLong);
+    info.meta["reservoir_seen"] = reservoir_.seen;
+    info.meta["replayed"] = summary_.replayed;
     save_checkpoint((fs::path(run_.output_dir) / "stream.pt").string(), model_, dense_.get(), info, sparse_.get());
     source_.checkpointed(position);
     events_since_checkpoint_ = 0;
@@ -307,6 +361,16 @@ class StreamLearner {
     store_ = HistoryStore::restore(model_->options().maxlen, info_.texts.at("history_users"),
                                    to_vector(info_.tensors.at("history_lengths")),
                                    to_vector(info_.tensors.at("history_items")));
+    summary_.replayed = m.at("replayed");
+    reservoir_.seen = m.at("reservoir_seen");
+    reservoir_.items = to_vector(info_.tensors.at("reservoir_items"));
+    const auto lengths = to_vector(info_.tensors.at("reservoir_lengths"));
+    const auto flat = to_vector(info_.tensors.at("reservoir_histories"));
+    size_t at = 0;
+    for (int64_t n : lengths) {
+      reservoir_.histories.emplace_back(flat.begin() + at, flat.begin() + at + n);
+      at += n;
+    }
   }
 
   Settings settings_;
@@ -323,6 +387,7 @@ class StreamLearner {
   SparseRowAdam sparse_{nullptr};
   std::vector<Pending> pending_;
   std::vector<double> latencies_ms_;
+  Reservoir reservoir_;
   RankingMetrics window_{{10}};
   StreamSummary summary_;
   int64_t events_since_checkpoint_ = 0;

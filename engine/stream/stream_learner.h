@@ -32,6 +32,7 @@ struct StreamSummary {
   uint64_t new_users = 0, new_items = 0;
   uint64_t dead_letters = 0;
   uint64_t batches = 0, skipped_batches = 0;  // skipped: non-finite or exploding loss
+  uint64_t replayed = 0;        // past examples trained on again (stream.replay_share)
   RankingMetrics overall{{10}};
   // From an event's arrival to the end of the model step that learned from it (scored, if frozen).
   double latency_p50_ms = 0, latency_p99_ms = 0;
