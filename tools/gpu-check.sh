@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The device check for a GPU machine without a package registry (recipe: ../shared/docs/GPU-BUILD.md).
-#   here:   tools/gpu-check.sh fetch        Debian packages the build needs, into .deps/debs (git-ignored)
+#   here:   tools/gpu-check.sh fetch        Debian packages the build needs, into .deps/debs, and the
+#                                           ML-1M file into .deps/data (both git-ignored; data never committed)
 #   there:  tools/gpu-check.sh run OUT      unpack them, build with the machine's PyTorch, then run the
 #                                           torch tests (CUDA ones included), `bench kernels` on the GPU,
-#                                           and the demo training on the GPU and on the CPU; logs to OUT
+#                                           the demo training on the GPU and on the CPU, and the ML-1M
+#                                           teacher on the GPU; logs to OUT
 # Through the device tool: carry [".deps"] and run `bash tools/gpu-check.sh run $OUT`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,11 @@ case "${1:-}" in
     rm -rf .deps/debs && mkdir -p .deps/debs
     (cd .deps/debs && apt-get download "${DEBS[@]}")
     echo "fetched $(ls .deps/debs | wc -l) packages into .deps/debs ($(du -sh .deps/debs | cut -f1))"
+    if [[ -f ../shared/data/ml-1m-sasrec/ml-1m.txt ]]; then
+      mkdir -p .deps/data && cp ../shared/data/ml-1m-sasrec/ml-1m.txt .deps/data/
+    else
+      echo "../shared/data/ml-1m-sasrec/ml-1m.txt not found: the ML-1M run will be skipped"
+    fi
     ;;
   run)
     out=${2:?usage: $0 run OUT_DIR}
@@ -41,9 +48,17 @@ case "${1:-}" in
       ./build-gpu/freshrec train -c configs/demo.yaml train.device=$device train.output_dir=/tmp/freshrec-demo-$device \
         train.log_every_seconds=30 >"$out/train-$device.txt" 2>&1 || status=1
     done
+    if [[ -f .deps/data/ml-1m.txt ]]; then  # bigger CE chunks: a GPU wants few, large matmuls
+      ./build-gpu/freshrec train -c configs/ml1m-sasrec.yaml train.device=cuda data.path=.deps/data/ml-1m.txt \
+        train.ce_chunk=8192 train.output_dir=/tmp/freshrec-ml1m train.log_every_seconds=30 >"$out/ml1m-gpu.txt" 2>&1 ||
+        status=1
+      ./build-gpu/freshrec eval --checkpoint /tmp/freshrec-ml1m/best.pt data.path=.deps/data/ml-1m.txt \
+        --json "$out/ml1m-eval.json" >>"$out/ml1m-gpu.txt" 2>&1 || status=1
+    fi
     grep -h -E "passed|FAILED|Skipped" "$out/tests.txt" || true
     cat "$out/bench-kernels.txt"
     tail -n 8 "$out/train-cuda.txt" "$out/train-cpu.txt"
+    [[ -f "$out/ml1m-gpu.txt" ]] && tail -n 12 "$out/ml1m-gpu.txt"
     exit $status
     ;;
   *)
