@@ -124,18 +124,14 @@ int run_stream_job(const Config& config, const std::string& teacher_path, bool r
                               ? ReplaySource::from_log(load_event_log(config, nullptr), "generator")
                               : ReplaySource::from_file(config.get_string("data.path"), ReaderOptions::from_config(config));
     const uint64_t cut = source.quantile_position(config.get_float("stream.pretrain_fraction"));
-    std::vector<RawEvent> warm;
-    for (uint64_t p = 0; p < cut; ++p)
-      if (source.records()[p].event) warm.push_back(*source.records()[p].event);
+    const std::vector<RawEvent> warm = source.events_before(cut);
     spdlog::info("replay: {} events before the {:.0f}% time quantile, {} to stream", warm.size(),
                  100 * config.get_float("stream.pretrain_fraction"), source.records().size() - cut);
     if (continual.teacher.empty() && !resume) {
       if (warm.empty()) throw ConfigError("stream.pretrain_fraction leaves no events to pre-train a teacher on");
-      EventLog prefix;
-      for (size_t i = 0; i < warm.size(); ++i) append_event(prefix, warm[i], i);
       Config teacher_config = config;
       teacher_config.set("train.output_dir", (out / "teacher").string(), "stream job");
-      continual.teacher = train_model(teacher_config, prefix).best_checkpoint;
+      continual.teacher = train_model(teacher_config, event_log_from(warm)).best_checkpoint;
     }
     const double replay_share = config.get_float("stream.replay_share");
     if (compare_frozen) {

@@ -302,18 +302,28 @@ Config stream_config(const std::string& out) {
   return c;
 }
 
+// A replayed log split at a time quantile, and a teacher trained on the part before the cut.
+struct StreamSetup {
+  ReplaySource source;
+  uint64_t cut;
+  std::vector<RawEvent> warm;
+  std::string teacher;
+};
+
+StreamSetup prepare_stream(const Config& config, ReplaySource source, double fraction) {
+  const uint64_t cut = source.quantile_position(fraction);
+  auto warm = source.events_before(cut);
+  const std::string teacher = train_model(config, event_log_from(warm)).best_checkpoint;
+  return {std::move(source), cut, std::move(warm), teacher};
+}
+
 }  // namespace
 
 TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   const auto dir = temp_folder("stream");
   const Config config = stream_config(dir);
-  ReplaySource source = ReplaySource::from_log(load_event_log(config, nullptr), "generator");
-  const uint64_t cut = source.quantile_position(0.7);
-  std::vector<RawEvent> warm;
-  for (uint64_t p = 0; p < cut; ++p) warm.push_back(*source.records()[p].event);
-  EventLog prefix;
-  for (size_t i = 0; i < warm.size(); ++i) append_event(prefix, warm[i], i);
-  const std::string teacher = train_model(config, prefix).best_checkpoint;
+  auto [source, cut, warm, teacher] =
+      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
   const int64_t teacher_items = read_checkpoint_info(teacher).items.size();
 
   Config checkpointing = config;
@@ -353,13 +363,8 @@ TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
   Config config = stream_config(dir);
   config.apply_override("generator.drift=0.05");
   config.apply_override("generator.new_item_fraction=0.4");
-  ReplaySource replay = ReplaySource::from_log(load_event_log(config, nullptr), "generator");
-  const uint64_t cut = replay.quantile_position(0.6);
-  std::vector<RawEvent> warm;
-  for (uint64_t p = 0; p < cut; ++p) warm.push_back(*replay.records()[p].event);
-  EventLog prefix;
-  for (size_t i = 0; i < warm.size(); ++i) append_event(prefix, warm[i], i);
-  const std::string teacher = train_model(config, prefix).best_checkpoint;
+  const auto [replay, cut, warm, teacher] =
+      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.6);
 
   // The stream as JSON lines, with bad events mixed in.
   std::string lines;
@@ -473,18 +478,11 @@ TEST(Stream, KafkaSourceSurvivesABrokerRestartAndResumesExactlyOnce) {
   config.apply_override("train.epochs=1");
   config.apply_override("stream.checkpoint_every=256");
   config.apply_override("stream.max_wait_ms=200");
-  ReplaySource replay = ReplaySource::from_log(load_event_log(config, nullptr), "generator");
-  const uint64_t cut = replay.quantile_position(0.7);
-  std::vector<RawEvent> warm;
+  const auto [replay, cut, warm, teacher] =
+      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
   std::vector<std::string> messages;
-  for (uint64_t p = 0; p < replay.records().size(); ++p) {
-    if (p < cut) warm.push_back(*replay.records()[p].event);
-    else messages.push_back(replay.records()[p].text);
-  }
+  for (uint64_t p = cut; p < replay.records().size(); ++p) messages.push_back(replay.records()[p].text);
   messages.push_back("{\"this is\": \"not csv\"}");  // one dead letter
-  EventLog prefix;
-  for (size_t i = 0; i < warm.size(); ++i) append_event(prefix, warm[i], i);
-  const std::string teacher = train_model(config, prefix).best_checkpoint;
 
   MockKafka kafka(3);
   kafka.create_topic("events", 2);
@@ -570,11 +568,8 @@ TEST(Stream, SigkilledProcessResumesToTheSameModel) {
   config.apply_override("data.format=csv");
   config.apply_override("data.path=" + dir + "/log.csv");
   config.apply_override("data.csv.time=timestamp");
-  ReplaySource replay = ReplaySource::from_file(dir + "/log.csv", ReaderOptions::from_config(config));
-  const uint64_t cut = replay.quantile_position(0.7);
-  EventLog prefix;
-  for (uint64_t p = 0; p < cut; ++p) append_event(prefix, *replay.records()[p].event, p);
-  const std::string teacher = train_model(config, prefix).best_checkpoint;
+  const std::string teacher =
+      prepare_stream(config, ReplaySource::from_file(dir + "/log.csv", ReaderOptions::from_config(config)), 0.7).teacher;
   std::ofstream(dir + "/config.yaml") << config.to_yaml();
 
   auto args = [&](const std::string& out, bool resume) {

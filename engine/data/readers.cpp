@@ -282,6 +282,13 @@ void append_event(EventLog& log, const RawEvent& raw, uint64_t order) {
   log.events.push_back(e);
 }
 
+EventLog event_log_from(const std::vector<RawEvent>& events) {
+  EventLog log;
+  for (size_t i = 0; i < events.size(); ++i) append_event(log, events[i], i);
+  log.sort_by_time();
+  return log;
+}
+
 EventLog read_event_log(const std::string& path, const ReaderOptions& options, ReadReport* report) {
   ReadReport local;
   ReadReport& r = report ? *report : local;

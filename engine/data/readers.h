@@ -75,6 +75,9 @@ class LineParser {
 // Interns one parsed event into a log (ids mapped, line order kept for ties; no timestamp: `order`).
 void append_event(EventLog& log, const RawEvent& raw, uint64_t order);
 
+// An event log of parsed events, ids interned in order of appearance.
+EventLog event_log_from(const std::vector<RawEvent>& events);
+
 // All lines of a plain or gzipped file (trailing \r removed).
 std::vector<std::string> read_lines(const std::string& path);
 

@@ -159,6 +159,13 @@ uint64_t parse_position(const std::string& text, const char* source) {
 
 void ReplaySource::seek(const std::string& position) { skip_to(parse_position(position, "replay source")); }
 
+std::vector<RawEvent> ReplaySource::events_before(uint64_t position) const {
+  std::vector<RawEvent> events;
+  for (uint64_t p = 0; p < std::min<uint64_t>(position, records_.size()); ++p)
+    if (records_[p].event) events.push_back(*records_[p].event);
+  return events;
+}
+
 std::optional<StreamRecord> ReplaySource::next(int) {
   if (finished()) return std::nullopt;
   return records_[next_++];

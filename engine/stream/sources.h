@@ -53,6 +53,8 @@ class ReplaySource : public EventSource {
   // Position of the first record at or after the `fraction` time quantile: what comes before it is
   // history for pre-training, the rest is the stream.
   uint64_t quantile_position(double fraction) const;
+  // The well-formed events before `position`, in delivery order (the history a stream starts from).
+  std::vector<RawEvent> events_before(uint64_t position) const;
 
  private:
   std::vector<StreamRecord> records_;
