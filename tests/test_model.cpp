@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -271,13 +272,14 @@ TEST(Training, SparseEmbeddingsMatchTheDensePath) {
 
 namespace {
 
-// Stops with an exception at a given record: a crash in the middle of a micro-batch.
-class CrashingSource : public EventSource {
+// Calls `action` when a given record passes.
+class HookedSource : public EventSource {
  public:
-  CrashingSource(EventSource& inner, uint64_t crash_at) : inner_(inner), crash_at_(crash_at) {}
+  HookedSource(EventSource& inner, uint64_t at, std::function<void()> action)
+      : inner_(inner), at_(at), action_(std::move(action)) {}
   std::optional<StreamRecord> next(int wait_ms) override {
     auto r = inner_.next(wait_ms);
-    if (r && r->position == crash_at_) throw std::runtime_error("simulated crash");
+    if (r && r->position == at_) action_();
     return r;
   }
   bool finished() const override { return inner_.finished(); }
@@ -286,8 +288,10 @@ class CrashingSource : public EventSource {
 
  private:
   EventSource& inner_;
-  uint64_t crash_at_;
+  uint64_t at_;
+  std::function<void()> action_;
 };
+
 
 Config stream_config(const std::string& out) {
   Config c = small_training_config(out + "/teacher");
@@ -344,7 +348,7 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   // Crash in the middle of the stream, then resume from the last checkpoint.
   StreamRun crashing{teacher, "", true, dir + "/crashed", "crashed"};
   source.skip_to(cut);
-  CrashingSource crash(source, cut + 2000 + 37);
+  HookedSource crash(source, cut + 2000 + 37, [] { throw std::runtime_error("simulated crash"); });
   EXPECT_THROW(run_stream(checkpointing, crash, warm, crashing), std::runtime_error);
   StreamRun resumed = crashing;
   resumed.resume = dir + "/crashed/stream.pt";
@@ -447,26 +451,6 @@ class MockKafka {
  private:
   rd_kafka_t* handle_;
   rd_kafka_mock_cluster_t* cluster_;
-};
-
-// Calls `action` when a given record passes.
-class HookedSource : public EventSource {
- public:
-  HookedSource(EventSource& inner, uint64_t at, std::function<void()> action)
-      : inner_(inner), at_(at), action_(std::move(action)) {}
-  std::optional<StreamRecord> next(int wait_ms) override {
-    auto r = inner_.next(wait_ms);
-    if (r && r->position == at_) action_();
-    return r;
-  }
-  bool finished() const override { return inner_.finished(); }
-  std::string position() const override { return inner_.position(); }
-  void seek(const std::string& p) override { inner_.seek(p); }
-
- private:
-  EventSource& inner_;
-  uint64_t at_;
-  std::function<void()> action_;
 };
 
 }  // namespace
