@@ -401,6 +401,42 @@ TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
   fs::remove_all(dir);
 }
 
+TEST(Stream, EmptyBatchesAndTheLossGuardLeaveTheModelAlone) {
+  const auto dir = temp_folder("stream-guard");
+  Config config = stream_config(dir);
+  const auto setup =
+      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+  // Only malformed events and events of users never seen (no history to learn from): batches that
+  // score but have nothing to train on.
+  std::string lines;
+  for (int i = 0; i < 300; ++i) lines += (i % 3 ? "broken line\n" : "newcomer" + std::to_string(i) + ",1\n");
+  std::istringstream in(lines);
+  LineStreamSource source(in, LineFormat::Csv);
+  const StreamSummary s = run_stream(config, source, setup.warm, {setup.teacher, "", true, dir + "/empty", "empty"});
+  EXPECT_EQ(s.dead_letters, 200u);
+  EXPECT_EQ(s.scored, 100u);
+  EXPECT_EQ(s.new_users, 100u);
+  SASRec teacher = load_checkpoint_model(setup.teacher, torch::kCPU), after = load_checkpoint_model(s.checkpoint, torch::kCPU);
+  const auto pa = after->named_parameters();
+  for (const auto& p : teacher->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), pa[p.key()])) << p.key();
+
+  // A loss above stream.max_loss is skipped before it reaches the weights.
+  config.apply_override("stream.max_loss=0.001");
+  ReplaySource replay = setup.source;
+  replay.skip_to(setup.cut);
+  const StreamSummary guarded = run_stream(config, replay, setup.warm, {setup.teacher, "", true, dir + "/guard", "guard"});
+  EXPECT_GT(guarded.batches, 0u);
+  EXPECT_EQ(guarded.skipped_batches, guarded.batches);
+  SASRec unchanged = load_checkpoint_model(guarded.checkpoint, torch::kCPU);
+  const auto pu = unchanged->named_parameters();
+  for (const auto& p : teacher->named_parameters()) {
+    if (p.key() == "item_embedding") continue;  // grew for new items; its old rows are checked below
+    EXPECT_TRUE(torch::equal(p.value(), pu[p.key()])) << p.key();
+  }
+  EXPECT_TRUE(torch::equal(teacher->item_embedding(), unchanged->item_embedding().narrow(0, 0, teacher->item_embedding().size(0))));
+  fs::remove_all(dir);
+}
+
 #ifdef FRESHREC_WITH_KAFKA
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>  // after rdkafka.h, as it requires
