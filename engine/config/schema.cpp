@@ -82,6 +82,7 @@ const std::vector<KeySpec>& config_schema() {
       {"stream.max_wait_ms", K::Int, "1000", "a micro-batch closes when its oldest event has waited this long"},
       {"stream.window", K::Int, "2000", "events per rolling-metrics window"},
       {"stream.checkpoint_every", K::Int, "20000", "events between checkpoints (0: only at the end)"},
+      {"stream.checkpoint_seconds", K::Float, "0", "also checkpoint when this many seconds have passed (0: off)"},
       {"stream.grow_chunk", K::Int, "1024", "rows the item table grows by when new items arrive"},
       {"stream.max_loss", K::Float, "50", "a batch whose loss is not finite or above this is skipped"},
       {"stream.replay_share", K::Float, "0",

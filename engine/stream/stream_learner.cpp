@@ -50,7 +50,7 @@ struct Reservoir {
 
 struct Settings {
   int64_t batch_size, window, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity;
-  double lr, clip, max_loss, replay_share;
+  double lr, clip, max_loss, replay_share, checkpoint_seconds;
   uint64_t seed;
   explicit Settings(const Config& c)
       : batch_size(c.get_int("stream.batch_size")),
@@ -64,6 +64,7 @@ struct Settings {
         clip(c.get_float("train.clip_norm")),
         max_loss(c.get_float("stream.max_loss")),
         replay_share(c.get_float("stream.replay_share")),
+        checkpoint_seconds(c.get_float("stream.checkpoint_seconds")),
         seed(static_cast<uint64_t>(c.get_int("train.seed"))) {
     if (batch_size <= 0 || window <= 0 || grow_chunk <= 0 || negatives <= 0 || replay_capacity <= 0)
       throw ConfigError(
@@ -276,7 +277,11 @@ class StreamLearner {
     ++summary_.batches;
     events_since_checkpoint_ += static_cast<int64_t>(pending_.size());
     pending_.clear();
-    if (settings_.checkpoint_every > 0 && events_since_checkpoint_ >= settings_.checkpoint_every) save();
+    const bool by_count = settings_.checkpoint_every > 0 && events_since_checkpoint_ >= settings_.checkpoint_every;
+    const bool by_time = settings_.checkpoint_seconds > 0 &&
+                         std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() >=
+                             settings_.checkpoint_seconds;
+    if (by_count || by_time) save();
   }
 
   void write_window() {
@@ -339,6 +344,7 @@ class StreamLearner {
     save_checkpoint((fs::path(run_.output_dir) / "stream.pt").string(), model_, dense_.get(), info, sparse_.get());
     source_.checkpointed(position);
     events_since_checkpoint_ = 0;
+    last_checkpoint_ = std::chrono::steady_clock::now();
   }
 
   void restore(const std::string& path) {
@@ -378,6 +384,7 @@ class StreamLearner {
   EventSource& source_;
   std::string saved_position_;
   std::chrono::steady_clock::time_point oldest_pending_;
+  std::chrono::steady_clock::time_point last_checkpoint_ = std::chrono::steady_clock::now();
   torch::Device device_;
   CheckpointInfo info_;
   SASRec model_{nullptr};
