@@ -16,6 +16,11 @@ torch::Device select_device(const std::string& name) {
   return torch::Device(torch::kCPU);
 }
 
+torch::Tensor long_tensor(const std::vector<int64_t>& values, std::vector<int64_t> shape, torch::Device device) {
+  return torch::from_blob(const_cast<int64_t*>(values.data()), shape, torch::kLong).to(device, /*non_blocking=*/false,
+                                                                                       /*copy=*/true);
+}
+
 void configure_threads(int64_t threads) {
   const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
   const int64_t n = threads > 0 ? threads : cores;

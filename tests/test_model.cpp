@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -544,9 +545,9 @@ TEST(Stream, KafkaSourceSurvivesABrokerRestartAndResumesExactlyOnce) {
 
 namespace {
 
-// Runs `freshrec` with args; kills it with SIGKILL after `kill_after_ms` (< 0: never). Returns true
-// when it ran to the end with exit status 0.
-bool run_freshrec(const std::vector<std::string>& args, int kill_after_ms) {
+// Runs `freshrec` with args; kills it with SIGKILL as soon as `kill_now()` says so (polled every
+// 10 ms). Returns true when it ran to the end with exit status 0.
+bool run_freshrec(const std::vector<std::string>& args, const std::function<bool()>& kill_now) {
   const pid_t pid = fork();
   if (pid == 0) {
     std::vector<char*> argv{const_cast<char*>(FRESHREC_BINARY)};
@@ -557,15 +558,14 @@ bool run_freshrec(const std::vector<std::string>& args, int kill_after_ms) {
     _exit(127);
   }
   int status = 0;
-  if (kill_after_ms >= 0) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kill_after_ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  while (waitpid(pid, &status, WNOHANG) != pid) {
+    if (kill_now()) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return false;
     }
-    kill(pid, SIGKILL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  waitpid(pid, &status, 0);
   return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
@@ -600,19 +600,25 @@ TEST(Stream, SigkilledProcessResumesToTheSameModel) {
     else a.insert(a.end(), {"--teacher", teacher});
     return a;
   };
-  const auto started = std::chrono::steady_clock::now();
-  ASSERT_TRUE(run_freshrec(args(dir + "/whole", false), -1));
-  const int whole_ms = static_cast<int>(
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
+  ASSERT_TRUE(run_freshrec(args(dir + "/whole", false), [] { return false; }));
 
+  // Kill each run at a random moment after it has written a checkpoint of its own (so every kill
+  // lands mid-stream, however fast the machine), four times; then let it finish.
+  const std::string checkpoint = dir + "/killed/continual/stream.pt";
+  auto stamp = [&] { return fs::exists(checkpoint) ? fs::last_write_time(checkpoint) : fs::file_time_type{}; };
   std::mt19937 rng(12345);
   bool done = false;
   int kills = 0;
   for (int attempt = 0; attempt < 40 && !done; ++attempt) {
-    const bool resume = fs::exists(dir + "/killed/continual/stream.pt");
-    // Kill somewhere inside a run (process start included), four times, then let it finish.
-    const int kill_after = kills < 4 ? std::uniform_int_distribution<int>(whole_ms / 4, whole_ms / 2)(rng) : -1;
-    done = run_freshrec(args(dir + "/killed", resume), kill_after);
+    const bool resume = fs::exists(checkpoint);
+    const auto before = stamp();
+    const auto delay = std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 150)(rng));
+    std::optional<std::chrono::steady_clock::time_point> kill_at;
+    done = run_freshrec(args(dir + "/killed", resume), [&] {
+      if (kills >= 4) return false;
+      if (!kill_at && stamp() != before) kill_at = std::chrono::steady_clock::now() + delay;
+      return kill_at && std::chrono::steady_clock::now() >= *kill_at;
+    });
     kills += !done;
   }
   ASSERT_TRUE(done);

@@ -3,12 +3,10 @@
 
 #include <limits>
 
+#include "engine/runtime.h"
+
 namespace freshrec {
 namespace {
-
-torch::Tensor as_tensor(const std::vector<int64_t>& values, std::vector<int64_t> shape) {
-  return torch::from_blob(const_cast<int64_t*>(values.data()), shape, torch::kLong).clone();
-}
 
 template <typename ScoreBatch>
 RankingMetrics evaluate(const UserSequences& sequences, Split split, const EvalOptions& options, ScoreBatch score) {
@@ -27,29 +25,37 @@ RankingMetrics evaluate(const UserSequences& sequences, Split split, const EvalO
 
 }  // namespace
 
-torch::Tensor target_ranks(torch::Tensor scores, const SequenceBatch& batch, const UserSequences& sequences,
-                           Split split, bool filter_seen) {
-  TORCH_CHECK(scores.dim() == 2 && scores.size(0) == batch.rows, "target_ranks: scores ", scores.sizes(),
-              " do not match a batch of ", batch.rows);
+torch::Tensor rank_targets(torch::Tensor scores, const std::vector<int64_t>& targets, const SeenItems& seen,
+                           int64_t candidates) {
+  TORCH_CHECK(scores.dim() == 2 && scores.size(0) == static_cast<int64_t>(targets.size()), "rank_targets: scores ",
+              scores.sizes(), " do not match ", targets.size(), " targets");
+  const auto device = scores.device();
   scores = scores.to(torch::kFloat).clone();
   const float minus_inf = -std::numeric_limits<float>::infinity();
   scores.select(1, 0).fill_(minus_inf);
-  auto targets = as_tensor(batch.targets, {batch.rows}).to(scores.device());
+  if (candidates >= 0 && candidates < scores.size(1)) scores.narrow(1, candidates, scores.size(1) - candidates).fill_(minus_inf);
+  auto target = long_tensor(targets, {static_cast<int64_t>(targets.size())}, device);
+  if (!seen.rows.empty()) {
+    const auto n = static_cast<int64_t>(seen.rows.size());
+    scores.index_put_({long_tensor(seen.rows, {n}, device), long_tensor(seen.items, {n}, device)},
+                      torch::tensor(minus_inf, scores.options()));
+  }
+  auto target_scores = scores.gather(1, target.unsqueeze(1));  // (B, 1), after filtering: never the target
+  return (scores >= target_scores).sum(1) - 1;                 // the target counts itself once
+}
+
+torch::Tensor target_ranks(torch::Tensor scores, const SequenceBatch& batch, const UserSequences& sequences,
+                           Split split, bool filter_seen) {
+  SeenItems seen;
   if (filter_seen) {
-    std::vector<int64_t> rows, cols;
     for (int64_t r = 0; r < batch.rows; ++r) {
       const auto& seq = sequences.items[batch.users[r]];
       const size_t end = sequences.prefix_length(batch.users[r], split);
-      for (size_t i = 0; i < end; ++i) {
-        if (seq[i] != batch.targets[r]) rows.push_back(r), cols.push_back(seq[i]);
-      }
+      for (size_t i = 0; i < end; ++i)
+        if (seq[i] != batch.targets[r]) seen.add(r, seq[i]);
     }
-    const auto n = static_cast<int64_t>(rows.size());
-    scores.index_put_({as_tensor(rows, {n}).to(scores.device()), as_tensor(cols, {n}).to(scores.device())},
-                      torch::tensor(minus_inf, scores.options()));
   }
-  auto target_scores = scores.gather(1, targets.unsqueeze(1));  // (B, 1)
-  return (scores >= target_scores).sum(1) - 1;                  // the target counts itself once
+  return rank_targets(std::move(scores), batch.targets, seen);
 }
 
 RankingMetrics evaluate_model(SASRec& model, const UserSequences& sequences, Split split,
@@ -66,7 +72,7 @@ RankingMetrics evaluate_model(SASRec& model, const UserSequences& sequences, Spl
       return make_eval_batch(sequences, users, split, model->options().maxlen);
     }
     torch::Tensor operator()(const SequenceBatch& b) const {
-      auto items = as_tensor(b.inputs, {b.rows, b.length}).to(device);
+      auto items = long_tensor(b.inputs, {b.rows, b.length}, device);
       return model->score_all(model->last_hidden(items));
     }
   } score{model, sequences, split, device};

@@ -16,8 +16,19 @@ struct EvalOptions {
   bool filter_seen = true;
 };
 
-// Ranks of the targets among all items: scores (B, V) (column 0 is padding and never ranked);
-// ties count against the target, so constant scores rank last, not first.
+// Items to leave out of each row's ranking, as (row, item) pairs.
+struct SeenItems {
+  std::vector<int64_t> rows, items;
+  void add(int64_t row, int64_t item) { rows.push_back(row), items.push_back(item); }
+};
+
+// Ranks of targets[r] in row r of scores (B, V): column 0 (padding), columns from `candidates` on
+// (spare rows of a grown table; -1: none) and the row's seen items are left out, never the target
+// itself; ties count against the target, so constant scores rank last, not first.
+torch::Tensor rank_targets(torch::Tensor scores, const std::vector<int64_t>& targets, const SeenItems& seen,
+                           int64_t candidates = -1);
+
+// rank_targets for a leave-one-out batch, the seen items being the user's history before the target.
 torch::Tensor target_ranks(torch::Tensor scores, const SequenceBatch& batch, const UserSequences& sequences,
                            Split split, bool filter_seen);
 

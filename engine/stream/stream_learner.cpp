@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "engine/checkpoint/checkpoint.h"
+#include "engine/eval/evaluator.h"
 #include "engine/runtime.h"
 #include "engine/stream/history_store.h"
 #include "engine/train/losses.h"
@@ -186,22 +187,15 @@ class StreamLearner {
   void score(const std::vector<Pending>& batch, const torch::Tensor& inputs) {
     torch::NoGradGuard no_grad;
     model_->eval();
-    auto scores = model_->score_all(model_->last_hidden(inputs)).to(torch::kFloat);  // (B, rows)
-    const float minus_inf = -std::numeric_limits<float>::infinity();
-    scores.select(1, 0).fill_(minus_inf);
-    const int64_t known = items_.end_id();  // rows past the vocabulary are spare capacity
-    if (known < scores.size(1)) scores.narrow(1, known, scores.size(1) - known).fill_(minus_inf);
-    std::vector<int64_t> rows, cols, targets;
+    std::vector<int64_t> targets;
+    SeenItems seen;
     for (size_t r = 0; r < batch.size(); ++r) {
       targets.push_back(batch[r].item);
-      for (int32_t seen : batch[r].history)
-        if (seen != batch[r].item) rows.push_back(static_cast<int64_t>(r)), cols.push_back(seen);
+      for (int32_t item : batch[r].history)
+        if (item != batch[r].item) seen.add(static_cast<int64_t>(r), item);
     }
-    if (!rows.empty())
-      scores.index_put_({torch::tensor(rows).to(device_), torch::tensor(cols).to(device_)},
-                        torch::tensor(minus_inf, scores.options()));
-    auto target = torch::tensor(targets).to(device_);
-    auto ranks = ((scores >= scores.gather(1, target.unsqueeze(1))).sum(1) - 1).cpu();
+    const int64_t known = items_.end_id();  // rows past the vocabulary are spare capacity
+    auto ranks = rank_targets(model_->score_all(model_->last_hidden(inputs)), targets, seen, known).cpu();
     auto r = ranks.accessor<int64_t, 1>();
     for (size_t i = 0; i < batch.size(); ++i) {
       const int64_t rank = batch[i].cold ? known : r[i];  // a new item is a miss: it could not be ranked

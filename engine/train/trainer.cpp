@@ -29,11 +29,6 @@ void shuffle(std::vector<int32_t>& v, uint64_t seed) {
   }
 }
 
-torch::Tensor to_tensor(const std::vector<int64_t>& values, std::vector<int64_t> shape, torch::Device device) {
-  return torch::from_blob(const_cast<int64_t*>(values.data()), shape, torch::kLong).to(device, /*non_blocking=*/false,
-                                                                                         /*copy=*/true);
-}
-
 EvalOptions eval_options_from_config(const Config& config) {
   EvalOptions o;
   o.ks = config.get_int_list("eval.ks");
@@ -146,8 +141,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       const std::vector<int32_t> chunk_users(users.begin() + b * batch_size,
                                              users.begin() + std::min<int64_t>(users.size(), (b + 1) * batch_size));
       const SequenceBatch batch = make_train_batch(sequences, chunk_users, model->options().maxlen);
-      auto inputs = to_tensor(batch.inputs, {batch.rows, batch.length}, device);
-      auto targets = to_tensor(batch.targets, {batch.rows * batch.length}, device);
+      auto inputs = long_tensor(batch.inputs, {batch.rows, batch.length}, device);
+      auto targets = long_tensor(batch.targets, {batch.rows * batch.length}, device);
       auto hidden = model->forward(inputs).reshape({batch.rows * batch.length, -1});  // (B*T, C)
       auto positions = targets.nonzero().squeeze(1);
       hidden = hidden.index_select(0, positions);
