@@ -50,7 +50,8 @@ struct Reservoir {
 };
 
 struct Settings {
-  int64_t batch_size, window, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity;
+  int64_t batch_size, window, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity, ce_chunk;
+  bool full_softmax;
   double lr, clip, max_loss, replay_share, checkpoint_seconds;
   uint64_t seed;
   explicit Settings(const Config& c)
@@ -60,8 +61,10 @@ struct Settings {
         negatives(c.get_int("train.negatives")),
         grow_chunk(c.get_int("stream.grow_chunk")),
         max_wait_ms(c.get_int("stream.max_wait_ms")),
+        ce_chunk(c.get_int("train.ce_chunk")),
+        full_softmax(c.get_string("stream.loss") == "full"),
         replay_capacity(c.get_int("stream.replay_capacity")),
-        lr(c.get_float("train.lr")),
+        lr(c.get_float("stream.lr")),
         clip(c.get_float("train.clip_norm")),
         max_loss(c.get_float("stream.max_loss")),
         replay_share(c.get_float("stream.replay_share")),
@@ -229,8 +232,12 @@ class StreamLearner {
     auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
     auto hidden = model_->last_hidden(histories_tensor(examples));
     auto log_q = torch::zeros({model_->options().num_items + 1}, hidden.options());  // uniform draws
-    auto loss = sampled_softmax_cross_entropy(hidden, model_->lookup_items(target), model_->lookup_items(negatives),
-                                              target, negatives, log_q);
+    // Full softmax: the output side gives the whole table a gradient, which the row-wise optimizer
+    // takes as every row touched (a small catalog's table is cheap to update whole).
+    auto loss = settings_.full_softmax
+                    ? full_softmax_cross_entropy(hidden, model_->item_embedding(), target, settings_.ce_chunk)
+                    : sampled_softmax_cross_entropy(hidden, model_->lookup_items(target), model_->lookup_items(negatives),
+                                                    target, negatives, log_q);
     const double value = loss.item<double>();
     if (!std::isfinite(value) || value > settings_.max_loss) {
       // Guard: a bad batch never reaches the weights.

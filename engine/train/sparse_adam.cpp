@@ -12,6 +12,11 @@ SparseRowAdamImpl::SparseRowAdamImpl(torch::Tensor weight, ops::RowwiseAdamOptio
 }
 
 void SparseRowAdamImpl::step(double lr) {
+  if (weight_.grad().defined()) {  // a dense gradient too (a full softmax): every row touched
+    gradients_.indices.push_back(torch::arange(weight_.size(0), weight_.options().dtype(torch::kLong)));
+    gradients_.grad_outputs.push_back(weight_.grad().detach());
+    weight_.mutable_grad() = torch::Tensor();
+  }
   if (gradients_.empty()) return;
   auto indices = torch::cat(gradients_.indices);
   auto grads = torch::cat(gradients_.grad_outputs);

@@ -17,7 +17,8 @@ class SparseRowAdamImpl : public torch::nn::Module {
 
   // Where lookups of `weight` send their gradients.
   ops::SparseGradients& gradients() { return gradients_; }
-  // Applies and clears the collected gradients at learning rate `lr`. No-op when nothing was looked up.
+  // Applies and clears the collected gradients at learning rate `lr`, with the table's dense .grad if
+  // one was made (a full softmax over the table), then clears that too. No-op without gradients.
   void step(double lr);
   int64_t steps_taken() const { return step_.item<int64_t>(); }
   // Follows the table after it grew (SASRec::grow_items): new rows start with zero moments.
