@@ -336,6 +336,7 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   checkpointing.apply_override("stream.checkpoint_every=640");
   checkpointing.apply_override("stream.replay_share=0.5");  // the reservoir must survive the crash too
   checkpointing.apply_override("stream.replay_capacity=500");
+  checkpointing.apply_override("stream.train_positions=all");  // (the SIGKILL test covers "newest")
   StreamRun whole{teacher, "", true, dir + "/whole", "whole"};
   source.skip_to(cut);
   const StreamSummary full = run_stream(checkpointing, source, warm, whole);

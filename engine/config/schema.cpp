@@ -89,6 +89,10 @@ const std::vector<KeySpec>& config_schema() {
       {"stream.loss", K::Choice, "sampled",
        "sampled: sampled softmax, only touched item rows change; full: softmax over all items (small catalogs)",
        {"sampled", "full"}},
+      {"stream.train_positions", K::Choice, "newest",
+       "newest: learn each event's item from its history; all: also re-learn every position of the user's recent "
+       "sequence (more signal per step, more compute)",
+       {"newest", "all"}},
       {"stream.replay_share", K::Float, "0",
        "past examples replayed per new one in each training step, against forgetting (0: off)"},
       {"stream.replay_capacity", K::Int, "4096", "examples kept for replay (reservoir sampling over the stream)"},

@@ -13,6 +13,7 @@
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/eval/evaluator.h"
 #include "engine/runtime.h"
+#include "engine/runtime.h"
 #include "engine/stream/history_store.h"
 #include "engine/train/losses.h"
 #include "engine/train/sparse_adam.h"
@@ -51,7 +52,7 @@ struct Reservoir {
 
 struct Settings {
   int64_t batch_size, window, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity, ce_chunk;
-  bool full_softmax;
+  bool full_softmax, all_positions;
   double lr, clip, max_loss, replay_share, checkpoint_seconds;
   uint64_t seed;
   explicit Settings(const Config& c)
@@ -63,6 +64,7 @@ struct Settings {
         max_wait_ms(c.get_int("stream.max_wait_ms")),
         ce_chunk(c.get_int("train.ce_chunk")),
         full_softmax(c.get_string("stream.loss") == "full"),
+        all_positions(c.get_string("stream.train_positions") == "all"),
         replay_capacity(c.get_int("stream.replay_capacity")),
         lr(c.get_float("stream.lr")),
         clip(c.get_float("train.clip_norm")),
@@ -224,13 +226,34 @@ class StreamLearner {
       examples.push_back({reservoir_.histories[j], reservoir_.items[j], false, {}});
       ++summary_.replayed;
     }
-    std::vector<int64_t> targets;
-    for (const auto& e : examples) targets.push_back(e.item);
     torch::manual_seed(settings_.seed * 1000003ULL + summary_.batches);  // same draws when resumed
     model_->train();
-    auto target = torch::tensor(targets).to(device_);
+    torch::Tensor hidden, target;
+    if (settings_.all_positions) {
+      // The user's recent sequence with the new item appended: every position predicts its next item.
+      const int64_t T = model_->options().maxlen;
+      std::vector<int64_t> inputs(examples.size() * T, 0), targets(examples.size() * T, 0);
+      for (size_t r = 0; r < examples.size(); ++r) {
+        std::vector<int64_t> seq(examples[r].history.begin(), examples[r].history.end());
+        seq.push_back(examples[r].item);
+        const size_t pairs = std::min<size_t>(seq.size() - 1, T);
+        for (size_t k = 0; k < pairs; ++k) {
+          inputs[r * T + T - pairs + k] = seq[seq.size() - 1 - pairs + k];
+          targets[r * T + T - pairs + k] = seq[seq.size() - pairs + k];
+        }
+      }
+      const auto rows = static_cast<int64_t>(examples.size());
+      auto flat_targets = long_tensor(targets, {rows * T}, device_);
+      auto positions = flat_targets.nonzero().squeeze(1);
+      hidden = model_->forward(long_tensor(inputs, {rows, T}, device_)).reshape({rows * T, -1}).index_select(0, positions);
+      target = flat_targets.index_select(0, positions);
+    } else {
+      std::vector<int64_t> targets;
+      for (const auto& e : examples) targets.push_back(e.item);
+      target = torch::tensor(targets).to(device_);
+      hidden = model_->last_hidden(histories_tensor(examples));
+    }
     auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
-    auto hidden = model_->last_hidden(histories_tensor(examples));
     auto log_q = torch::zeros({model_->options().num_items + 1}, hidden.options());  // uniform draws
     // Full softmax: the output side gives the whole table a gradient, which the row-wise optimizer
     // takes as every row touched (a small catalog's table is cheap to update whole).
