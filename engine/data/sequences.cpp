@@ -49,6 +49,16 @@ std::vector<int64_t> UserSequences::training_item_counts() const {
   return counts;
 }
 
+void fill_training_row(const int32_t* seq, size_t n, int64_t maxlen, int64_t* inputs, int64_t* targets) {
+  const int64_t pairs = std::min<int64_t>(static_cast<int64_t>(n) - 1, maxlen);
+  // Right-align: position maxlen-1 holds the newest input item.
+  for (int64_t k = 0; k < pairs; ++k) {
+    const int64_t pos = maxlen - pairs + k;
+    inputs[pos] = seq[n - 1 - pairs + k];
+    targets[pos] = seq[n - pairs + k];
+  }
+}
+
 SequenceBatch make_train_batch(const UserSequences& sequences, const std::vector<int32_t>& users, int64_t maxlen) {
   SequenceBatch b;
   b.rows = static_cast<int64_t>(users.size());
@@ -60,13 +70,7 @@ SequenceBatch make_train_batch(const UserSequences& sequences, const std::vector
     const auto& seq = sequences.items.at(users[r]);
     const int64_t end = static_cast<int64_t>(sequences.prefix_length(users[r], Split::Train));
     if (end < 2) throw std::invalid_argument("make_train_batch: user " + std::to_string(users[r]) + " has no training pair");
-    const int64_t pairs = std::min<int64_t>(end - 1, maxlen);
-    // Right-align: position maxlen-1 holds the newest input item.
-    for (int64_t k = 0; k < pairs; ++k) {
-      const int64_t pos = maxlen - pairs + k;
-      b.inputs[r * maxlen + pos] = seq[end - 1 - pairs + k];
-      b.targets[r * maxlen + pos] = seq[end - pairs + k];
-    }
+    fill_training_row(seq.data(), static_cast<size_t>(end), maxlen, &b.inputs[r * maxlen], &b.targets[r * maxlen]);
   }
   return b;
 }

@@ -38,6 +38,10 @@ struct SequenceBatch {
   std::vector<int32_t> users;    // (rows)
 };
 
+// One right-aligned training row from the items seq[0..n): the last min(n - 1, maxlen) items but
+// the newest are inputs, each position's target the item after it. inputs/targets: (maxlen), zeroed.
+void fill_training_row(const int32_t* seq, size_t n, int64_t maxlen, int64_t* inputs, int64_t* targets);
+
 // Training batch: for each user, the last `maxlen + 1` items of the training prefix give inputs
 // (all but the newest) and targets (all but the oldest).
 SequenceBatch make_train_batch(const UserSequences& sequences, const std::vector<int32_t>& users, int64_t maxlen);

@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "engine/checkpoint/checkpoint.h"
+#include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
 #include "engine/runtime.h"
 #include "engine/runtime.h"
@@ -234,13 +235,9 @@ class StreamLearner {
       const int64_t T = model_->options().maxlen;
       std::vector<int64_t> inputs(examples.size() * T, 0), targets(examples.size() * T, 0);
       for (size_t r = 0; r < examples.size(); ++r) {
-        std::vector<int64_t> seq(examples[r].history.begin(), examples[r].history.end());
-        seq.push_back(examples[r].item);
-        const size_t pairs = std::min<size_t>(seq.size() - 1, T);
-        for (size_t k = 0; k < pairs; ++k) {
-          inputs[r * T + T - pairs + k] = seq[seq.size() - 1 - pairs + k];
-          targets[r * T + T - pairs + k] = seq[seq.size() - pairs + k];
-        }
+        std::vector<int32_t> seq = examples[r].history;
+        seq.push_back(static_cast<int32_t>(examples[r].item));
+        fill_training_row(seq.data(), seq.size(), T, &inputs[r * T], &targets[r * T]);
       }
       const auto rows = static_cast<int64_t>(examples.size());
       auto flat_targets = long_tensor(targets, {rows * T}, device_);
