@@ -593,8 +593,11 @@ TEST(Stream, SigkilledProcessResumesToTheSameModel) {
   const EventLog log = load_event_log(config, nullptr);
   std::ofstream(dir + "/log.csv") << [&] {
     std::string text = "user,item,timestamp\n";
-    for (const auto& e : log.events)
+    for (size_t i = 0; i < log.events.size(); ++i) {
+      const auto& e = log.events[i];
       text += log.users.external(e.user) + "," + log.items.external(e.item) + "," + std::to_string(e.timestamp) + "\n";
+      if (i % 400 == 0) text += "garbled,line,not-a-time\n";  // dead letters, which must not repeat
+    }
     return text;
   }();
   config.apply_override("data.format=csv");
@@ -640,6 +643,15 @@ TEST(Stream, SigkilledProcessResumesToTheSameModel) {
   const auto killed = read_checkpoint_info(dir + "/killed/continual/stream.pt");
   EXPECT_EQ(killed.meta.at("events"), whole.meta.at("events"));  // every event applied once
   EXPECT_EQ(killed.meta.at("source_position"), whole.meta.at("source_position"));
+  auto lines = [](const std::string& path) {
+    std::ifstream in(path);
+    size_t n = 0;
+    for (std::string line; std::getline(in, line);) ++n;
+    return n;
+  };
+  EXPECT_GT(whole.meta.at("dead_letters").get<size_t>(), 0u);
+  EXPECT_EQ(lines(dir + "/killed/continual/dead_letters.jsonl"), whole.meta.at("dead_letters").get<size_t>());
+  EXPECT_EQ(lines(dir + "/killed/continual/dead_letters.jsonl"), lines(dir + "/whole/continual/dead_letters.jsonl"));
   SASRec a = load_checkpoint_model(dir + "/whole/continual/stream.pt", torch::kCPU);
   SASRec b = load_checkpoint_model(dir + "/killed/continual/stream.pt", torch::kCPU);
   const auto pb = b->named_parameters();

@@ -3,6 +3,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <algorithm>
 #include <cmath>
@@ -111,8 +114,15 @@ class StreamLearner {
       for (const auto& e : warm_history) store_.push(store_.user_slot(e.user), item_id(e.item, nullptr));
       summary_.new_items = 0;
     }
-    metrics_.open(fs::path(run.output_dir) / "metrics.jsonl", std::ios::app);
-    dead_letters_.open(fs::path(run.output_dir) / "dead_letters.jsonl", std::ios::app);
+    // On resume, drop what was written after the checkpoint: those records come again.
+    const auto metrics_path = fs::path(run.output_dir) / "metrics.jsonl";
+    const auto dead_path = fs::path(run.output_dir) / "dead_letters.jsonl";
+    if (!run.resume.empty()) {
+      truncate_to(metrics_path, info_.meta.value("metrics_bytes", uint64_t{0}));
+      truncate_to(dead_path, info_.meta.value("dead_letter_bytes", uint64_t{0}));
+    }
+    metrics_.open(metrics_path, std::ios::app);
+    dead_letters_.open(dead_path, std::ios::app);
   }
 
   // Where the source continues when resuming ("" on a fresh start).
@@ -338,7 +348,13 @@ class StreamLearner {
     info.items = items_;
     info.users = store_.user_ids();
     const std::string position = source_.position();
+    // The side files first, durable, with their sizes in the checkpoint: a resume truncates them
+    // back to these sizes, so each dead letter and metrics line appears once.
+    const uint64_t dead_letter_bytes = durable_size(dead_letters_, fs::path(run_.output_dir) / "dead_letters.jsonl");
+    const uint64_t metrics_bytes = durable_size(metrics_, fs::path(run_.output_dir) / "metrics.jsonl");
     info.meta = {{"kind", "stream"},
+                 {"dead_letter_bytes", dead_letter_bytes},
+                 {"metrics_bytes", metrics_bytes},
                  {"source_position", position},
                  {"events", summary_.events},
                  {"scored", summary_.scored},
@@ -366,6 +382,18 @@ class StreamLearner {
     source_.checkpointed(position);
     events_since_checkpoint_ = 0;
     last_checkpoint_ = std::chrono::steady_clock::now();
+  }
+
+  static uint64_t durable_size(std::ofstream& out, const fs::path& path) {
+    out.flush();
+    if (!out) throw std::runtime_error(path.string() + ": write failed");
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd >= 0) ::fsync(fd), ::close(fd);
+    return fs::exists(path) ? fs::file_size(path) : 0;
+  }
+
+  static void truncate_to(const fs::path& path, uint64_t bytes) {
+    if (fs::exists(path) && fs::file_size(path) > bytes) fs::resize_file(path, bytes);
   }
 
   void restore(const std::string& path) {
