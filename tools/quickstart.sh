@@ -33,7 +33,7 @@ install_torch() {
   log "installing torch==$TORCH_VERSION into .venv (a few GB the first time)"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q "torch==$TORCH_VERSION" numpy
+  .venv/bin/pip install -q "torch==$TORCH_VERSION"
 }
 
 build() {
