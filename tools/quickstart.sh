@@ -27,7 +27,7 @@ install_system_packages() {
 
 # LibTorch comes from the PyPI torch wheel (CUDA-enabled) in a project-local virtual environment.
 install_torch() {
-  if .venv/bin/python -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+  if .venv/bin/python -W ignore -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
     return
   fi
   log "installing torch==$TORCH_VERSION into .venv (a few GB the first time)"
@@ -38,7 +38,7 @@ install_torch() {
 
 build() {
   local torch_cmake
-  torch_cmake=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
+  torch_cmake=$(.venv/bin/python -W ignore -c 'import torch; print(torch.utils.cmake_prefix_path)')
   if [[ ! -f build/build.ninja ]]; then
     cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_cmake" >build-configure.log 2>&1 ||
       { cat build-configure.log; exit 1; }
