@@ -61,6 +61,13 @@ Config small_training_config(const std::string& out) {
   return c;
 }
 
+// Every parameter of the two checkpoints' models is bit for bit the same.
+void expect_same_weights(const std::string& a_path, const std::string& b_path) {
+  SASRec a = load_checkpoint_model(a_path, torch::kCPU), b = load_checkpoint_model(b_path, torch::kCPU);
+  const auto pb = b->named_parameters();
+  for (const auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+}
+
 }  // namespace
 
 TEST(SASRec, IsCausal) {
@@ -212,10 +219,7 @@ TEST(Training, BeatsPopularityAndResumesExactly) {
   second.apply_override("train.epochs=6");
   const TrainSummary resumed = train_model(second, log, dir + "/resumed/last.pt");
   EXPECT_EQ(resumed.epochs_run, 6);
-  SASRec a = load_checkpoint_model(dir + "/full/last.pt", torch::kCPU);
-  SASRec b = load_checkpoint_model(dir + "/resumed/last.pt", torch::kCPU);
-  const auto pa = a->named_parameters(), pb = b->named_parameters();
-  for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+  expect_same_weights(dir + "/full/last.pt", dir + "/resumed/last.pt");
   EXPECT_DOUBLE_EQ(resumed.test.ndcg(10), full.test.ndcg(10));
   fs::remove_all(dir);
 }
@@ -256,9 +260,7 @@ TEST(Training, SparseEmbeddingsMatchTheDensePath) {
   train_model(first, log);
   first.apply_override("train.epochs=6");
   train_model(first, log, dir + "/resumed/last.pt");
-  SASRec a = load_checkpoint_model(dir + "/sparse/last.pt", torch::kCPU);
-  SASRec b = load_checkpoint_model(dir + "/resumed/last.pt", torch::kCPU);
-  EXPECT_TRUE(torch::equal(a->item_embedding(), b->item_embedding()));
+  expect_same_weights(dir + "/sparse/last.pt", dir + "/resumed/last.pt");
 
   Config full = sparse;
   full.apply_override("train.loss=full");
@@ -359,9 +361,7 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   EXPECT_EQ(rest.events, full.events);  // every event exactly once
   EXPECT_GT(full.replayed, 0u);
   EXPECT_EQ(rest.replayed, full.replayed);
-  SASRec a = load_checkpoint_model(full.checkpoint, torch::kCPU), b = load_checkpoint_model(rest.checkpoint, torch::kCPU);
-  const auto pb = b->named_parameters();
-  for (const auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+  expect_same_weights(full.checkpoint, rest.checkpoint);
   fs::remove_all(dir);
 }
 
@@ -428,9 +428,8 @@ TEST(Stream, EmptyBatchesAndTheLossGuardLeaveTheModelAlone) {
   EXPECT_EQ(s.dead_letters, 200u);
   EXPECT_EQ(s.scored, 100u);
   EXPECT_EQ(s.new_users, 100u);
-  SASRec teacher = load_checkpoint_model(setup.teacher, torch::kCPU), after = load_checkpoint_model(s.checkpoint, torch::kCPU);
-  const auto pa = after->named_parameters();
-  for (const auto& p : teacher->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), pa[p.key()])) << p.key();
+  expect_same_weights(setup.teacher, s.checkpoint);
+  SASRec teacher = load_checkpoint_model(setup.teacher, torch::kCPU);
 
   // A loss above stream.max_loss is skipped before it reaches the weights.
   config.apply_override("stream.max_loss=0.001");
@@ -652,9 +651,6 @@ TEST(Stream, SigkilledProcessResumesToTheSameModel) {
   EXPECT_GT(whole.meta.at("dead_letters").get<size_t>(), 0u);
   EXPECT_EQ(lines(dir + "/killed/continual/dead_letters.jsonl"), whole.meta.at("dead_letters").get<size_t>());
   EXPECT_EQ(lines(dir + "/killed/continual/dead_letters.jsonl"), lines(dir + "/whole/continual/dead_letters.jsonl"));
-  SASRec a = load_checkpoint_model(dir + "/whole/continual/stream.pt", torch::kCPU);
-  SASRec b = load_checkpoint_model(dir + "/killed/continual/stream.pt", torch::kCPU);
-  const auto pb = b->named_parameters();
-  for (const auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+  expect_same_weights(dir + "/whole/continual/stream.pt", dir + "/killed/continual/stream.pt");
   fs::remove_all(dir);
 }
