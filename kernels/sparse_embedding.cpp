@@ -50,6 +50,18 @@ void check_adam_state(const char* op, const at::Tensor& weight, const at::Tensor
               row_step.scalar_type(), " ", row_step.sizes(), " on ", row_step.device());
 }
 
+AdamScalars check_rowwise_adam(const char* op, const at::Tensor& weight, const at::Tensor& exp_avg,
+                               const at::Tensor& exp_avg_sq, const at::Tensor& row_step, const at::Tensor& indices,
+                               const at::Tensor& gradients, int64_t step, double lr, double beta1, double beta2,
+                               double eps, double weight_decay, bool decoupled, bool float_gradients) {
+  check_lookup(op, indices, gradients, weight.size(0));
+  TORCH_CHECK(!float_gradients || gradients.scalar_type() == at::kFloat, op, ": gradients must be float32, got ",
+              gradients.scalar_type());
+  check_adam_state(op, weight, exp_avg, exp_avg_sq, row_step, gradients.size(1), indices.device());
+  TORCH_CHECK(step >= 1, op, ": step must be >= 1, got ", step);
+  return make_adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled);
+}
+
 Segments sort_into_segments(const at::Tensor& indices, int64_t padding_idx) {
   at::Tensor positions = at::arange(indices.size(0), indices.options());
   at::Tensor kept = indices;

@@ -24,6 +24,7 @@ void check_adam_state(const char* op, const at::Tensor& weight, const at::Tensor
                       const at::Tensor& exp_avg_sq, const at::Tensor& row_step, int64_t D, const at::Device& device);
 Segments sort_into_segments(const at::Tensor& indices, int64_t padding_idx);
 
+
 // Adam's scalars for one row: the bias corrections depend on the row's step count.
 struct AdamScalars {
   float lr, beta1, beta2, eps, weight_decay;
@@ -61,5 +62,13 @@ C10_HOST_DEVICE inline void adam_bias_terms(const AdamScalars& a, int64_t t, flo
   step_size = static_cast<float>(a.lr / bc1);
   bias_correction2_sqrt = static_cast<float>(sqrt(bc2));
 }
+
+// Every check of a row-wise Adam entry (rowwise_adam_, embedding_backward_adam_), on CPU and CUDA:
+// the lookup (indices, gradients) against the table, the state tensors, the step and the
+// hyper-parameters. `float_gradients`: the gradients must be fp32 on every device.
+AdamScalars check_rowwise_adam(const char* op, const at::Tensor& weight, const at::Tensor& exp_avg,
+                               const at::Tensor& exp_avg_sq, const at::Tensor& row_step, const at::Tensor& indices,
+                               const at::Tensor& gradients, int64_t step, double lr, double beta1, double beta2,
+                               double eps, double weight_decay, bool decoupled, bool float_gradients);
 
 }  // namespace freshrec::ops

@@ -65,10 +65,8 @@ void rowwise_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_a
                       const at::Tensor& rows, const at::Tensor& row_grads, int64_t step, double lr, double beta1,
                       double beta2, double eps, double weight_decay, bool decoupled, bool per_row_step) {
   const int64_t D = weight.size(1);
-  check_adam_state("rowwise_adam_", weight, exp_avg, exp_avg_sq, row_step, D, weight.device());
-  TORCH_CHECK(step >= 1, "rowwise_adam_: step must be >= 1, got ", step);
-  check_lookup("rowwise_adam_", rows, row_grads, weight.size(0));
-  const AdamScalars a = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled);
+  const AdamScalars a = check_rowwise_adam("rowwise_adam_", weight, exp_avg, exp_avg_sq, row_step, rows, row_grads,
+                                           step, lr, beta1, beta2, eps, weight_decay, decoupled, /*float_gradients=*/true);
   if (rows.numel() == 0) return;
   const auto grads = row_grads.contiguous();
   const int64_t* r = rows.data_ptr<int64_t>();
@@ -89,10 +87,9 @@ void embedding_backward_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Te
                                  int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay,
                                  bool decoupled, bool per_row_step) {
   const int64_t D = grad_output.size(1);
-  check_lookup("embedding_backward_adam_", indices, grad_output, weight.size(0));
-  check_adam_state("embedding_backward_adam_", weight, exp_avg, exp_avg_sq, row_step, D, indices.device());
-  TORCH_CHECK(step >= 1, "embedding_backward_adam_: step must be >= 1, got ", step);
-  const AdamScalars a = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled);
+  const AdamScalars a =
+      check_rowwise_adam("embedding_backward_adam_", weight, exp_avg, exp_avg_sq, row_step, indices, grad_output, step,
+                         lr, beta1, beta2, eps, weight_decay, decoupled, /*float_gradients=*/false);
   const Segments seg = sort_into_segments(indices, padding_idx);
   if (seg.count() == 0) return;
   const auto grad = grad_output.contiguous();

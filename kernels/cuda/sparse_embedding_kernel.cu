@@ -127,12 +127,8 @@ void rowwise_adam_cuda(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_
                        const at::Tensor& rows, const at::Tensor& row_grads, int64_t step, double lr, double beta1,
                        double beta2, double eps, double weight_decay, bool decoupled, bool per_row_step) {
   const int64_t D = weight.size(1);
-  check_adam_state("rowwise_adam_", weight, exp_avg, exp_avg_sq, row_step, D, weight.device());
-  TORCH_CHECK(step >= 1, "rowwise_adam_: step must be >= 1, got ", step);
-  check_lookup("rowwise_adam_", rows, row_grads, weight.size(0));
-  TORCH_CHECK(row_grads.scalar_type() == at::kFloat, "rowwise_adam_: row_grads must be float32, got ",
-              row_grads.scalar_type());
-  const AdamScalars a = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled);
+  const AdamScalars a = check_rowwise_adam("rowwise_adam_", weight, exp_avg, exp_avg_sq, row_step, rows, row_grads,
+                                           step, lr, beta1, beta2, eps, weight_decay, decoupled, /*float_gradients=*/true);
   const c10::cuda::CUDAGuard guard(weight.device());
   if (rows.numel() == 0) return;
   const auto grads = row_grads.contiguous();
@@ -150,10 +146,9 @@ void embedding_backward_adam_cuda(at::Tensor& weight, at::Tensor& exp_avg, at::T
                                   int64_t padding_idx, int64_t step, double lr, double beta1, double beta2, double eps,
                                   double weight_decay, bool decoupled, bool per_row_step) {
   const int64_t D = grad_output.size(1);
-  check_lookup("embedding_backward_adam_", indices, grad_output, weight.size(0));
-  check_adam_state("embedding_backward_adam_", weight, exp_avg, exp_avg_sq, row_step, D, indices.device());
-  TORCH_CHECK(step >= 1, "embedding_backward_adam_: step must be >= 1, got ", step);
-  const AdamScalars a = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled);
+  const AdamScalars a =
+      check_rowwise_adam("embedding_backward_adam_", weight, exp_avg, exp_avg_sq, row_step, indices, grad_output, step,
+                         lr, beta1, beta2, eps, weight_decay, decoupled, /*float_gradients=*/false);
   const c10::cuda::CUDAGuard guard(weight.device());
   const Segments seg = sort_into_segments(indices, padding_idx);
   if (seg.count() == 0 || D == 0) return;
