@@ -51,14 +51,32 @@ EventLog remap_items(const EventLog& log, const IdMap& items, size_t* dropped) {
 
 }  // namespace
 
-int run_train_job(const Config& config, const std::string& resume_path) {
+int run_train_job(const Config& config, const std::string& resume_path, const std::string& teacher_path) {
   const EventLog log = load_and_report(config);
-  const TrainSummary s = train_model(config, log, resume_path);
+  const TrainSummary s = train_model(config, log, resume_path, teacher_path);
   std::printf("\nbest epoch %lld of %lld%s, %.0f s, %lld parameters\n", static_cast<long long>(s.best_epoch),
               static_cast<long long>(s.epochs_run), s.early_stopped ? " (early stop)" : "", s.seconds,
               static_cast<long long>(s.parameters));
   std::printf("validation (best epoch):\n%s", format_metrics_table({{"SASRec", s.best_validation}}).c_str());
-  std::printf("test:\n%s", format_metrics_table({{"SASRec", s.test}, {"popularity", s.popularity_test}}).c_str());
+  if (teacher_path.empty()) {
+    std::printf("test:\n%s", format_metrics_table({{"SASRec", s.test}, {"popularity", s.popularity_test}}).c_str());
+  } else {
+    // The teacher on the same split, for the retained share of its quality.
+    const torch::Device device = select_device(config.get_string("train.device"));
+    SASRec teacher = load_checkpoint_model(teacher_path, device);
+    EvalOptions options;
+    options.ks = config.get_int_list("eval.ks");
+    options.batch_size = config.get_int("eval.batch_size");
+    options.filter_seen = config.get_bool("eval.filter_seen");
+    const RankingMetrics teacher_test =
+        evaluate_model(teacher, UserSequences::from_log(log), Split::Test, options, device);
+    std::printf("test:\n%s", format_metrics_table({{"student", s.test}, {"teacher", teacher_test},
+                                                     {"popularity", s.popularity_test}})
+                                 .c_str());
+    std::printf("student %lld parameters (%.1f%% of the teacher's %lld), NDCG@10 %.1f%% of the teacher's\n",
+                static_cast<long long>(s.parameters), 100.0 * s.parameters / teacher->parameter_count(),
+                static_cast<long long>(teacher->parameter_count()), 100.0 * s.test.ndcg(10) / teacher_test.ndcg(10));
+  }
   std::printf("checkpoint: %s\n", s.best_checkpoint.c_str());
   return 0;
 }

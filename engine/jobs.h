@@ -11,7 +11,9 @@
 namespace freshrec {
 
 // `freshrec train`: read the data, train, print validation/test metrics beside popularity.
-int run_train_job(const Config& config, const std::string& resume_path);
+// `freshrec distill`: the same with a teacher checkpoint (the config describes the student); also
+// prints the teacher's test metrics and the share of them the student keeps.
+int run_train_job(const Config& config, const std::string& resume_path, const std::string& teacher_path = "");
 
 // `freshrec eval`: full-ranking test metrics of a checkpoint (with the popularity baseline), as a
 // table and as JSON at json_path (default: eval.json beside the checkpoint). `overrides` change the

@@ -66,6 +66,12 @@ const std::vector<KeySpec>& config_schema() {
       {"train.log_every_seconds", K::Float, "10", "progress line interval"},
       {"train.ce_chunk", K::Int, "256", "rows per chunk of the fused full-softmax cross-entropy"},
 
+      // ---- distill: a student learning from a frozen teacher (freshrec distill, and stream --student) ----
+      {"distill.alpha", K::Float, "0.5", "weight of the true-next-item cross-entropy; 1 - alpha weighs the teacher term"},
+      {"distill.temperature", K::Float, "2.0", "softmax temperature tau of the teacher term (scaled by tau^2)"},
+      {"distill.top_k", K::Int, "50",
+       "with a sampled loss: the teacher term covers each row's teacher top-K items plus the sampled negatives"},
+
       // ---- stream: continual updates (test-then-train) ----
       {"stream.source", K::Choice, "replay",
        "replay: the log named by data.* in time order; stdin: one event per line; kafka: a topic",

@@ -12,6 +12,7 @@
 #include "engine/eval/evaluator.h"
 #include "engine/progress.h"
 #include "engine/runtime.h"
+#include "engine/train/distill.h"
 #include "engine/train/losses.h"
 #include "engine/train/sparse_adam.h"
 
@@ -60,7 +61,8 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, S
 
 }  // namespace
 
-TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path) {
+TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path,
+                         const std::string& teacher_path) {
   configure_threads(config.get_int("train.threads"));
   const torch::Device device = select_device(config.get_string("train.device"));
   const uint64_t seed = static_cast<uint64_t>(config.get_int("train.seed"));
@@ -91,6 +93,28 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   torch::nn::Module* sparse_state = sparse ? sparse_optimizer.get() : nullptr;  // saved with checkpoints
   const NegativeSampler sampler(sequences.training_item_counts(), config.get_string("train.negative_sampler") == "uniform");
   const auto log_q = sampler.log_q().to(device);
+
+  // Distillation: the teacher must know the same items under the same ids and see as much history.
+  SASRec teacher{nullptr};
+  DistillOptions distill;
+  if (!teacher_path.empty()) {
+    distill = DistillOptions::from_config(config);
+    const auto teacher_info = read_checkpoint_info(teacher_path);
+    if (teacher_info.items.serialize() != log.items.serialize())
+      throw std::runtime_error(teacher_path + ": the teacher was trained on other items (" +
+                               std::to_string(teacher_info.items.size()) + " items, this data has " +
+                               std::to_string(log.items.size()) + " or in another order); distil on the teacher's data");
+    teacher = load_checkpoint_model(teacher_path, device);
+    teacher->eval();
+    for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+    if (teacher->options().maxlen < model->options().maxlen)
+      throw ConfigError(config.origin("model.maxlen") + ": the student's model.maxlen (" +
+                        std::to_string(model->options().maxlen) + ") exceeds the teacher's (" +
+                        std::to_string(teacher->options().maxlen) + ")");
+    spdlog::info("distilling from {} ({} parameters): alpha {}, temperature {}{}", teacher_path,
+                 teacher->parameter_count(), distill.alpha, distill.temperature,
+                 sampled ? ", teacher top-" + std::to_string(distill.top_k) + " plus sampled negatives" : ", full catalog");
+  }
 
   CheckpointInfo info;
   info.config_yaml = config.to_yaml();
@@ -148,7 +172,17 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       hidden = hidden.index_select(0, positions);
       targets = targets.index_select(0, positions);
       torch::Tensor loss;
-      if (sampled) {
+      if (teacher) {
+        torch::Tensor teacher_hidden;
+        {
+          torch::NoGradGuard no_grad;
+          teacher_hidden = teacher->forward(inputs).reshape({batch.rows * batch.length, -1}).index_select(0, positions);
+        }
+        SampledCandidates candidates;
+        if (sampled) candidates = {sampler.sample(negatives, device), log_q};
+        loss = distillation_loss(distill, model, teacher, hidden, teacher_hidden, targets, log.num_items() + 1,
+                                 sampled ? &candidates : nullptr, chunk);
+      } else if (sampled) {
         const auto drawn = sampler.sample(negatives, device);
         loss = sampled_softmax_cross_entropy(hidden, model->lookup_items(targets), model->lookup_items(drawn), targets,
                                              drawn, log_q);
@@ -189,7 +223,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     history << nlohmann::json{{"epoch", epoch}, {"step", step}, {"loss", train_loss}, {"seconds", seconds},
                               {"validation", nlohmann::json::parse(validation.to_json())}}.dump()
             << "\n" << std::flush;
-    info.meta = {{"kind", "train"},
+    info.meta = {{"kind", teacher ? "distill" : "train"},
+                 {"teacher", teacher_path},
                  {"epoch", epoch},
                  {"step", step},
                  {"best_validation_ndcg10", best_ndcg},

@@ -23,8 +23,10 @@ struct TrainSummary {
 };
 
 // Trains on `log` as the config says; resume_path (optional) is a last.pt written by an earlier run
-// with the same config and data. Writes best.pt, last.pt, history.jsonl and test.json to
-// train.output_dir.
-TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path = "");
+// with the same config and data. With teacher_path (a checkpoint trained on the same data), the model
+// is a student distilled from that frozen teacher (distill.* keys, engine/train/distill.h). Writes
+// best.pt, last.pt, history.jsonl and test.json to train.output_dir.
+TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path = "",
+                         const std::string& teacher_path = "");
 
 }  // namespace freshrec

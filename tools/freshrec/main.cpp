@@ -48,6 +48,16 @@ int main(int argc, char** argv) {
   train->add_option("--resume", resume, "continue from a last.pt of an earlier run with the same config")
       ->check(CLI::ExistingFile);
 
+  ConfigArgs distill_args;
+  std::string distill_teacher, distill_resume;
+  auto* distill = app.add_subcommand(
+      "distill", "train a student (the config's model) from a frozen teacher: labels plus the teacher's softened scores");
+  distill_args.attach(distill);
+  distill->add_option("--teacher", distill_teacher, "teacher checkpoint trained on the same data (best.pt)")
+      ->required()->check(CLI::ExistingFile);
+  distill->add_option("--resume", distill_resume, "continue from a last.pt of an earlier run with the same config")
+      ->check(CLI::ExistingFile);
+
   std::string checkpoint, json_out;
   std::vector<std::string> eval_overrides;
   auto* eval = app.add_subcommand("eval", "full-ranking test metrics of a checkpoint beside the popularity baseline");
@@ -113,6 +123,10 @@ int main(int argc, char** argv) {
       return job(config);
     };
     if (*train) return with_config(train_args, [&](const freshrec::Config& c) { return freshrec::run_train_job(c, resume); });
+    if (*distill)
+      return with_config(distill_args, [&](const freshrec::Config& c) {
+        return freshrec::run_train_job(c, distill_resume, distill_teacher);
+      });
     if (*eval) return freshrec::run_eval_job(checkpoint, eval_overrides, json_out);
     if (*stream)
       return with_config(stream_args, [&](const freshrec::Config& c) {
