@@ -55,15 +55,27 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
 
 }  // namespace
 
-void write_file_atomically(const std::string& path, const std::string& contents) {
+void save_atomically(const std::string& path, const std::function<void(const std::string& temporary)>& write) {
+  auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
   const std::string tmp = temporary_path(path);
-  {
+  try {
+    write(tmp);
+  } catch (...) {
+    std::error_code ignored;
+    std::filesystem::remove(tmp, ignored);
+    throw;
+  }
+  commit(tmp, path);
+}
+
+void write_file_atomically(const std::string& path, const std::string& contents) {
+  save_atomically(path, [&](const std::string& tmp) {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) throw std::runtime_error(tmp + ": cannot write: " + std::strerror(errno));
     out << contents;
     if (!out.flush()) throw std::runtime_error(tmp + ": write failed");
-  }
-  commit(tmp, path);
+  });
 }
 
 SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items) {
@@ -80,8 +92,6 @@ SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items
 
 void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optimizer* optimizer,
                      const CheckpointInfo& info, torch::nn::Module* sparse_optimizer) {
-  auto parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent);
   torch::serialize::OutputArchive archive;
   torch::serialize::OutputArchive model_archive;
   model->save(model_archive);
@@ -107,9 +117,7 @@ void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optim
   for (const auto& [name, text] : info.texts) archive.write("text." + name, c10::IValue(text)), names += "t" + name + "\n";
   for (const auto& [name, tensor] : info.tensors) archive.write("tensor." + name, tensor.cpu()), names += "T" + name + "\n";
   archive.write("extra_names", c10::IValue(names));
-  const std::string tmp = temporary_path(path);
-  archive.save_to(tmp);
-  commit(tmp, path);
+  save_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
 }
 
 CheckpointInfo read_checkpoint_info(const std::string& path) {

@@ -1,0 +1,38 @@
+// Export of a SASRec model (the student, usually) as one self-contained TorchScript file: weights,
+// the item id map (external ids in and out), the config and metadata inside, and plain aten ops only,
+// so it loads with torch::jit::load in C++ or torch.jit.load in Python without this project's ops.
+//
+// Methods of the exported module (Id is int when every external item id is a canonical integer, else
+// str; histories are a user's items oldest first, the newest maxlen used):
+//   recommend(histories: List[List[Id]], k: int, exclude_seen: bool = True)
+//       -> (ids, scores): ids a (B, k) int64 tensor (List[List[str]] for str ids), scores (B, k) float
+//   score(histories: List[List[Id]], candidates: List[List[Id]]) -> (B, M) float scores
+//   item_ids: List[Id] attribute (the vocabulary), meta: str attribute (JSON), config: str (YAML)
+// Unknown ids raise an error naming them.
+#pragma once
+
+#include <torch/script.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "engine/data/event_log.h"
+#include "models/sasrec.h"
+
+namespace freshrec {
+
+// The module for `model` (copied; items 1..items.size() of its table are exported, spare rows of a
+// growing table are not). `meta` is stored as JSON text.
+torch::jit::Module export_torchscript(SASRec& model, const IdMap& items, const std::string& config_yaml,
+                                      const nlohmann::json& meta);
+
+// Saves atomically (temporary file, fsync, rename).
+void save_torchscript(torch::jit::Module& module, const std::string& path);
+
+// Loads an exported model for inference (eval mode, on the CPU); errors name the file.
+torch::jit::Module load_torchscript(const std::string& path);
+
+// The `meta` JSON of an exported model.
+nlohmann::json torchscript_meta(const torch::jit::Module& module);
+
+}  // namespace freshrec

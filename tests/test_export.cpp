@@ -1,0 +1,243 @@
+// Torch tests of the serving side: distillation losses against autograd references, the TorchScript
+// export against the in-engine model (parity within 1e-5, ids in and out, errors), and the exported
+// file run by a program that links LibTorch alone.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "engine/checkpoint/checkpoint.h"
+#include "engine/export/torchscript.h"
+#include "engine/train/distill.h"
+#include "engine/train/losses.h"
+#include "models/sasrec.h"
+
+namespace fs = std::filesystem;
+using namespace freshrec;
+
+namespace {
+
+std::string temp_folder(const std::string& name) {
+  const auto p = fs::temp_directory_path() / ("freshrec-export-" + std::to_string(::getpid()) + "-" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+SASRec random_model(int64_t items, int64_t hidden, uint64_t seed, int64_t maxlen = 8) {
+  torch::manual_seed(seed);
+  SASRecOptions o;
+  o.num_items = items;
+  o.hidden = hidden;
+  o.blocks = 2;
+  o.heads = 2;
+  o.maxlen = maxlen;
+  o.dropout = 0.1;
+  SASRec model(o);
+  // Non-trivial norms and biases, so the export's use of every parameter is checked.
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->parameters()) p.add_(torch::randn_like(p) * 0.1);
+  model->eval();
+  return model;
+}
+
+IdMap id_map(int64_t items, const std::string& prefix, int64_t first) {
+  IdMap m(1);
+  for (int64_t i = 0; i < items; ++i) m.intern(prefix + std::to_string(first + 7 * i));
+  return m;
+}
+
+// Reference of the distillation loss written with plain autograd ops.
+torch::Tensor reference_distillation(const torch::Tensor& h, const torch::Tensor& table, const torch::Tensor& targets,
+                                     const torch::Tensor& th, const torch::Tensor& ttable, double alpha, double tau) {
+  const auto V = table.size(0);
+  auto zs = torch::matmul(h, table.narrow(0, 1, V - 1).t());
+  auto zt = torch::matmul(th, ttable.narrow(0, 1, V - 1).t());
+  auto ce = torch::nn::functional::cross_entropy(zs, targets - 1);
+  auto log_ps = torch::log_softmax(zs / tau, 1), log_pt = torch::log_softmax(zt / tau, 1);
+  auto kl = (log_pt.exp() * (log_pt - log_ps)).sum(1).mean();
+  return ce * alpha + kl * ((1 - alpha) * tau * tau);
+}
+
+}  // namespace
+
+TEST(Distillation, FusedLossAndGradientsMatchAutograd) {
+  torch::manual_seed(3);
+  const int64_t N = 37, V = 23, C = 8, Ct = 12;
+  auto targets = torch::randint(1, V, {N}, torch::kLong);
+  auto th = torch::randn({N, Ct}), ttable = torch::randn({V, Ct});
+  for (double alpha : {0.0, 0.3, 1.0}) {
+    for (double tau : {1.0, 3.0}) {
+      auto h1 = torch::randn({N, C}, torch::requires_grad()), t1 = torch::randn({V, C}, torch::requires_grad());
+      auto h2 = h1.detach().clone().requires_grad_(), t2 = t1.detach().clone().requires_grad_();
+      auto fused = full_softmax_distillation(h1, t1, targets, th, ttable, alpha, tau, /*chunk_rows=*/5);
+      auto reference = reference_distillation(h2, t2, targets, th, ttable, alpha, tau);
+      fused.backward();
+      reference.backward();
+      EXPECT_NEAR(fused.item<double>(), reference.item<double>(), 1e-5) << "alpha " << alpha << " tau " << tau;
+      EXPECT_TRUE(torch::allclose(h1.grad(), h2.grad(), 1e-5, 1e-6)) << "alpha " << alpha << " tau " << tau;
+      EXPECT_TRUE(torch::allclose(t1.grad(), t2.grad(), 1e-5, 1e-6)) << "alpha " << alpha << " tau " << tau;
+      EXPECT_EQ(t1.grad()[0].abs().sum().item<double>(), 0.0) << "the padding row got a gradient";
+    }
+  }
+  // alpha = 1 is the plain full-softmax cross-entropy.
+  auto h = torch::randn({N, C}), table = torch::randn({V, C});
+  EXPECT_NEAR(full_softmax_distillation(h, table, targets, th, ttable, 1.0, 2.0).item<double>(),
+              full_softmax_cross_entropy(h, table, targets).item<double>(), 1e-5);
+  // A teacher that is the student itself costs nothing beyond the label term.
+  EXPECT_NEAR(full_softmax_distillation(h, table, targets, h, table, 0.0, 2.0).item<double>(), 0.0, 1e-6);
+}
+
+TEST(Distillation, RejectsMismatchedShapes) {
+  auto h = torch::randn({4, 8}), table = torch::randn({10, 8}), targets = torch::ones({4}, torch::kLong);
+  EXPECT_THROW(full_softmax_distillation(h, table, targets, torch::randn({4, 6}), torch::randn({11, 6}), 0.5, 2), c10::Error);
+  EXPECT_THROW(full_softmax_distillation(h, table, targets, torch::randn({3, 6}), torch::randn({10, 6}), 0.5, 2), c10::Error);
+  EXPECT_THROW(full_softmax_distillation(h, table, targets, torch::randn({4, 6}), torch::randn({10, 6}), 0.5, 0), c10::Error);
+}
+
+TEST(Distillation, CandidateFormIsTheKlOverTheList) {
+  torch::manual_seed(5);
+  auto s = torch::randn({6, 9}), t = torch::randn({6, 9});
+  const double tau = 1.5;
+  auto ps = torch::softmax(s / tau, 1), pt = torch::softmax(t / tau, 1);
+  auto expected = (pt * (pt.log() - ps.log())).sum(1).mean() * tau * tau;
+  EXPECT_NEAR(candidate_distillation_kl(s, t, tau).item<double>(), expected.item<double>(), 1e-6);
+  EXPECT_NEAR(candidate_distillation_kl(t, t, tau).item<double>(), 0.0, 1e-6);
+
+  // Through the models: the sampled form runs, gives finite gradients to the student only.
+  SASRec student = random_model(40, 8, 1), teacher = random_model(40, 16, 2);
+  student->train();
+  auto items = torch::randint(1, 41, {5, 8}, torch::kLong);
+  auto targets = torch::randint(1, 41, {5}, torch::kLong);
+  auto sh = student->last_hidden(items);
+  torch::Tensor teacher_hidden;
+  {
+    torch::NoGradGuard no_grad;
+    teacher_hidden = teacher->last_hidden(items);
+  }
+  SampledCandidates sampled{torch::randint(1, 41, {16}, torch::kLong), torch::full({41}, -std::log(40.0))};
+  DistillOptions o;
+  o.top_k = 7;
+  auto loss = distillation_loss(o, student, teacher, sh, teacher_hidden, targets, 41, &sampled, 2);
+  loss.backward();
+  EXPECT_TRUE(std::isfinite(loss.item<double>()));
+  EXPECT_TRUE(student->item_embedding().grad().defined());
+  EXPECT_FALSE(teacher->item_embedding().grad().defined());
+}
+
+TEST(Export, TorchScriptMatchesTheEngineModel) {
+  SASRec model = random_model(30, 16, 11);
+  const IdMap items = id_map(30, "", 1000);
+  auto module = export_torchscript(model, items, "model:\n  hidden: 16\n", {{"version", 3}});
+  const std::string path = temp_folder("parity") + "/model.pt";
+  save_torchscript(module, path);
+  auto loaded = load_torchscript(path);
+  EXPECT_EQ(torchscript_meta(loaded).at("version"), 3);
+
+  // Histories of different lengths, one longer than maxlen (only the newest 8 count), one empty.
+  const std::vector<std::vector<int32_t>> internal = {{3, 7, 7, 1}, {5}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {}};
+  c10::List<c10::List<int64_t>> histories;
+  for (const auto& h : internal) {
+    c10::List<int64_t> row;
+    for (int32_t i : h) row.push_back(std::stoll(items.external(i)));
+    histories.push_back(row);
+  }
+  // Engine scores, left-padded to the longest (capped) history, as the export pads.
+  const int64_t T = 8;
+  auto inputs = torch::zeros({4, T}, torch::kLong);
+  for (size_t r = 0; r < internal.size(); ++r) {
+    const auto& h = internal[r];
+    const size_t n = std::min<size_t>(h.size(), T);
+    for (size_t k = 0; k < n; ++k) inputs[r][T - n + k] = h[h.size() - n + k];
+  }
+  torch::Tensor engine;
+  {
+    torch::NoGradGuard no_grad;
+    engine = model->score_all(model->last_hidden(inputs));  // (4, 31)
+  }
+  // score(): every item as a candidate.
+  c10::List<c10::List<int64_t>> candidates;
+  for (size_t r = 0; r < internal.size(); ++r) {
+    c10::List<int64_t> row;
+    for (int32_t i = 1; i <= 30; ++i) row.push_back(std::stoll(items.external(i)));
+    candidates.push_back(row);
+  }
+  auto scored = loaded.get_method("score")({histories, candidates}).toTensor();
+  EXPECT_LE((scored - engine.narrow(1, 1, 30)).abs().max().item<double>(), 1e-5);
+
+  // recommend(): the top 5 of the engine's scores with seen items and padding excluded, as external ids.
+  auto out = loaded.get_method("recommend")({histories, int64_t{5}}).toTuple();
+  auto ids = out->elements()[0].toTensor(), top_scores = out->elements()[1].toTensor();
+  auto filtered = engine.clone();
+  filtered.select(1, 0).fill_(-INFINITY);
+  for (size_t r = 0; r < internal.size(); ++r)
+    for (int32_t i : internal[r]) filtered[r][i] = -INFINITY;
+  auto expected = filtered.topk(5, 1);
+  EXPECT_LE((top_scores - std::get<0>(expected)).abs().max().item<double>(), 1e-5);
+  for (int64_t r = 0; r < 4; ++r)
+    for (int64_t j = 0; j < 5; ++j)
+      EXPECT_EQ(std::to_string(ids[r][j].item<int64_t>()), items.external(std::get<1>(expected)[r][j].item<int64_t>()));
+}
+
+TEST(Export, StringIdsAndClearErrors) {
+  SASRec model = random_model(12, 8, 4);
+  const IdMap items = id_map(12, "item-", 1);
+  auto module = export_torchscript(model, items, "", nlohmann::json::object());
+  c10::List<c10::List<std::string>> histories;
+  histories.push_back(c10::List<std::string>({"item-1", "item-8"}));
+  auto out = module.get_method("recommend")({histories, int64_t{3}}).toTuple();
+  auto ids = out->elements()[0].toList();
+  ASSERT_EQ(ids.size(), 1u);
+  auto row = ids.get(0).toList();
+  ASSERT_EQ(row.size(), 3u);
+  for (size_t j = 0; j < row.size(); ++j) {
+    const std::string id = row.get(j).toStringRef();
+    EXPECT_NE(items.find(id), -1);
+    EXPECT_NE(id, "item-1");  // seen items are excluded
+  }
+  // Unknown ids and bad k name the problem.
+  c10::List<c10::List<std::string>> unknown;
+  unknown.push_back(c10::List<std::string>({"item-1", "nope"}));
+  try {
+    module.get_method("recommend")({unknown, int64_t{3}});
+    FAIL() << "an unknown id was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown item id nope"), std::string::npos) << e.what();
+  }
+  try {
+    module.get_method("recommend")({histories, int64_t{13}});
+    FAIL() << "k above the catalog was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("k must be in [1, 12]"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Export, RunsInAProgramThatLinksOnlyLibTorch) {
+  SASRec model = random_model(20, 8, 9);
+  const IdMap items = id_map(20, "", 50);
+  auto module = export_torchscript(model, items, "", nlohmann::json::object());
+  const std::string path = temp_folder("standalone") + "/model.pt";
+  save_torchscript(module, path);
+  c10::List<c10::List<int64_t>> histories;
+  histories.push_back(c10::List<int64_t>({50, 57, 64}));
+  auto out = module.get_method("recommend")({histories, int64_t{4}}).toTuple();
+  auto ids = out->elements()[0].toTensor(), scores = out->elements()[1].toTensor();
+
+  const std::string command = std::string(FRESHREC_TORCHSCRIPT_CHECK) + " " + path + " 4 50 57 64";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string text;
+  char buffer[256];
+  while (std::fgets(buffer, sizeof buffer, pipe)) text += buffer;
+  ASSERT_EQ(::pclose(pipe), 0) << text;
+  std::istringstream lines(text);
+  for (int64_t j = 0; j < 4; ++j) {
+    long long id = 0;
+    double score = 0;
+    ASSERT_TRUE(lines >> id >> score) << text;
+    EXPECT_EQ(id, ids[0][j].item<int64_t>());
+    EXPECT_NEAR(score, scores[0][j].item<double>(), 1e-5);
+  }
+}
