@@ -114,11 +114,14 @@ int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& 
   return 0;
 }
 
-int run_stream_job(const Config& config, const std::string& teacher_path, bool resume, bool compare_frozen) {
+int run_stream_job(const Config& config, const std::string& teacher_path, const std::string& student_path, bool resume,
+                   bool compare_frozen) {
   const std::filesystem::path out = config.get_string("stream.output_dir");
   StreamRun continual;
   continual.output_dir = (out / "continual").string();
   continual.teacher = teacher_path;
+  continual.student = student_path;
+  continual.publish_dir = config.get_string("stream.publish_dir");
   if (resume) {
     continual.resume = (out / "continual" / "stream.pt").string();
     if (!std::filesystem::exists(continual.resume))
@@ -151,10 +154,23 @@ int run_stream_job(const Config& config, const std::string& teacher_path, bool r
       teacher_config.set("train.output_dir", (out / "teacher").string(), "stream job");
       continual.teacher = train_model(teacher_config, event_log_from(warm)).best_checkpoint;
     }
+    if (continual.student.empty() && !resume && config.get_int("student.hidden") > 0) {
+      // A student distilled from the teacher on the same events: model.* from student.*.
+      Config student_config = config;
+      for (const char* key : {"hidden", "blocks", "heads"})
+        student_config.set(std::string("model.") + key, std::to_string(config.get_int(std::string("student.") + key)),
+                           config.origin(std::string("student.") + key));
+      if (config.get_int("student.maxlen") > 0)
+        student_config.set("model.maxlen", std::to_string(config.get_int("student.maxlen")), config.origin("student.maxlen"));
+      student_config.set("train.output_dir", (out / "student").string(), "stream job");
+      spdlog::info("distilling a student (hidden {}, {} blocks) from {}", config.get_int("student.hidden"),
+                   config.get_int("student.blocks"), continual.teacher);
+      continual.student = train_model(student_config, event_log_from(warm), "", continual.teacher).best_checkpoint;
+    }
     const double replay_share = config.get_float("stream.replay_share");
     if (compare_frozen) {
       StreamRun frozen = continual;
-      frozen.learn = false, frozen.resume.clear(), frozen.label = "frozen";
+      frozen.learn = false, frozen.resume.clear(), frozen.label = "frozen", frozen.student.clear();
       frozen.output_dir = (out / "frozen").string();
       source.skip_to(cut);
       results.emplace_back("frozen", run_stream(config, source, warm, frozen));
@@ -162,7 +178,9 @@ int run_stream_job(const Config& config, const std::string& teacher_path, bool r
         Config plain = config;
         plain.set("stream.replay_share", "0", "stream job");
         source.skip_to(cut);
-        results.emplace_back("continual", run_stream(plain, source, warm, continual));
+        StreamRun without_replay = continual;
+        without_replay.publish_dir.clear();  // the run with replay publishes to stream.publish_dir
+        results.emplace_back("continual", run_stream(plain, source, warm, without_replay));
         continual.output_dir = (out / "replay").string(), continual.label = "replay";
       }
     }
@@ -178,10 +196,21 @@ int run_stream_job(const Config& config, const std::string& teacher_path, bool r
                 static_cast<unsigned long long>(s.cold_items), static_cast<unsigned long long>(s.new_items),
                 static_cast<unsigned long long>(s.dead_letters), s.seconds, s.events / std::max(s.seconds, 1e-9),
                 s.latency_p50_ms, s.latency_p99_ms);
+  for (const auto& [name, s] : results)
+    if (s.student_overall.count() > 0)
+      std::printf("%-10s %9llu %9.4f %9.4f %8.4f   (the student of '%s', distilled online, scored before each step)\n",
+                  "student", static_cast<unsigned long long>(s.student_overall.count()), s.student_overall.hit_rate(10),
+                  s.student_overall.ndcg(10), s.student_overall.mrr(), name.c_str());
   if (results.size() >= 2 && results[0].second.overall.ndcg(10) > 0)
     for (size_t i = 1; i < results.size(); ++i)
       std::printf("%s / frozen NDCG@10: %.3f\n", results[i].first.c_str(),
                   results[i].second.overall.ndcg(10) / results[0].second.overall.ndcg(10));
+  for (const auto& [name, s] : results)
+    if (s.publications > 0)
+      std::printf("%s: %llu versions published; event arrival to the first published model that learned from it: "
+                  "p50 %.1f ms, p99 %.1f ms\n",
+                  name.c_str(), static_cast<unsigned long long>(s.publications), s.publish_delay_p50_ms,
+                  s.publish_delay_p99_ms);
   std::printf("checkpoint: %s\n", results.back().second.checkpoint.c_str());
   return 0;
 }

@@ -26,9 +26,34 @@ int run_data_stats_job(const Config& config);
 int run_data_generate_job(const Config& config, const std::string& path);
 
 // `freshrec stream`: test-then-train over stream.source. Without a teacher (and not resuming) a
-// replayed log pre-trains one on its events before stream.pretrain_fraction. compare_frozen also
-// replays the stream through the frozen teacher and prints both.
-int run_stream_job(const Config& config, const std::string& teacher, bool resume, bool compare_frozen);
+// replayed log pre-trains one on its events before stream.pretrain_fraction, and with student.hidden
+// > 0 (and no student checkpoint) distils a student from it on the same events; the student then
+// learns online from the teacher and is published (stream.publish_*). compare_frozen also replays
+// the stream through the frozen teacher and prints both.
+int run_stream_job(const Config& config, const std::string& teacher, const std::string& student, bool resume,
+                   bool compare_frozen);
+
+// `freshrec export`: a checkpoint's model (a stream checkpoint's student when it has one) as a
+// self-contained TorchScript file, or as the next version in a publication folder.
+int run_export_job(const std::string& checkpoint, const std::string& out, const std::string& publish_dir);
+
+// `freshrec recommend`: top-k of an exported model for one history ("12,45,7") or for every line of
+// a file (one history a line, ids separated by commas or spaces; JSON lines out).
+int run_recommend_job(const std::string& model, const std::string& history, const std::string& histories_file,
+                      int64_t k, bool include_seen);
+
+// `freshrec serve`: HTTP recommendations from the newest model published in models_dir, reloaded
+// when a new version appears; runs until SIGINT or SIGTERM.
+struct ServeJobOptions {
+  std::string models_dir;
+  std::string host = "0.0.0.0";
+  int port = 8080;
+  int threads = 8;
+  int poll_ms = 500;
+  int64_t max_history = 10000;
+  int64_t max_batch = 256;
+};
+int run_serve_job(const ServeJobOptions& options);
 
 // `freshrec bench kernels`: the embedding-table update step by each variant, in one run.
 struct KernelBenchOptions {

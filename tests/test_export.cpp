@@ -241,3 +241,139 @@ TEST(Export, RunsInAProgramThatLinksOnlyLibTorch) {
     EXPECT_NEAR(score, scores[0][j].item<double>(), 1e-5);
   }
 }
+
+// ---- serving ---------------------------------------------------------------------------------------
+#ifdef FRESHREC_WITH_HTTP
+#include <httplib.h>
+
+#include <atomic>
+#include <thread>
+
+#include "engine/export/publisher.h"
+#include "engine/serve/server.h"
+
+namespace {
+
+nlohmann::json json_of(const httplib::Result& r) { return nlohmann::json::parse(r->body); }
+
+struct Served {
+  std::string dir;
+  std::unique_ptr<ModelServer> server;
+  int port = 0;
+  Served(const std::string& name, int64_t max_history = 10000) : dir(temp_folder(name)) {
+    ServeOptions o;
+    o.models_dir = dir, o.host = "127.0.0.1", o.port = 0, o.threads = 4, o.poll_ms = 20, o.max_history = max_history;
+    server = std::make_unique<ModelServer>(o);
+  }
+  void start() { port = server->start(); }
+};
+
+}  // namespace
+
+TEST(Serve, HotReloadDropsNoRequest) {
+  Served s("serve-reload");
+  const IdMap items = id_map(25, "", 1);
+  SASRec v1 = random_model(25, 8, 21), v2 = random_model(25, 8, 22);
+  Publisher publisher(s.dir);
+  publisher.publish(v1, items, "", {{"events", 100}});
+  s.start();
+  ASSERT_EQ(s.server->model_version(), 1);
+
+  // A client sends requests without pause while version 2 is published.
+  std::atomic<bool> stop{false};
+  std::atomic<int> sent{0}, failed{0};
+  std::atomic<int64_t> last_version{0};
+  std::vector<int64_t> versions;
+  std::thread client([&] {
+    httplib::Client http("127.0.0.1", s.port);
+    while (!stop) {
+      auto r = http.Post("/recommend", R"({"history": [1, 8, 15], "k": 5})", "application/json");
+      ++sent;
+      if (!r || r->status != 200) {
+        ++failed;
+        continue;
+      }
+      const auto body = json_of(r);
+      if (body.at("items").size() != 5u) ++failed;
+      versions.push_back(body.at("version").get<int64_t>());
+      last_version = versions.back();
+    }
+  });
+  while (sent < 30) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  publisher.publish(v2, items, "", {{"events", 200}});
+  // Behaviour, not timing: wait for the client to see version 2, then a few more requests.
+  while (last_version < 2 && !failed) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const int seen = sent;
+  while (sent < seen + 20) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  stop = true;
+  client.join();
+  EXPECT_EQ(failed, 0);
+  ASSERT_FALSE(versions.empty());
+  EXPECT_EQ(versions.front(), 1);
+  EXPECT_EQ(versions.back(), 2);
+  EXPECT_TRUE(std::is_sorted(versions.begin(), versions.end()));  // never back to an old version
+
+  httplib::Client http("127.0.0.1", s.port);
+  const auto metrics = http.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_NE(metrics->body.find("freshrec_model_version 2"), std::string::npos) << metrics->body;
+  EXPECT_NE(metrics->body.find("freshrec_requests_total{code=\"200\"}"), std::string::npos) << metrics->body;
+  EXPECT_NE(metrics->body.find("freshrec_request_duration_seconds{quantile=\"0.99\"}"), std::string::npos);
+  EXPECT_NE(metrics->body.find("freshrec_model_age_seconds"), std::string::npos);
+  EXPECT_EQ(http.Get("/healthz")->status, 200);
+  s.server->stop();
+}
+
+TEST(Serve, BadRequestsGetClearClientErrors) {
+  Served s("serve-bad", /*max_history=*/50);
+  s.start();
+  httplib::Client http("127.0.0.1", s.port);
+  // Nothing published yet: 503, not a crash.
+  EXPECT_EQ(http.Get("/healthz")->status, 503);
+  EXPECT_EQ(http.Post("/recommend", R"({"history": [1], "k": 1})", "application/json")->status, 503);
+
+  Publisher publisher(s.dir);
+  SASRec model = random_model(20, 8, 5);
+  publisher.publish(model, id_map(20, "", 1), "", nlohmann::json::object());
+  while (s.server->model_version() != 1) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+
+  auto expect_error = [&](const std::string& body, int status, const std::string& words) {
+    auto r = http.Post("/recommend", body, "application/json");
+    ASSERT_TRUE(r) << body;
+    EXPECT_EQ(r->status, status) << body << " -> " << r->body;
+    const auto error = json_of(r).at("error").get<std::string>();
+    EXPECT_NE(error.find(words), std::string::npos) << body << " -> " << error;
+  };
+  expect_error(R"({"history": [1, 2)", 400, "not valid JSON");
+  expect_error(R"([1, 2, 3])", 400, "must be a JSON object");
+  expect_error(R"({"history": [1, 999], "k": 3})", 400, "unknown item id '999' at history[1]");
+  expect_error(R"({"histories": [[1], [8, 4242]], "k": 3})", 400, "unknown item id '4242' at histories[1][1]");
+  expect_error(R"({"history": [1], "k": 0})", 400, "k must be in [1, 20]");
+  expect_error(R"({"history": [1], "k": 21})", 400, "k must be in [1, 20]");
+  expect_error(R"({"history": [1], "k": "ten"})", 400, "k must be an integer");
+  expect_error(R"({"history": [1, {"a": 1}]})", 400, "history[1] must be an item id");
+  expect_error(R"({"history": 5})", 400, "history must be an array");
+  expect_error(R"({"k": 3})", 400, "exactly one of 'history' and 'histories'");
+  expect_error(R"({"history": [1], "histories": [[1]]})", 400, "exactly one of");
+  expect_error(R"({"history": [1], "limit": 3})", 400, "unknown field 'limit'");
+  std::string oversized = R"({"history": [)";
+  for (int i = 0; i < 51; ++i) oversized += (i ? ",1" : "1");
+  expect_error(oversized + "]}", 413, "at most 50");
+  auto missing = http.Get("/nope");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
+  EXPECT_NE(json_of(missing).at("error").get<std::string>().find("no such endpoint"), std::string::npos);
+
+  // And a good request still works, batch form included; ids keep their integer type.
+  auto good = http.Post("/recommend", R"({"histories": [[1, 8], ["15"]], "k": 4})", "application/json");
+  ASSERT_EQ(good->status, 200) << good->body;
+  const auto body = json_of(good);
+  ASSERT_EQ(body.at("results").size(), 2u);
+  EXPECT_EQ(body.at("results")[0].size(), 4u);
+  EXPECT_TRUE(body.at("results")[0][0].at("id").is_number_integer());
+  const auto metrics = http.Get("/metrics")->body;
+  EXPECT_NE(metrics.find("freshrec_requests_total{code=\"400\"} 12"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("freshrec_requests_total{code=\"413\"} 1"), std::string::npos) << metrics;
+  s.server->stop();
+}
+#endif

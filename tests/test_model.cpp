@@ -14,6 +14,8 @@
 #include "engine/data/generator.h"
 #include "engine/data/readers.h"
 #include "engine/eval/evaluator.h"
+#include "engine/export/publisher.h"
+#include "engine/export/torchscript.h"
 #include "engine/train/losses.h"
 #include "engine/train/trainer.h"
 #include "models/sasrec.h"
@@ -362,6 +364,67 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   EXPECT_GT(full.replayed, 0u);
   EXPECT_EQ(rest.replayed, full.replayed);
   expect_same_weights(full.checkpoint, rest.checkpoint);
+  fs::remove_all(dir);
+}
+
+TEST(Stream, StudentLearnsOnlinePublishesAndResumesExactly) {
+  const auto dir = temp_folder("stream-student");
+  const Config config = stream_config(dir);
+  auto [source, cut, warm, teacher] =
+      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+  Config student_config = config;
+  student_config.apply_override("model.hidden=8");
+  student_config.apply_override("model.blocks=1");
+  student_config.apply_override("model.heads=1");
+  student_config.apply_override("train.epochs=2");
+  student_config.apply_override("train.output_dir=" + dir + "/student");
+  const std::string student = train_model(student_config, event_log_from(warm), "", teacher).best_checkpoint;
+
+  Config streaming = config;
+  streaming.apply_override("stream.checkpoint_every=640");
+  streaming.apply_override("stream.publish_every=500");
+  streaming.apply_override("stream.publish_keep=2");
+  StreamRun whole{teacher, "", true, dir + "/whole", "whole", student};
+  source.skip_to(cut);
+  const StreamSummary full = run_stream(streaming, source, warm, whole);
+  EXPECT_EQ(full.student_overall.count(), full.scored);  // the student is scored on every event too
+  EXPECT_GT(full.student_overall.ndcg(10), 0.0);
+  EXPECT_GE(full.publications, full.events / 500);
+  const auto manifest = Manifest::read(dir + "/whole/published");
+  ASSERT_TRUE(manifest.has_value());
+  EXPECT_EQ(manifest->version, static_cast<int64_t>(full.publications));
+  EXPECT_EQ(manifest->json.at("events").get<uint64_t>(), full.events);  // the last one has seen everything
+  EXPECT_EQ(manifest->json.at("model"), "student");
+  size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(dir + "/whole/published")) files += entry.path().extension() == ".pt";
+  EXPECT_EQ(files, 2u);  // publish_keep
+  ExportedModel published(dir + "/whole/published/" + manifest->file);
+  EXPECT_EQ(published.meta().at("version"), manifest->version);
+  EXPECT_GT(published.num_items(), 0);
+  EXPECT_GT(full.publish_delay_p99_ms, 0.0);
+
+  // A crash and a resume give the same teacher and the same student, bit for bit.
+  StreamRun crashing{teacher, "", true, dir + "/crashed", "crashed", student};
+  source.skip_to(cut);
+  HookedSource crash(source, cut + 1500 + 11, [] { throw std::runtime_error("simulated crash"); });
+  EXPECT_THROW(run_stream(streaming, crash, warm, crashing), std::runtime_error);
+  StreamRun resumed = crashing;
+  resumed.resume = dir + "/crashed/stream.pt";
+  const StreamSummary rest = run_stream(streaming, source, warm, resumed);
+  EXPECT_EQ(rest.events, full.events);
+  expect_same_weights(full.checkpoint, rest.checkpoint);
+  auto student_of = [](const std::string& path) {
+    const auto info = read_checkpoint_info(path);
+    const Config sc = Config::from_stored_yaml(info.texts.at("student_config"), "student", nullptr);
+    SASRec m(sasrec_options_from_config(sc, info.meta.at("student_num_items").get<int64_t>()));
+    unpack_training_state(info.tensors.at("student_state"), m, nullptr, nullptr);
+    return m;
+  };
+  auto a = student_of(full.checkpoint), b = student_of(rest.checkpoint);
+  for (const auto& p : a->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), b->named_parameters()[p.key()])) << p.key();
+  // Versions keep counting up across the crash.
+  EXPECT_GT(Manifest::read(dir + "/crashed/published")->version, 0);
   fs::remove_all(dir);
 }
 

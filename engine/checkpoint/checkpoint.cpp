@@ -182,4 +182,41 @@ void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer&
   }
 }
 
+torch::Tensor pack_training_state(SASRec& model, torch::optim::Optimizer* optimizer, torch::nn::Module* sparse_optimizer) {
+  torch::serialize::OutputArchive archive, model_archive;
+  model->save(model_archive);
+  archive.write("model", model_archive);
+  if (optimizer) {
+    torch::serialize::OutputArchive a;
+    optimizer->save(a);
+    archive.write("optimizer", a);
+  }
+  if (sparse_optimizer) {
+    torch::serialize::OutputArchive a;
+    sparse_optimizer->save(a);
+    archive.write("sparse_optimizer", a);
+  }
+  std::ostringstream out;
+  archive.save_to(out);
+  const std::string bytes = out.str();
+  return torch::from_blob(const_cast<char*>(bytes.data()), {static_cast<int64_t>(bytes.size())}, torch::kUInt8).clone();
+}
+
+void unpack_training_state(const torch::Tensor& bytes, SASRec& model, torch::optim::Optimizer* optimizer,
+                           torch::nn::Module* sparse_optimizer) {
+  const auto data = bytes.to(torch::kCPU).contiguous();
+  torch::serialize::InputArchive archive;
+  archive.load_from(reinterpret_cast<const char*>(data.data_ptr<uint8_t>()), static_cast<size_t>(data.numel()));
+  torch::serialize::InputArchive model_archive;
+  if (!archive.try_read("model", model_archive)) throw std::runtime_error("packed training state has no model");
+  model->load(model_archive);
+  for (auto [name, target] : {std::pair<const char*, void*>{"optimizer", optimizer}, {"sparse_optimizer", sparse_optimizer}}) {
+    if (!target) continue;
+    torch::serialize::InputArchive a;
+    if (!archive.try_read(name, a)) throw std::runtime_error(std::string("packed training state has no ") + name);
+    if (target == optimizer) optimizer->load(a);
+    else sparse_optimizer->load(a);
+  }
+}
+
 }  // namespace freshrec

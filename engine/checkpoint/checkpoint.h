@@ -41,6 +41,12 @@ void load_checkpoint_weights(const std::string& path, SASRec& model);
 void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer& optimizer,
                                torch::nn::Module* sparse_optimizer = nullptr);
 
+// A model with its optimizers' state as bytes (a uint8 tensor), for nesting inside another
+// checkpoint (the stream keeps its student this way, so one atomic file holds both models).
+torch::Tensor pack_training_state(SASRec& model, torch::optim::Optimizer* optimizer, torch::nn::Module* sparse_optimizer);
+void unpack_training_state(const torch::Tensor& bytes, SASRec& model, torch::optim::Optimizer* optimizer,
+                           torch::nn::Module* sparse_optimizer);
+
 // The model options a config asks for, with the item count of the data.
 SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items);
 

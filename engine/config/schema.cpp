@@ -72,6 +72,12 @@ const std::vector<KeySpec>& config_schema() {
       {"distill.top_k", K::Int, "50",
        "with a sampled loss: the teacher term covers each row's teacher top-K items plus the sampled negatives"},
 
+      // ---- student: the small model the stream job distils and publishes (when no --student is given) ----
+      {"student.hidden", K::Int, "0", "student width (0: no student unless --student names a checkpoint)"},
+      {"student.blocks", K::Int, "1", "student self-attention blocks"},
+      {"student.heads", K::Int, "1", "student attention heads"},
+      {"student.maxlen", K::Int, "0", "student history length (0: the teacher's model.maxlen)"},
+
       // ---- stream: continual updates (test-then-train) ----
       {"stream.source", K::Choice, "replay",
        "replay: the log named by data.* in time order; stdin: one event per line; kafka: a topic",
@@ -102,6 +108,10 @@ const std::vector<KeySpec>& config_schema() {
       {"stream.replay_share", K::Float, "0",
        "past examples replayed per new one in each training step, against forgetting (0: off)"},
       {"stream.replay_capacity", K::Int, "4096", "examples kept for replay (reservoir sampling over the stream)"},
+      {"stream.publish_every", K::Int, "0", "publish the student (the teacher without one) every N events (0: off)"},
+      {"stream.publish_seconds", K::Float, "0", "also publish when this many seconds have passed (0: off)"},
+      {"stream.publish_keep", K::Int, "5", "published versions kept on disk"},
+      {"stream.publish_dir", K::String, "", "folder of published models and manifest.json (empty: <output_dir>/published)"},
       {"stream.output_dir", K::String, "runs/stream", "stream.pt, metrics.jsonl and dead_letters.jsonl go here"},
 
       // ---- eval ----

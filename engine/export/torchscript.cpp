@@ -227,4 +227,60 @@ nlohmann::json torchscript_meta(const torch::jit::Module& module) {
   return nlohmann::json::parse(module.attr("meta").toStringRef());
 }
 
+ExportedModel::ExportedModel(const std::string& path) : path_(path), module_(load_torchscript(path)) {
+  const auto ids = module_.attr("item_ids");
+  integer_ids_ = ids.isIntList();
+  if (integer_ids_) {
+    for (int64_t id : ids.toIntVector()) known_.insert(std::to_string(id));
+  } else {
+    for (const auto& id : ids.toListRef()) known_.insert(id.toStringRef());
+  }
+  known_.erase(integer_ids_ ? "0" : "");  // the padding slot is not an item
+  num_items_ = module_.attr("num_items").toInt();
+  maxlen_ = module_.attr("maxlen").toInt();
+  meta_ = torchscript_meta(module_);
+}
+
+std::vector<ExportedModel::Recommendation> ExportedModel::recommend(
+    const std::vector<std::vector<std::string>>& histories, int64_t k, bool exclude_seen) {
+  if (histories.empty()) throw std::invalid_argument("no history to recommend for");
+  if (k < 1 || k > num_items_)
+    throw std::invalid_argument("k must be in [1, " + std::to_string(num_items_) + "], got " + std::to_string(k));
+  for (size_t r = 0; r < histories.size(); ++r)
+    for (size_t j = 0; j < histories[r].size(); ++j)
+      if (!knows(histories[r][j]))
+        throw std::invalid_argument("unknown item id '" + histories[r][j] + "' (history " + std::to_string(r) +
+                                    ", position " + std::to_string(j) + ")");
+  c10::IValue batch;
+  if (integer_ids_) {
+    c10::List<c10::List<int64_t>> rows;
+    for (const auto& h : histories) {
+      c10::List<int64_t> row;
+      for (const auto& id : h) row.push_back(std::stoll(id));
+      rows.push_back(row);
+    }
+    batch = rows;
+  } else {
+    c10::List<c10::List<std::string>> rows;
+    for (const auto& h : histories) rows.push_back(c10::List<std::string>(h));
+    batch = rows;
+  }
+  torch::NoGradGuard no_grad;
+  auto out = module_.get_method("recommend")({batch, k, exclude_seen}).toTuple();
+  auto scores = out->elements()[1].toTensor().contiguous();
+  const auto id_tensor = integer_ids_ ? out->elements()[0].toTensor().contiguous() : torch::Tensor();
+  std::vector<Recommendation> result(histories.size());
+  for (size_t r = 0; r < histories.size(); ++r) {
+    auto& rec = result[r];
+    const float* s = scores.data_ptr<float>() + r * k;
+    for (int64_t j = 0; j < k; ++j) {
+      if (std::isinf(s[j])) break;  // fewer than k items left after excluding the history
+      rec.scores.push_back(s[j]);
+      rec.ids.push_back(integer_ids_ ? std::to_string(id_tensor.data_ptr<int64_t>()[r * k + j])
+                                     : out->elements()[0].toListRef()[r].toListRef()[j].toStringRef());
+    }
+  }
+  return result;
+}
+
 }  // namespace freshrec

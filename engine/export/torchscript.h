@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <unordered_set>
+#include <vector>
 
 #include "engine/data/event_log.h"
 #include "models/sasrec.h"
@@ -34,5 +36,36 @@ torch::jit::Module load_torchscript(const std::string& path);
 
 // The `meta` JSON of an exported model.
 nlohmann::json torchscript_meta(const torch::jit::Module& module);
+
+// An exported model loaded for serving: requests name items by their external ids as text, and bad
+// requests are refused with a message before reaching the TorchScript code.
+class ExportedModel {
+ public:
+  explicit ExportedModel(const std::string& path);
+
+  struct Recommendation {
+    std::vector<std::string> ids;
+    std::vector<float> scores;
+  };
+  // One recommendation list per history. Throws std::invalid_argument naming an unknown id (and the
+  // history and position holding it) or a k outside [1, num_items()].
+  std::vector<Recommendation> recommend(const std::vector<std::vector<std::string>>& histories, int64_t k,
+                                        bool exclude_seen = true);
+
+  bool knows(const std::string& id) const { return known_.count(id) > 0; }
+  bool integer_ids() const { return integer_ids_; }  // ids are canonical integers (else any text)
+  int64_t num_items() const { return num_items_; }
+  int64_t maxlen() const { return maxlen_; }
+  const nlohmann::json& meta() const { return meta_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  torch::jit::Module module_;
+  bool integer_ids_ = true;
+  std::unordered_set<std::string> known_;
+  int64_t num_items_ = 0, maxlen_ = 0;
+  nlohmann::json meta_;
+};
 
 }  // namespace freshrec

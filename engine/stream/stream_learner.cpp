@@ -16,9 +16,10 @@
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
-#include "engine/runtime.h"
+#include "engine/export/publisher.h"
 #include "engine/runtime.h"
 #include "engine/stream/history_store.h"
+#include "engine/train/distill.h"
 #include "engine/train/losses.h"
 #include "engine/train/sparse_adam.h"
 
@@ -54,10 +55,46 @@ struct Reservoir {
   uint64_t seen = 0;
 };
 
+// A model with its optimizers: LibTorch Adam for the dense parameters, the fused row-wise Adam for
+// the item table. The stream's teacher is one, its student another.
+struct Trainable {
+  SASRec model{nullptr};
+  std::unique_ptr<torch::optim::Adam> dense;
+  SparseRowAdam sparse{nullptr};
+
+  Trainable() = default;
+  Trainable(SASRec m, const Config& config, double lr) : model(std::move(m)) {
+    std::vector<torch::Tensor> params;
+    for (const auto& p : model->parameters())
+      if (!p.is_same(model->item_embedding())) params.push_back(p);
+    const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
+    dense = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(lr).betas({beta1, beta2}));
+    ops::RowwiseAdamOptions o;
+    o.lr = lr, o.beta1 = beta1, o.beta2 = beta2;
+    o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";
+    sparse = SparseRowAdam(model->item_embedding(), o, /*padding_idx=*/0);
+    model->set_sparse_gradients(&sparse->gradients());
+  }
+  explicit operator bool() const { return static_cast<bool>(model); }
+  void grow(int64_t rows) {
+    model->grow_items(rows);
+    sparse->grow_to_weight();
+  }
+  // Backward, clipping of the dense parameters, both optimizer steps.
+  void step(const torch::Tensor& loss, double clip, double lr) {
+    dense->zero_grad();
+    loss.backward();
+    if (clip > 0) torch::nn::utils::clip_grad_norm_(dense->param_groups()[0].params(), clip);
+    dense->step();
+    sparse->step(lr);
+  }
+};
+
 struct Settings {
   int64_t batch_size, window, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity, ce_chunk;
+  int64_t publish_every, publish_keep;
   bool full_softmax, all_positions;
-  double lr, clip, max_loss, replay_share, checkpoint_seconds;
+  double lr, clip, max_loss, replay_share, checkpoint_seconds, publish_seconds;
   uint64_t seed;
   explicit Settings(const Config& c)
       : batch_size(c.get_int("stream.batch_size")),
@@ -67,6 +104,8 @@ struct Settings {
         grow_chunk(c.get_int("stream.grow_chunk")),
         max_wait_ms(c.get_int("stream.max_wait_ms")),
         ce_chunk(c.get_int("train.ce_chunk")),
+        publish_every(c.get_int("stream.publish_every")),
+        publish_keep(c.get_int("stream.publish_keep")),
         full_softmax(c.get_string("stream.loss") == "full"),
         all_positions(c.get_string("stream.train_positions") == "all"),
         replay_capacity(c.get_int("stream.replay_capacity")),
@@ -75,13 +114,17 @@ struct Settings {
         max_loss(c.get_float("stream.max_loss")),
         replay_share(c.get_float("stream.replay_share")),
         checkpoint_seconds(c.get_float("stream.checkpoint_seconds")),
+        publish_seconds(c.get_float("stream.publish_seconds")),
         seed(static_cast<uint64_t>(c.get_int("train.seed"))) {
     if (batch_size <= 0 || window <= 0 || grow_chunk <= 0 || negatives <= 0 || replay_capacity <= 0)
       throw ConfigError(
           "stream.batch_size, stream.window, stream.grow_chunk, stream.replay_capacity and train.negatives must be "
           "positive");
     if (replay_share < 0) throw ConfigError("stream.replay_share must be >= 0, got " + std::to_string(replay_share));
+    if (publish_every < 0 || publish_seconds < 0 || publish_keep < 1)
+      throw ConfigError("stream.publish_every and stream.publish_seconds must be >= 0, stream.publish_keep >= 1");
   }
+  bool publishing() const { return publish_every > 0 || publish_seconds > 0; }
 };
 
 class StreamLearner {
@@ -93,19 +136,40 @@ class StreamLearner {
     const std::string& start = run.resume.empty() ? run.teacher : run.resume;
     if (start.empty()) throw std::runtime_error("stream: a teacher checkpoint (or a stream checkpoint to resume) is needed");
     info_ = read_checkpoint_info(start);
-    model_ = load_checkpoint_model(start, device_);
+    teacher_ = Trainable(load_checkpoint_model(start, device_), config, settings_.lr);
+    model_ = teacher_.model;
     items_ = info_.items;
     store_ = HistoryStore(model_->options().maxlen);
-    std::vector<torch::Tensor> dense;
-    for (const auto& p : model_->parameters())
-      if (!p.is_same(model_->item_embedding())) dense.push_back(p);
-    dense_ = std::make_unique<torch::optim::Adam>(
-        dense, torch::optim::AdamOptions(settings_.lr).betas({config.get_float("train.beta1"), config.get_float("train.beta2")}));
-    ops::RowwiseAdamOptions o;
-    o.lr = settings_.lr, o.beta1 = config.get_float("train.beta1"), o.beta2 = config.get_float("train.beta2");
-    o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";
-    sparse_ = SparseRowAdam(model_->item_embedding(), o, /*padding_idx=*/0);
-    model_->set_sparse_gradients(&sparse_->gradients());
+    // The student: from the stream checkpoint when resuming, else from --student.
+    if (!run.resume.empty() && info_.texts.count("student_config")) {
+      student_config_ = info_.texts.at("student_config");
+      const Config sc = Config::from_stored_yaml(student_config_, "student config", nullptr);
+      student_ = Trainable(SASRec(sasrec_options_from_config(sc, info_.meta.at("student_num_items").get<int64_t>())),
+                           config, settings_.lr);
+      student_.model->to(device_);
+      unpack_training_state(info_.tensors.at("student_state"), student_.model, student_.dense.get(), student_.sparse.get());
+    } else if (run.resume.empty() && !run.student.empty()) {
+      const auto student_info = read_checkpoint_info(run.student);
+      if (student_info.items.serialize() != items_.serialize())
+        throw std::runtime_error(run.student + ": the student knows other items than the teacher (" +
+                                 std::to_string(student_info.items.size()) + " vs " + std::to_string(items_.size()) +
+                                 "); distil it from this teacher");
+      student_config_ = student_info.config_yaml;
+      student_ = Trainable(load_checkpoint_model(run.student, device_), config, settings_.lr);
+      if (student_.model->options().maxlen > model_->options().maxlen)
+        throw std::runtime_error(run.student + ": the student's maxlen exceeds the teacher's");
+      if (student_.model->options().num_items < model_->options().num_items) student_.grow(model_->options().num_items);
+    }
+    if (student_) distill_ = DistillOptions::from_config(config);
+    if (settings_.publishing() && run.learn) {
+      publisher_ = std::make_unique<Publisher>(
+          run.publish_dir.empty() ? (fs::path(run.output_dir) / "published").string() : run.publish_dir,
+          settings_.publish_keep);
+      spdlog::info("{}: publishing the {} to {} every {}", run.label, student_ ? "student" : "teacher",
+                   publisher_->dir(),
+                   settings_.publish_every > 0 ? std::to_string(settings_.publish_every) + " events"
+                                               : std::to_string(settings_.publish_seconds) + " s");
+    }
     if (!run.resume.empty()) {
       restore(run.resume);
     } else {
@@ -159,8 +223,16 @@ class StreamLearner {
 
   StreamSummary finish() {
     flush();
+    if (publisher_ && run_.learn && !unpublished_.empty()) publish();
     write_window();
     save();
+    if (!publish_delays_ms_.empty()) {
+      std::sort(publish_delays_ms_.begin(), publish_delays_ms_.end());
+      auto at = [&](double q) {
+        return publish_delays_ms_[std::min(publish_delays_ms_.size() - 1, static_cast<size_t>(q * publish_delays_ms_.size()))];
+      };
+      summary_.publish_delay_p50_ms = at(0.5), summary_.publish_delay_p99_ms = at(0.99);
+    }
     summary_.checkpoint = (fs::path(run_.output_dir) / "stream.pt").string();
     if (!latencies_ms_.empty()) {
       std::sort(latencies_ms_.begin(), latencies_ms_.end());
@@ -181,11 +253,17 @@ class StreamLearner {
     if (id > model_->options().num_items) {
       const int64_t rows = ((id + settings_.grow_chunk - 1) / settings_.grow_chunk) * settings_.grow_chunk;
       torch::manual_seed(settings_.seed * 7919ULL + static_cast<uint64_t>(rows));  // new rows: same draws every run
-      model_->grow_items(rows);
-      sparse_->grow_to_weight();
+      teacher_.grow(rows);
+      if (student_) student_.grow(rows);
       spdlog::debug("item table grown to {} rows", rows + 1);
     }
     return id;
+  }
+
+  // The teacher's (B, T) input cut to the student's history length (left-padded: keep the newest).
+  torch::Tensor student_inputs(const torch::Tensor& inputs) const {
+    const int64_t T = inputs.size(1), Ts = std::min<int64_t>(T, student_.model->options().maxlen);
+    return inputs.narrow(1, T - Ts, Ts);
   }
 
   torch::Tensor histories_tensor(const std::vector<Pending>& batch) const {
@@ -213,11 +291,23 @@ class StreamLearner {
     const int64_t known = items_.end_id();  // rows past the vocabulary are spare capacity
     auto ranks = rank_targets(model_->score_all(model_->last_hidden(inputs)), targets, seen, known).cpu();
     auto r = ranks.accessor<int64_t, 1>();
+    std::vector<int64_t> student_ranks;
+    if (student_) {
+      student_.model->eval();
+      auto& s = student_.model;
+      auto t = rank_targets(s->score_all(s->last_hidden(student_inputs(inputs))), targets, seen, known).cpu().contiguous();
+      student_ranks.assign(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+    }
     for (size_t i = 0; i < batch.size(); ++i) {
       const int64_t rank = batch[i].cold ? known : r[i];  // a new item is a miss: it could not be ranked
       summary_.cold_items += batch[i].cold;
       summary_.overall.add(rank);
       window_.add(rank);
+      if (student_) {
+        const int64_t student_rank = batch[i].cold ? known : student_ranks[i];
+        summary_.student_overall.add(student_rank);
+        student_window_.add(student_rank);
+      }
       ++summary_.scored;
       if (static_cast<int64_t>(window_.count()) >= settings_.window) write_window();
     }
@@ -272,18 +362,77 @@ class StreamLearner {
     if (!std::isfinite(value) || value > settings_.max_loss) {
       // Guard: a bad batch never reaches the weights.
       ++summary_.skipped_batches;
-      sparse_->gradients().clear();
+      teacher_.sparse->gradients().clear();
       spdlog::warn("batch {} skipped: loss {}", summary_.batches, value);
     } else {
-      dense_->zero_grad();
-      loss.backward();
-      if (settings_.clip > 0) torch::nn::utils::clip_grad_norm_(dense_->param_groups()[0].params(), settings_.clip);
-      dense_->step();
-      sparse_->step(settings_.lr);
+      teacher_.step(loss, settings_.clip, settings_.lr);
       last_loss_ = value;
     }
+    if (student_) learn_student(examples);
     if (settings_.replay_share > 0)
       for (size_t i = 0; i < fresh; ++i) remember(examples[i]);
+  }
+
+  // The student's distillation step on the batch's examples (newest position), against the teacher
+  // as it is after its own step.
+  void learn_student(const std::vector<Pending>& examples) {
+    std::vector<int64_t> targets;
+    for (const auto& e : examples) targets.push_back(e.item);
+    auto target = torch::tensor(targets).to(device_);
+    auto inputs = histories_tensor(examples);
+    torch::Tensor teacher_hidden;
+    {
+      torch::NoGradGuard no_grad;
+      model_->eval();
+      teacher_hidden = model_->last_hidden(inputs);
+    }
+    auto& student = student_.model;
+    student->train();
+    const int64_t known = items_.end_id();
+    SampledCandidates sampled;
+    if (!settings_.full_softmax)
+      sampled = {torch::randint(1, known, {settings_.negatives}, target.options()),
+                 torch::zeros({student->options().num_items + 1}, teacher_hidden.options())};
+    auto loss = distillation_loss(distill_, student, model_, student->last_hidden(student_inputs(inputs)), teacher_hidden,
+                                  target, known, settings_.full_softmax ? nullptr : &sampled, settings_.ce_chunk);
+    const double value = loss.item<double>();
+    if (!std::isfinite(value) || value > settings_.max_loss) {
+      ++summary_.skipped_batches;
+      student_.sparse->gradients().clear();
+      spdlog::warn("batch {}: student step skipped, loss {}", summary_.batches, value);
+      return;
+    }
+    student_.step(loss, settings_.clip, settings_.lr);
+    last_student_loss_ = value;
+  }
+
+  // Exports the student (the teacher without one) as the next published version.
+  void publish() {
+    nlohmann::json info = {{"events", summary_.events},
+                           {"source_position", source_.position()},
+                           {"batches", summary_.batches},
+                           {"label", run_.label},
+                           {"teacher_overall_ndcg10", summary_.overall.ndcg(10)},
+                           {"teacher_overall_hr10", summary_.overall.hit_rate(10)},
+                           {"wall_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count()}};
+    if (student_) {
+      info["model"] = "student";
+      info["student_overall_ndcg10"] = summary_.student_overall.ndcg(10);
+      info["student_overall_hr10"] = summary_.student_overall.hit_rate(10);
+    } else {
+      info["model"] = "teacher";
+    }
+    Trainable& published = student_ ? student_ : teacher_;
+    published.model->eval();
+    publisher_->publish(published.model, items_, student_ ? student_config_ : info_.config_yaml, info);
+    ++summary_.publications;
+    const auto done = std::chrono::steady_clock::now();
+    for (const auto& arrival : unpublished_)
+      if (publish_delays_ms_.size() < kMaxLatencySamples)
+        publish_delays_ms_.push_back(std::chrono::duration<double, std::milli>(done - arrival).count());
+    unpublished_.clear();
+    events_since_publish_ = 0;
+    last_publish_ = done;
   }
 
   void remember(const Pending& example) {
@@ -302,12 +451,21 @@ class StreamLearner {
     score(pending_, histories_tensor(pending_));
     if (run_.learn) learn(pending_);
     const auto done = std::chrono::steady_clock::now();
-    for (const auto& p : pending_)
+    for (const auto& p : pending_) {
       if (latencies_ms_.size() < kMaxLatencySamples)
         latencies_ms_.push_back(std::chrono::duration<double, std::milli>(done - p.arrival).count());
+      if (publisher_ && run_.learn) unpublished_.push_back(p.arrival);
+    }
     ++summary_.batches;
     events_since_checkpoint_ += static_cast<int64_t>(pending_.size());
+    events_since_publish_ += static_cast<int64_t>(pending_.size());
     pending_.clear();
+    if (publisher_ && run_.learn) {
+      const bool publish_by_count = settings_.publish_every > 0 && events_since_publish_ >= settings_.publish_every;
+      const bool publish_by_time = settings_.publish_seconds > 0 &&
+                                   std::chrono::duration<double>(done - last_publish_).count() >= settings_.publish_seconds;
+      if (publish_by_count || publish_by_time) publish();
+    }
     const bool by_count = settings_.checkpoint_every > 0 && events_since_checkpoint_ >= settings_.checkpoint_every;
     const bool by_time = settings_.checkpoint_seconds > 0 &&
                          std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() >=
@@ -326,6 +484,10 @@ class StreamLearner {
                                {"NDCG@10", window_.ndcg(10)},
                                {"MRR", window_.mrr()},
                                {"loss", last_loss_},
+                               {"student_NDCG@10", student_ ? nlohmann::json(student_window_.ndcg(10)) : nlohmann::json()},
+                               {"student_HR@10", student_ ? nlohmann::json(student_window_.hit_rate(10)) : nlohmann::json()},
+                               {"student_loss", student_ ? nlohmann::json(last_student_loss_) : nlohmann::json()},
+                               {"published_version", publisher_ ? nlohmann::json(publisher_->last_version()) : nlohmann::json()},
                                {"cold_items", summary_.cold_items},
                                {"new_users", summary_.new_users},
                                {"new_items", summary_.new_items},
@@ -337,7 +499,12 @@ class StreamLearner {
     spdlog::info("{} {} events, window NDCG@10 {:.4f} HR@10 {:.4f}, overall NDCG@10 {:.4f}, {:.0f} events/s",
                  run_.label, summary_.events, window_.ndcg(10), window_.hit_rate(10), summary_.overall.ndcg(10),
                  summary_.events / std::max(seconds, 1e-9));
+    if (student_)
+      spdlog::info("{} {} events, student window NDCG@10 {:.4f} HR@10 {:.4f}, overall NDCG@10 {:.4f}", run_.label,
+                   summary_.events, student_window_.ndcg(10), student_window_.hit_rate(10),
+                   summary_.student_overall.ndcg(10));
     window_ = RankingMetrics({10});
+    student_window_ = RankingMetrics({10});
   }
 
   // Everything needed to continue at exactly the next event, written atomically. Checkpoints are
@@ -378,7 +545,14 @@ class StreamLearner {
     info.tensors["reservoir_items"] = torch::tensor(reservoir_.items, torch::kLong);
     info.meta["reservoir_seen"] = reservoir_.seen;
     info.meta["replayed"] = summary_.replayed;
-    save_checkpoint((fs::path(run_.output_dir) / "stream.pt").string(), model_, dense_.get(), info, sparse_.get());
+    if (student_) {
+      info.texts["student_config"] = student_config_;
+      info.tensors["student_state"] = pack_training_state(student_.model, student_.dense.get(), student_.sparse.get());
+      info.meta["student_num_items"] = student_.model->options().num_items;
+      info.meta["publications"] = summary_.publications;
+    }
+    save_checkpoint((fs::path(run_.output_dir) / "stream.pt").string(), model_, teacher_.dense.get(), info,
+                    teacher_.sparse.get());
     source_.checkpointed(position);
     events_since_checkpoint_ = 0;
     last_checkpoint_ = std::chrono::steady_clock::now();
@@ -397,7 +571,7 @@ class StreamLearner {
   }
 
   void restore(const std::string& path) {
-    load_checkpoint_optimizer(path, *dense_, sparse_.get());
+    load_checkpoint_optimizer(path, *teacher_.dense, teacher_.sparse.get());
     const auto& m = info_.meta;
     if (m.value("kind", "") != "stream") throw std::runtime_error(path + ": not a stream checkpoint (kind is not 'stream')");
     saved_position_ = m.at("source_position").get<std::string>();
@@ -417,6 +591,7 @@ class StreamLearner {
                                    to_vector(info_.tensors.at("history_lengths")),
                                    to_vector(info_.tensors.at("history_items")));
     summary_.replayed = m.at("replayed");
+    summary_.publications = m.value("publications", uint64_t{0});
     reservoir_.seen = m.at("reservoir_seen");
     reservoir_.items = to_vector(info_.tensors.at("reservoir_items"));
     const auto lengths = to_vector(info_.tensors.at("reservoir_lengths"));
@@ -436,11 +611,19 @@ class StreamLearner {
   std::chrono::steady_clock::time_point last_checkpoint_ = std::chrono::steady_clock::now();
   torch::Device device_;
   CheckpointInfo info_;
-  SASRec model_{nullptr};
+  Trainable teacher_, student_;
+  SASRec model_{nullptr};  // the teacher's model
+  std::string student_config_;
+  DistillOptions distill_;
+  std::unique_ptr<Publisher> publisher_;
+  std::vector<std::chrono::steady_clock::time_point> unpublished_;  // arrivals learned but not yet published
+  std::vector<double> publish_delays_ms_;
+  int64_t events_since_publish_ = 0;
+  std::chrono::steady_clock::time_point last_publish_ = std::chrono::steady_clock::now();
+  RankingMetrics student_window_{{10}};
+  double last_student_loss_ = std::numeric_limits<double>::quiet_NaN();
   IdMap items_{1};
   HistoryStore store_;
-  std::unique_ptr<torch::optim::Adam> dense_;
-  SparseRowAdam sparse_{nullptr};
   std::vector<Pending> pending_;
   std::vector<double> latencies_ms_;
   Reservoir reservoir_;

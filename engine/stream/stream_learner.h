@@ -1,7 +1,9 @@
 // Continual updates from a stream of feedback (test-then-train): each event is first scored by the
 // current model from the user's history (rank of the true item among all items), then learned from
 // in a micro-batch: forward, backward, LibTorch Adam for the transformer and the fused row-wise Adam
-// for the touched item rows. New users and items get fresh slots and rows; malformed events go to a
+// for the touched item rows. With a student, it takes a distillation step from the updated teacher on
+// the same batch, and every stream.publish_every events (or seconds) it is exported to a versioned
+// TorchScript file with a manifest (engine/export/publisher.h) that servers follow. New users and items get fresh slots and rows; malformed events go to a
 // dead-letter file; checkpoints hold the model, both optimizers, the histories, the id maps and the
 // source position, so a resumed run continues at exactly the next event.
 #pragma once
@@ -23,6 +25,8 @@ struct StreamRun {
   bool learn = true;        // false: the frozen baseline, scored but never updated
   std::string output_dir;   // stream.pt, metrics.jsonl, dead_letters.jsonl
   std::string label = "continual";
+  std::string student;      // optional student checkpoint, distilled online from the teacher (ignored when resuming)
+  std::string publish_dir;  // where models are published (stream.publish_*); "" for output_dir/published
 };
 
 struct StreamSummary {
@@ -34,6 +38,10 @@ struct StreamSummary {
   uint64_t batches = 0, skipped_batches = 0;  // skipped: non-finite or exploding loss
   uint64_t replayed = 0;        // past examples trained on again (stream.replay_share)
   RankingMetrics overall{{10}};
+  RankingMetrics student_overall{{10}};  // the student's prequential metrics (with a student)
+  uint64_t publications = 0;
+  // From an event's arrival to the end of publishing the first model that learned from it.
+  double publish_delay_p50_ms = 0, publish_delay_p99_ms = 0;
   // From an event's arrival to the end of the model step that learned from it (scored, if frozen).
   double latency_p50_ms = 0, latency_p99_ms = 0;
   double seconds = 0;

@@ -75,12 +75,43 @@ int main(int argc, char** argv) {
   generate_args.attach(generate);
   generate->add_option("--out,-o", generate_out, "output CSV file")->required();
 
+  std::string export_checkpoint, export_out, export_publish;
+  auto* export_cmd = app.add_subcommand(
+      "export", "a checkpoint's model (a stream checkpoint's student) as one self-contained TorchScript file");
+  export_cmd->add_option("--checkpoint", export_checkpoint, "best.pt of train/distill, or a stream.pt")
+      ->required()->check(CLI::ExistingFile);
+  export_cmd->add_option("--out,-o", export_out, "TorchScript file to write");
+  export_cmd->add_option("--publish", export_publish, "or: publish it as the next version in this folder (with manifest.json)");
+
+  std::string recommend_model, recommend_history, recommend_file;
+  int64_t recommend_k = 10;
+  bool include_seen = false;
+  auto* recommend = app.add_subcommand("recommend", "top-k items of an exported model for a history");
+  recommend->add_option("--model", recommend_model, "exported TorchScript file")->required()->check(CLI::ExistingFile);
+  recommend->add_option("--history", recommend_history, "item ids, oldest first, e.g. 12,45,7");
+  recommend->add_option("--histories", recommend_file, "a file with one history a line (JSON lines out)")
+      ->check(CLI::ExistingFile);
+  recommend->add_option("-k", recommend_k, "how many items")->capture_default_str();
+  recommend->add_flag("--include-seen", include_seen, "allow items of the history in the answer");
+
+  freshrec::ServeJobOptions serve_options;
+  auto* serve = app.add_subcommand("serve", "HTTP recommendations from the newest published model, with hot reload");
+  serve->add_option("--models", serve_options.models_dir, "publication folder (manifest.json + model files)")->required();
+  serve->add_option("--port", serve_options.port, "TCP port (0: any free one)")->capture_default_str();
+  serve->add_option("--host", serve_options.host, "address to listen on")->capture_default_str();
+  serve->add_option("--threads", serve_options.threads, "request worker threads")->capture_default_str();
+  serve->add_option("--poll-ms", serve_options.poll_ms, "how often the manifest is checked")->capture_default_str();
+  serve->add_option("--max-history", serve_options.max_history, "longest history accepted")->capture_default_str();
+  serve->add_option("--max-batch", serve_options.max_batch, "most histories per request")->capture_default_str();
+
   ConfigArgs stream_args;
-  std::string teacher;
+  std::string teacher, stream_student;
   bool stream_resume = false, compare_frozen = false;
   auto* stream = app.add_subcommand("stream", "continual updates from a stream of events: test-then-train");
   stream_args.attach(stream);
   stream->add_option("--teacher", teacher, "checkpoint to start from (replay without one pre-trains it)")
+      ->check(CLI::ExistingFile);
+  stream->add_option("--student", stream_student, "student checkpoint (from distill) to train online and publish")
       ->check(CLI::ExistingFile);
   stream->add_flag("--resume", stream_resume, "continue from the stream checkpoint in stream.output_dir");
   stream->add_flag("--compare-frozen", compare_frozen, "also replay through the frozen teacher and compare");
@@ -127,17 +158,21 @@ int main(int argc, char** argv) {
       return with_config(distill_args, [&](const freshrec::Config& c) {
         return freshrec::run_train_job(c, distill_resume, distill_teacher);
       });
+    if (*export_cmd) return freshrec::run_export_job(export_checkpoint, export_out, export_publish);
+    if (*recommend)
+      return freshrec::run_recommend_job(recommend_model, recommend_history, recommend_file, recommend_k, include_seen);
+    if (*serve) return freshrec::run_serve_job(serve_options);
     if (*eval) return freshrec::run_eval_job(checkpoint, eval_overrides, json_out);
     if (*stream)
       return with_config(stream_args, [&](const freshrec::Config& c) {
-        return freshrec::run_stream_job(c, teacher, stream_resume, compare_frozen);
+        return freshrec::run_stream_job(c, teacher, stream_student, stream_resume, compare_frozen);
       });
     if (*bench_stream)
       return with_config(bench_stream_args, [&](freshrec::Config c) {
         // A fresh output folder, so a benchmark never resumes or appends to an earlier run.
         const std::string out = c.get_string("stream.output_dir") + "/bench-" + std::to_string(::getpid());
         c.set("stream.output_dir", out, "bench stream");
-        return freshrec::run_stream_job(c, bench_teacher, false, true);
+        return freshrec::run_stream_job(c, bench_teacher, "", false, true);
       });
     if (*bench_kernels) return freshrec::run_kernel_bench_job(kernel_bench);
     if (*stats) return with_config(stats_args, [](const freshrec::Config& c) { return freshrec::run_data_stats_job(c); });

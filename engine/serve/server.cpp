@@ -1,0 +1,326 @@
+// HTTP model server; see server.h.
+#include "engine/serve/server.h"
+
+#include <httplib.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "engine/export/publisher.h"
+#include "engine/export/torchscript.h"
+
+namespace freshrec {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double unix_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+struct LoadedModel {
+  std::shared_ptr<ExportedModel> model;
+  int64_t version = 0;
+  double published_at = 0;  // unix seconds, from the manifest
+};
+
+// A request the client got wrong: status and message.
+struct BadRequest {
+  int status;
+  std::string message;
+};
+
+// Recent request latencies for the quantiles of /metrics, plus counts by status.
+class RequestStats {
+ public:
+  void record(int status, double seconds) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++by_status_[status];
+    sum_ += seconds;
+    ++count_;
+    if (recent_.size() < kWindow) {
+      recent_.push_back(seconds);
+    } else {
+      recent_[next_++ % kWindow] = seconds;
+    }
+  }
+  std::string prometheus() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::ostringstream out;
+    out << "# HELP freshrec_requests_total Requests answered, by HTTP status.\n"
+        << "# TYPE freshrec_requests_total counter\n";
+    for (const auto& [status, n] : by_status_) out << "freshrec_requests_total{code=\"" << status << "\"} " << n << "\n";
+    auto sorted = recent_;
+    std::sort(sorted.begin(), sorted.end());
+    out << "# HELP freshrec_request_duration_seconds Request latency (quantiles over the last " << kWindow
+        << " requests).\n# TYPE freshrec_request_duration_seconds summary\n";
+    for (double q : {0.5, 0.9, 0.99}) {
+      const double v = sorted.empty() ? 0.0 : sorted[std::min(sorted.size() - 1, static_cast<size_t>(q * sorted.size()))];
+      out << "freshrec_request_duration_seconds{quantile=\"" << q << "\"} " << v << "\n";
+    }
+    out << "freshrec_request_duration_seconds_sum " << sum_ << "\n"
+        << "freshrec_request_duration_seconds_count " << count_ << "\n";
+    return out.str();
+  }
+
+ private:
+  static constexpr size_t kWindow = 8192;
+  mutable std::mutex mutex_;
+  std::map<int, uint64_t> by_status_;
+  std::vector<double> recent_;
+  size_t next_ = 0;
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+// An id from JSON: a string, or an integer written as text.
+std::string id_text(const nlohmann::json& v, const std::string& where) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_number_integer()) return std::to_string(v.get<int64_t>());
+  throw BadRequest{400, where + " must be an item id (integer or string), got " + v.dump()};
+}
+
+std::vector<std::string> parse_history(const nlohmann::json& v, const std::string& where, int64_t max_history) {
+  if (!v.is_array()) throw BadRequest{400, where + " must be an array of item ids, got " + v.dump().substr(0, 80)};
+  if (static_cast<int64_t>(v.size()) > max_history)
+    throw BadRequest{413, where + " has " + std::to_string(v.size()) + " items, at most " + std::to_string(max_history) +
+                              " are accepted"};
+  std::vector<std::string> ids;
+  ids.reserve(v.size());
+  for (size_t i = 0; i < v.size(); ++i) ids.push_back(id_text(v[i], where + "[" + std::to_string(i) + "]"));
+  return ids;
+}
+
+}  // namespace
+
+struct ModelServer::Impl {
+  ServeOptions options;
+  httplib::Server http;
+  std::thread listener, watcher;
+  std::atomic<bool> stopping{false};
+  std::mutex wake_mutex;
+  std::condition_variable wake;
+  mutable std::mutex model_mutex;
+  std::shared_ptr<const LoadedModel> current;
+  int64_t failed_version = 0;  // a version that would not load: not retried until a newer one appears
+  RequestStats stats;
+  Clock::time_point started = Clock::now();
+
+  std::shared_ptr<const LoadedModel> model() const {
+    std::lock_guard<std::mutex> lock(model_mutex);
+    return current;
+  }
+
+  // Loads the manifest's version if it is newer than the one served; warm-up runs before the swap.
+  void refresh() {
+    std::optional<Manifest> manifest;
+    try {
+      manifest = Manifest::read(options.models_dir);
+    } catch (const std::exception& e) {
+      spdlog::warn("{}", e.what());
+      return;
+    }
+    const auto serving = model();
+    if (!manifest || (serving && manifest->version <= serving->version) || manifest->version == failed_version) return;
+    const std::string path = (fs::path(options.models_dir) / manifest->file).string();
+    try {
+      auto loaded = std::make_shared<LoadedModel>();
+      loaded->model = std::make_shared<ExportedModel>(path);
+      loaded->version = manifest->version;
+      loaded->published_at = manifest->json.value("published_at", unix_seconds());
+      // Warm-up: the first calls of a TorchScript method profile and optimise it.
+      const std::vector<std::vector<std::string>> warm = {{}};
+      for (int i = 0; i < 3; ++i) loaded->model->recommend(warm, 1);
+      {
+        std::lock_guard<std::mutex> lock(model_mutex);
+        current = loaded;
+      }
+      spdlog::info("serving {} (version {}, {} items)", path, loaded->version, loaded->model->num_items());
+    } catch (const std::exception& e) {
+      failed_version = manifest->version;
+      spdlog::error("cannot load version {}: {}", manifest->version, e.what());
+    }
+  }
+
+  void watch() {
+    while (!stopping) {
+      refresh();
+      std::unique_lock<std::mutex> lock(wake_mutex);
+      wake.wait_for(lock, std::chrono::milliseconds(options.poll_ms), [&] { return stopping.load(); });
+    }
+  }
+
+  static void reply_json(httplib::Response& res, int status, const nlohmann::json& body) {
+    res.status = status;
+    res.set_content(body.dump(), "application/json");
+  }
+
+  void recommend(const httplib::Request& req, httplib::Response& res) {
+    const auto serving = model();
+    if (!serving) throw BadRequest{503, "no model is published in " + options.models_dir + " yet"};
+    nlohmann::json body;
+    try {
+      body = nlohmann::json::parse(req.body);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw BadRequest{400, std::string("request body is not valid JSON: ") + e.what()};
+    }
+    if (!body.is_object()) throw BadRequest{400, "request body must be a JSON object"};
+    for (const auto& [key, value] : body.items())
+      if (key != "history" && key != "histories" && key != "k" && key != "exclude_seen")
+        throw BadRequest{400, "unknown field '" + key + "' (expected history or histories, k, exclude_seen)"};
+    const bool batch = body.contains("histories");
+    if (batch == body.contains("history")) throw BadRequest{400, "give exactly one of 'history' and 'histories'"};
+    int64_t k = 10;
+    if (body.contains("k")) {
+      if (!body["k"].is_number_integer()) throw BadRequest{400, "k must be an integer, got " + body["k"].dump()};
+      k = body["k"].get<int64_t>();
+    }
+    const int64_t k_limit = std::min(options.max_k, serving->model->num_items());
+    if (k < 1 || k > k_limit) throw BadRequest{400, "k must be in [1, " + std::to_string(k_limit) + "], got " + std::to_string(k)};
+    bool exclude_seen = true;
+    if (body.contains("exclude_seen")) {
+      if (!body["exclude_seen"].is_boolean()) throw BadRequest{400, "exclude_seen must be true or false"};
+      exclude_seen = body["exclude_seen"].get<bool>();
+    }
+    std::vector<std::vector<std::string>> histories;
+    if (batch) {
+      const auto& list = body["histories"];
+      if (!list.is_array() || list.empty()) throw BadRequest{400, "histories must be a non-empty array of arrays"};
+      if (static_cast<int64_t>(list.size()) > options.max_batch)
+        throw BadRequest{413, "histories has " + std::to_string(list.size()) + " entries, at most " +
+                                  std::to_string(options.max_batch) + " are accepted"};
+      for (size_t i = 0; i < list.size(); ++i)
+        histories.push_back(parse_history(list[i], "histories[" + std::to_string(i) + "]", options.max_history));
+    } else {
+      histories.push_back(parse_history(body["history"], "history", options.max_history));
+    }
+    for (size_t r = 0; r < histories.size(); ++r)
+      for (size_t j = 0; j < histories[r].size(); ++j)
+        if (!serving->model->knows(histories[r][j]))
+          throw BadRequest{400, "unknown item id '" + histories[r][j] + "' at " +
+                                    (batch ? "histories[" + std::to_string(r) + "]" : std::string("history")) + "[" +
+                                    std::to_string(j) + "] (model version " + std::to_string(serving->version) + ")"};
+    const auto results = serving->model->recommend(histories, k, exclude_seen);
+    const bool integer_ids = serving->model->integer_ids();  // then ids go out as JSON numbers
+    auto items = [&](const ExportedModel::Recommendation& r) {
+      nlohmann::json list = nlohmann::json::array();
+      for (size_t j = 0; j < r.ids.size(); ++j) {
+        const nlohmann::json id = integer_ids ? nlohmann::json(std::stoll(r.ids[j])) : nlohmann::json(r.ids[j]);
+        list.push_back({{"id", id}, {"score", r.scores[j]}});
+      }
+      return list;
+    };
+    nlohmann::json out = {{"version", serving->version}};
+    if (batch) {
+      out["results"] = nlohmann::json::array();
+      for (const auto& r : results) out["results"].push_back(items(r));
+    } else {
+      out["items"] = items(results[0]);
+    }
+    res.set_header("X-Model-Version", std::to_string(serving->version));
+    reply_json(res, 200, out);
+  }
+
+  std::string metrics() const {
+    std::ostringstream out;
+    out << stats.prometheus();
+    const auto serving = model();
+    out << "# HELP freshrec_model_version Version of the model being served (0: none).\n"
+        << "# TYPE freshrec_model_version gauge\n"
+        << "freshrec_model_version " << (serving ? serving->version : 0) << "\n"
+        << "# HELP freshrec_model_age_seconds Seconds since the served model was published.\n"
+        << "# TYPE freshrec_model_age_seconds gauge\n"
+        << "freshrec_model_age_seconds " << (serving ? std::max(0.0, unix_seconds() - serving->published_at) : 0.0)
+        << "\n"
+        << "# HELP freshrec_uptime_seconds Seconds since the server started.\n"
+        << "# TYPE freshrec_uptime_seconds gauge\n"
+        << "freshrec_uptime_seconds " << std::chrono::duration<double>(Clock::now() - started).count() << "\n";
+    return out.str();
+  }
+
+  void routes() {
+    http.Post("/recommend", [this](const httplib::Request& req, httplib::Response& res) {
+      const auto begun = Clock::now();
+      try {
+        recommend(req, res);
+      } catch (const BadRequest& e) {
+        reply_json(res, e.status, {{"error", e.message}});
+      } catch (const std::invalid_argument& e) {
+        reply_json(res, 400, {{"error", e.what()}});
+      } catch (const std::exception& e) {
+        spdlog::error("request failed: {}", e.what());
+        reply_json(res, 500, {{"error", std::string("internal error: ") + e.what()}});
+      }
+      stats.record(res.status, std::chrono::duration<double>(Clock::now() - begun).count());
+    });
+    http.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+      const auto serving = model();
+      if (serving) {
+        reply_json(res, 200, {{"status", "ok"}, {"version", serving->version}});
+      } else {
+        reply_json(res, 503, {{"status", "no model yet"}, {"models_dir", options.models_dir}});
+      }
+    });
+    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      res.set_content(metrics(), "text/plain; version=0.0.4");
+    });
+    http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (!res.body.empty()) return;  // a handler already answered
+      std::string message = "HTTP " + std::to_string(res.status);
+      if (res.status == 404) message = "no such endpoint: " + req.method + " " + req.path + " (POST /recommend, GET /healthz, GET /metrics)";
+      if (res.status == 413) message = "request body over " + std::to_string(options.max_body_bytes) + " bytes";
+      reply_json(res, res.status, {{"error", message}});
+      if (req.path == "/recommend") stats.record(res.status, 0.0);
+    });
+    http.set_payload_max_length(options.max_body_bytes);
+    const int threads = std::max(1, options.threads);
+    http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  }
+};
+
+ModelServer::ModelServer(ServeOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->options = std::move(options);
+  if (impl_->options.models_dir.empty()) throw std::invalid_argument("serve: --models needs a folder");
+  impl_->routes();
+}
+
+ModelServer::~ModelServer() { stop(); }
+
+int ModelServer::start() {
+  auto& d = *impl_;
+  const int port = d.options.port == 0 ? d.http.bind_to_any_port(d.options.host)
+                                       : (d.http.bind_to_port(d.options.host, d.options.port) ? d.options.port : -1);
+  if (port < 0)
+    throw std::runtime_error("serve: cannot listen on " + d.options.host + ":" + std::to_string(d.options.port));
+  d.refresh();
+  if (!d.model()) spdlog::warn("no model published in {} yet; answering 503 until one appears", d.options.models_dir);
+  d.listener = std::thread([&d] { d.http.listen_after_bind(); });
+  d.watcher = std::thread([&d] { d.watch(); });
+  return port;
+}
+
+void ModelServer::stop() {
+  auto& d = *impl_;
+  if (d.stopping.exchange(true)) return;
+  d.wake.notify_all();
+  d.http.stop();
+  if (d.listener.joinable()) d.listener.join();
+  if (d.watcher.joinable()) d.watcher.join();
+}
+
+int64_t ModelServer::model_version() const {
+  const auto serving = impl_->model();
+  return serving ? serving->version : 0;
+}
+
+}  // namespace freshrec

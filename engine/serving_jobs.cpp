@@ -1,0 +1,131 @@
+// The serving side's subcommands: export, recommend, serve (see jobs.h).
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "engine/checkpoint/checkpoint.h"
+#include "engine/export/publisher.h"
+#include "engine/export/torchscript.h"
+#include "engine/jobs.h"
+#ifdef FRESHREC_WITH_HTTP
+#include "engine/serve/server.h"
+#endif
+
+namespace freshrec {
+namespace {
+
+// Ids of one history: separated by commas and/or whitespace.
+std::vector<std::string> split_ids(const std::string& text) {
+  std::vector<std::string> ids;
+  std::string current;
+  for (char c : text) {
+    if (c == ',' || std::isspace(static_cast<unsigned char>(c))) {
+      if (!current.empty()) ids.push_back(current), current.clear();
+    } else {
+      current += c;
+    }
+  }
+  if (!current.empty()) ids.push_back(current);
+  return ids;
+}
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+
+}  // namespace
+
+int run_export_job(const std::string& checkpoint, const std::string& out, const std::string& publish_dir) {
+  if (out.empty() == publish_dir.empty()) throw std::invalid_argument("export: give exactly one of --out and --publish");
+  const CheckpointInfo info = read_checkpoint_info(checkpoint);
+  SASRec model{nullptr};
+  std::string config_yaml = info.config_yaml, which = "model";
+  if (info.texts.count("student_config")) {
+    // A stream checkpoint with a student: the student is what serves.
+    config_yaml = info.texts.at("student_config");
+    const Config sc = Config::from_stored_yaml(config_yaml, checkpoint + " (student config)", nullptr);
+    model = SASRec(sasrec_options_from_config(sc, info.meta.at("student_num_items").get<int64_t>()));
+    unpack_training_state(info.tensors.at("student_state"), model, nullptr, nullptr);
+    which = "student";
+  } else {
+    model = load_checkpoint_model(checkpoint, torch::kCPU);
+  }
+  model->to(torch::kCPU);
+  model->eval();
+  nlohmann::json meta = {{"source_checkpoint", checkpoint}, {"model", which}, {"checkpoint_meta", info.meta}};
+  if (!publish_dir.empty()) {
+    Publisher publisher(publish_dir);
+    const int64_t version = publisher.publish(model, info.items, config_yaml, meta);
+    std::printf("published the %s of %s as version %lld in %s\n", which.c_str(), checkpoint.c_str(),
+                static_cast<long long>(version), publish_dir.c_str());
+    return 0;
+  }
+  auto module = export_torchscript(model, info.items, config_yaml, meta);
+  save_torchscript(module, out);
+  std::printf("exported the %s of %s (%lld parameters, %zu items) to %s\n", which.c_str(), checkpoint.c_str(),
+              static_cast<long long>(model->parameter_count()), info.items.size(), out.c_str());
+  return 0;
+}
+
+int run_recommend_job(const std::string& model_path, const std::string& history, const std::string& histories_file,
+                      int64_t k, bool include_seen) {
+  if (history.empty() == histories_file.empty())
+    throw std::invalid_argument("recommend: give exactly one of --history and --histories");
+  ExportedModel model(model_path);
+  if (!history.empty()) {
+    const auto result = model.recommend({split_ids(history)}, k, !include_seen)[0];
+    std::printf("%4s  %-16s %10s\n", "rank", "item", "score");
+    for (size_t j = 0; j < result.ids.size(); ++j)
+      std::printf("%4zu  %-16s %10.4f\n", j + 1, result.ids[j].c_str(), result.scores[j]);
+    return 0;
+  }
+  std::ifstream in(histories_file);
+  if (!in) throw std::runtime_error(histories_file + ": cannot open");
+  // One JSON line per input line; a bad line gets an error line (naming file:line) and the rest go on.
+  int64_t line_number = 0, failed = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_number;
+    nlohmann::json out = {{"line", line_number}};
+    try {
+      const auto result = model.recommend({split_ids(line)}, k, !include_seen)[0];
+      out["ids"] = result.ids;
+      out["scores"] = result.scores;
+    } catch (const std::exception& e) {
+      out["error"] = histories_file + ":" + std::to_string(line_number) + ": " + e.what();
+      ++failed;
+    }
+    std::printf("%s\n", out.dump().c_str());
+  }
+  if (failed) spdlog::warn("{} of {} lines could not be answered (see their \"error\")", failed, line_number);
+  return failed ? 1 : 0;
+}
+
+int run_serve_job(const ServeJobOptions& o) {
+#ifdef FRESHREC_WITH_HTTP
+  ServeOptions options;
+  options.models_dir = o.models_dir, options.host = o.host, options.port = o.port, options.threads = o.threads;
+  options.poll_ms = o.poll_ms, options.max_history = o.max_history, options.max_batch = o.max_batch;
+  ModelServer server(options);
+  const int port = server.start();
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  spdlog::info("listening on {}:{} (POST /recommend, GET /healthz, GET /metrics), models from {}", o.host, port,
+               o.models_dir);
+  std::printf("listening on port %d\n", port);
+  std::fflush(stdout);
+  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  spdlog::info("stopping");
+  server.stop();
+  return 0;
+#else
+  (void)o;
+  throw std::runtime_error("serve: this build has no HTTP server (cpp-httplib was not found at build time)");
+#endif
+}
+
+}  // namespace freshrec
