@@ -55,6 +55,10 @@ struct ServeJobOptions {
 };
 int run_serve_job(const ServeJobOptions& options);
 
+// `freshrec bench serve`: latency (p50, p99) of one recommendation request for an exported model,
+// as a direct TorchScript call and through the HTTP server, in one run.
+int run_serve_bench_job(const std::string& model, int64_t requests, int64_t history_length, int64_t k);
+
 // `freshrec bench kernels`: the embedding-table update step by each variant, in one run.
 struct KernelBenchOptions {
   int64_t rows = 0;  // 0: 10,000,000 on a GPU, 1,000,000 on the CPU

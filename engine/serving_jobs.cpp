@@ -1,7 +1,10 @@
 // The serving side's subcommands: export, recommend, serve (see jobs.h).
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <random>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -13,7 +16,10 @@
 #include "engine/export/publisher.h"
 #include "engine/export/torchscript.h"
 #include "engine/jobs.h"
+#include "engine/runtime.h"
 #ifdef FRESHREC_WITH_HTTP
+#include <httplib.h>
+
 #include "engine/serve/server.h"
 #endif
 
@@ -103,6 +109,68 @@ int run_recommend_job(const std::string& model_path, const std::string& history,
   }
   if (failed) spdlog::warn("{} of {} lines could not be answered (see their \"error\")", failed, line_number);
   return failed ? 1 : 0;
+}
+
+int run_serve_bench_job(const std::string& model_path, int64_t requests, int64_t history_length, int64_t k) {
+  if (requests <= 0 || history_length < 0 || k <= 0)
+    throw std::invalid_argument("bench serve: --requests and -k must be positive, --history >= 0");
+  configure_threads(0);
+  ExportedModel model(model_path);
+  const int64_t parameters = model.meta().value("parameters", int64_t{-1});
+  // Histories drawn from the model's own vocabulary with a fixed seed: the same requests every run.
+  std::vector<std::string> vocabulary;
+  for (const auto& id : model.vocabulary()) vocabulary.push_back(id);
+  std::mt19937_64 rng(7);
+  std::vector<std::vector<std::string>> histories(static_cast<size_t>(requests));
+  for (auto& h : histories)
+    for (int64_t j = 0; j < history_length; ++j) h.push_back(vocabulary[rng() % vocabulary.size()]);
+  auto quantiles = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))]; };
+    return std::make_pair(at(0.5), at(0.99));
+  };
+  const int64_t warmup = std::min<int64_t>(20, requests);
+  std::vector<double> direct;
+  for (int64_t i = 0; i < requests + warmup; ++i) {
+    const auto begun = std::chrono::steady_clock::now();
+    model.recommend({histories[static_cast<size_t>(i % requests)]}, k);
+    if (i >= warmup) direct.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begun).count());
+  }
+  const auto [direct_p50, direct_p99] = quantiles(direct);
+  std::printf("serving latency of %s (%lld parameters, %lld items, maxlen %lld), one request of %lld history items, "
+              "k=%lld, %lld requests, %d threads:\n",
+              model_path.c_str(), static_cast<long long>(parameters), static_cast<long long>(model.num_items()),
+              static_cast<long long>(model.maxlen()), static_cast<long long>(history_length), static_cast<long long>(k),
+              static_cast<long long>(requests), torch::get_num_threads());
+  std::printf("%-34s %10s %10s\n", "path", "p50 ms", "p99 ms");
+  std::printf("%-34s %10.3f %10.3f\n", "TorchScript call (in process)", direct_p50, direct_p99);
+#ifdef FRESHREC_WITH_HTTP
+  // The same requests through `serve`: JSON over HTTP on loopback, one connection, one at a time.
+  const auto dir = std::filesystem::temp_directory_path() / ("freshrec-bench-serve-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(model_path, dir / "model.pt", std::filesystem::copy_options::overwrite_existing);
+  write_file_atomically((dir / "manifest.json").string(), nlohmann::json{{"version", 1}, {"file", "model.pt"}}.dump());
+  ServeOptions options;
+  options.models_dir = dir.string(), options.host = "127.0.0.1", options.port = 0, options.threads = 2;
+  ModelServer server(options);
+  const int port = server.start();
+  httplib::Client client("127.0.0.1", port);
+  std::vector<double> http;
+  for (int64_t i = 0; i < requests + warmup; ++i) {
+    const std::string body =
+        nlohmann::json{{"history", histories[static_cast<size_t>(i % requests)]}, {"k", k}}.dump();
+    const auto begun = std::chrono::steady_clock::now();
+    auto r = client.Post("/recommend", body, "application/json");
+    if (!r || r->status != 200)
+      throw std::runtime_error("bench serve: request failed: " + (r ? r->body : httplib::to_string(r.error())));
+    if (i >= warmup) http.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begun).count());
+  }
+  server.stop();
+  std::filesystem::remove_all(dir);
+  const auto [http_p50, http_p99] = quantiles(http);
+  std::printf("%-34s %10.3f %10.3f\n", "HTTP POST /recommend (serve)", http_p50, http_p99);
+#endif
+  return 0;
 }
 
 int run_serve_job(const ServeJobOptions& o) {

@@ -170,7 +170,9 @@ torch::jit::Module export_torchscript(SASRec& model, const IdMap& items, const s
   module.register_attribute("num_items", c10::IntType::get(), vocabulary);
   module.register_attribute("scale", c10::FloatType::get(), std::sqrt(static_cast<double>(o.hidden)));
   module.register_attribute("config", c10::StringType::get(), config_yaml);
-  module.register_attribute("meta", c10::StringType::get(), meta.dump());
+  nlohmann::json stored = meta.is_object() ? meta : nlohmann::json::object();
+  if (!stored.contains("parameters")) stored["parameters"] = model->parameter_count();
+  module.register_attribute("meta", c10::StringType::get(), stored.dump());
 
   // Integer ids when every external id is a canonical integer (ML-1M, the generator), else strings.
   bool integers = true;
@@ -235,7 +237,13 @@ ExportedModel::ExportedModel(const std::string& path) : path_(path), module_(loa
   } else {
     for (const auto& id : ids.toListRef()) known_.insert(id.toStringRef());
   }
-  known_.erase(integer_ids_ ? "0" : "");  // the padding slot is not an item
+  if (integer_ids_) {
+    for (int64_t id : ids.toIntVector()) vocabulary_.push_back(std::to_string(id));
+  } else {
+    for (const auto& id : ids.toListRef()) vocabulary_.push_back(id.toStringRef());
+  }
+  vocabulary_.erase(vocabulary_.begin());  // the padding slot is not an item
+  known_.erase(integer_ids_ ? "0" : "");
   num_items_ = module_.attr("num_items").toInt();
   maxlen_ = module_.attr("maxlen").toInt();
   meta_ = torchscript_meta(module_);

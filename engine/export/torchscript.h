@@ -53,7 +53,8 @@ class ExportedModel {
                                         bool exclude_seen = true);
 
   bool knows(const std::string& id) const { return known_.count(id) > 0; }
-  bool integer_ids() const { return integer_ids_; }  // ids are canonical integers (else any text)
+  bool integer_ids() const { return integer_ids_; }
+  const std::vector<std::string>& vocabulary() const { return vocabulary_; }  // external ids, in id order  // ids are canonical integers (else any text)
   int64_t num_items() const { return num_items_; }
   int64_t maxlen() const { return maxlen_; }
   const nlohmann::json& meta() const { return meta_; }
@@ -64,6 +65,7 @@ class ExportedModel {
   torch::jit::Module module_;
   bool integer_ids_ = true;
   std::unordered_set<std::string> known_;
+  std::vector<std::string> vocabulary_;
   int64_t num_items_ = 0, maxlen_ = 0;
   nlohmann::json meta_;
 };

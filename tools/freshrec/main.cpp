@@ -128,6 +128,15 @@ int main(int argc, char** argv) {
   bench_kernels->add_option("--device", kernel_bench.device, "auto, cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
 
+  std::string bench_serve_model;
+  int64_t bench_serve_requests = 2000, bench_serve_history = 200, bench_serve_k = 10;
+  auto* bench_serve = bench->add_subcommand(
+      "serve", "latency of one recommendation request: direct TorchScript call and through HTTP serve");
+  bench_serve->add_option("--model", bench_serve_model, "exported TorchScript file")->required()->check(CLI::ExistingFile);
+  bench_serve->add_option("--requests", bench_serve_requests, "timed requests")->capture_default_str();
+  bench_serve->add_option("--history", bench_serve_history, "history items per request")->capture_default_str();
+  bench_serve->add_option("-k", bench_serve_k, "items per answer")->capture_default_str();
+
   ConfigArgs bench_stream_args;
   std::string bench_teacher;
   auto* bench_stream = bench->add_subcommand(
@@ -174,6 +183,8 @@ int main(int argc, char** argv) {
         c.set("stream.output_dir", out, "bench stream");
         return freshrec::run_stream_job(c, bench_teacher, "", false, true);
       });
+    if (*bench_serve)
+      return freshrec::run_serve_bench_job(bench_serve_model, bench_serve_requests, bench_serve_history, bench_serve_k);
     if (*bench_kernels) return freshrec::run_kernel_bench_job(kernel_bench);
     if (*stats) return with_config(stats_args, [](const freshrec::Config& c) { return freshrec::run_data_stats_job(c); });
     if (*generate)
