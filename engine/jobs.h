@@ -59,6 +59,21 @@ int run_serve_job(const ServeJobOptions& options);
 // as a direct TorchScript call and through the HTTP server, in one run.
 int run_serve_bench_job(const std::string& model, int64_t requests, int64_t history_length, int64_t k);
 
+// `freshrec bench train`: freshrec's SASRec training step beside the PyTorch-eager reference
+// (tools/bench/sasrec_reference.py, run with `python`), same device, shapes, loss and precision.
+struct TrainBenchOptions {
+  std::string device = "auto";
+  int64_t items = 3416, hidden = 64, blocks = 2, heads = 1, batch = 128, length = 200;
+  std::string loss = "full";  // full | sampled
+  int64_t negatives = 256;
+  bool sparse = false;  // row-wise Adam for the item table (sampled loss)
+  int64_t steps = 10, warmup = 3, ce_chunk = 0, threads = 0, seed = 1;
+  std::string precision = "fp32";  // fp32 | tf32 | bf16
+  std::string python = ".venv/bin/python";
+  std::string reference = "tools/bench/sasrec_reference.py";
+};
+int run_train_bench_job(const TrainBenchOptions& options);
+
 // `freshrec bench kernels`: the embedding-table update step by each variant, in one run.
 struct KernelBenchOptions {
   int64_t rows = 0;  // 0: 10,000,000 on a GPU, 1,000,000 on the CPU

@@ -137,6 +137,31 @@ int main(int argc, char** argv) {
   bench_serve->add_option("--history", bench_serve_history, "history items per request")->capture_default_str();
   bench_serve->add_option("-k", bench_serve_k, "items per answer")->capture_default_str();
 
+  freshrec::TrainBenchOptions train_bench;
+  auto* bench_train = bench->add_subcommand(
+      "train", "SASRec training step: freshrec beside the PyTorch-eager reference (tools/bench), same shapes");
+  bench_train->add_option("--device", train_bench.device, "auto, cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
+  bench_train->add_option("--items", train_bench.items, "catalog size")->capture_default_str();
+  bench_train->add_option("--hidden", train_bench.hidden, "width")->capture_default_str();
+  bench_train->add_option("--blocks", train_bench.blocks, "blocks")->capture_default_str();
+  bench_train->add_option("--heads", train_bench.heads, "attention heads")->capture_default_str();
+  bench_train->add_option("--batch", train_bench.batch, "sequences per step")->capture_default_str();
+  bench_train->add_option("--length", train_bench.length, "history length")->capture_default_str();
+  bench_train->add_option("--loss", train_bench.loss, "full or sampled")
+      ->check(CLI::IsMember({"full", "sampled"}))->capture_default_str();
+  bench_train->add_option("--negatives", train_bench.negatives, "shared negatives (sampled loss)")->capture_default_str();
+  bench_train->add_flag("--sparse", train_bench.sparse, "row-wise Adam kernels for the item table (sampled loss)");
+  bench_train->add_option("--steps", train_bench.steps, "timed steps")->capture_default_str();
+  bench_train->add_option("--warmup", train_bench.warmup, "untimed steps first")->capture_default_str();
+  bench_train->add_option("--precision", train_bench.precision, "fp32, tf32 (GPU matmuls) or bf16 (autocast)")
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16"}))->capture_default_str();
+  bench_train->add_option("--ce-chunk", train_bench.ce_chunk, "rows per fused cross-entropy chunk (0: 256 CPU, 8192 GPU)");
+  bench_train->add_option("--threads", train_bench.threads, "CPU threads (0: all cores)");
+  bench_train->add_option("--python", train_bench.python, "Python with torch for the reference (\"\": skip it)")
+      ->capture_default_str();
+  bench_train->add_option("--reference", train_bench.reference, "the reference script")->capture_default_str();
+
   ConfigArgs bench_stream_args;
   std::string bench_teacher;
   auto* bench_stream = bench->add_subcommand(
@@ -185,6 +210,7 @@ int main(int argc, char** argv) {
       });
     if (*bench_serve)
       return freshrec::run_serve_bench_job(bench_serve_model, bench_serve_requests, bench_serve_history, bench_serve_k);
+    if (*bench_train) return freshrec::run_train_bench_job(train_bench);
     if (*bench_kernels) return freshrec::run_kernel_bench_job(kernel_bench);
     if (*stats) return with_config(stats_args, [](const freshrec::Config& c) { return freshrec::run_data_stats_job(c); });
     if (*generate)

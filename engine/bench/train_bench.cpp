@@ -1,0 +1,158 @@
+// `freshrec bench train`: one SASRec training step (forward, loss over the catalog, backward,
+// clipping, Adam) by freshrec and by the PyTorch-eager reference in tools/bench/sasrec_reference.py,
+// on the same device, shapes, loss and precision, in one run; prints both and their ratio.
+#include <ATen/autocast_mode.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "engine/jobs.h"
+#include "engine/runtime.h"
+#include "engine/train/losses.h"
+#include "engine/train/sparse_adam.h"
+#include "models/sasrec.h"
+
+namespace freshrec {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+// Runs a command and returns its standard output.
+std::string capture(const std::string& command) {
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) throw std::runtime_error("cannot run: " + command);
+  std::string out;
+  char buffer[4096];
+  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  if (status != 0) throw std::runtime_error("reference failed (status " + std::to_string(status) + "): " + command);
+  return out;
+}
+
+struct Timing {
+  double ms_per_step = 0;
+  double loss = 0;
+};
+
+Timing time_freshrec(const TrainBenchOptions& o, const torch::Device& device) {
+  torch::manual_seed(o.seed);
+  SASRecOptions mo;
+  mo.num_items = o.items, mo.hidden = o.hidden, mo.blocks = o.blocks, mo.heads = o.heads, mo.maxlen = o.length;
+  mo.dropout = 0.2;
+  SASRec model(mo);
+  model->to(device);
+  model->train();
+  const bool sampled = o.loss == "sampled";
+  std::vector<torch::Tensor> dense;
+  SparseRowAdam sparse{nullptr};
+  for (const auto& p : model->parameters())
+    if (!(o.sparse && p.is_same(model->item_embedding()))) dense.push_back(p);
+  if (o.sparse) {
+    ops::RowwiseAdamOptions ro;
+    ro.lr = 1e-3, ro.beta1 = 0.9, ro.beta2 = 0.98;
+    sparse = SparseRowAdam(model->item_embedding(), ro, 0);
+    model->set_sparse_gradients(&sparse->gradients());
+  }
+  torch::optim::Adam adam(dense, torch::optim::AdamOptions(1e-3).betas({0.9, 0.98}));
+  auto long_options = torch::TensorOptions().dtype(torch::kLong).device(device);
+  auto items = torch::randint(1, o.items + 1, {o.batch, o.length}, long_options);
+  auto targets = torch::randint(1, o.items + 1, {o.batch * o.length}, long_options);
+  auto log_q = torch::zeros({o.items + 1}, torch::TensorOptions().device(device));  // uniform negatives
+  const int64_t chunk = o.ce_chunk > 0 ? o.ce_chunk : (device.is_cuda() ? 8192 : 256);
+  const bool bf16 = o.precision == "bf16";
+  torch::Tensor loss;
+  auto step = [&] {
+    at::autocast::set_autocast_enabled(device.type(), bf16);
+    if (bf16) at::autocast::set_autocast_dtype(device.type(), at::kBFloat16);
+    auto hidden = model->forward(items).reshape({-1, o.hidden});
+    if (sampled) {
+      auto negatives = torch::randint(1, o.items + 1, {o.negatives}, long_options);
+      loss = sampled_softmax_cross_entropy(hidden, model->lookup_items(targets), model->lookup_items(negatives), targets,
+                                           negatives, log_q);
+    } else {
+      loss = full_softmax_cross_entropy(hidden, model->item_embedding(), targets, chunk);
+    }
+    at::autocast::set_autocast_enabled(device.type(), false);
+    at::autocast::clear_cache();
+    adam.zero_grad();
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(dense, 1.0);
+    adam.step();
+    if (o.sparse) sparse->step(1e-3);
+  };
+  for (int64_t i = 0; i < o.warmup; ++i) step();
+  synchronize(device);
+  const auto begun = Clock::now();
+  for (int64_t i = 0; i < o.steps; ++i) step();
+  synchronize(device);
+  const double seconds = std::chrono::duration<double>(Clock::now() - begun).count();
+  return {1000 * seconds / o.steps, loss.item<double>()};
+}
+
+}  // namespace
+
+int run_train_bench_job(const TrainBenchOptions& o) {
+  if (o.steps <= 0 || o.items <= 0 || o.batch <= 0 || o.length <= 0)
+    throw std::invalid_argument("bench train: --steps, --items, --batch and --length must be positive");
+  if (o.sparse && o.loss != "sampled") throw std::invalid_argument("bench train: --sparse needs --loss sampled");
+  configure_threads(o.threads);
+  const torch::Device device = select_device(o.device);
+  if (device.is_cuda()) {
+    const bool tf32 = o.precision == "tf32";
+    at::globalContext().setAllowTF32CuBLAS(tf32);
+    at::globalContext().setAllowTF32CuDNN(tf32);
+  }
+  std::printf("SASRec training step on %s: %lld items, hidden %lld, %lld blocks, %lld heads, batch %lld x %lld, "
+              "%s loss%s, %s, %d threads\n",
+              device.str().c_str(), static_cast<long long>(o.items), static_cast<long long>(o.hidden),
+              static_cast<long long>(o.blocks), static_cast<long long>(o.heads), static_cast<long long>(o.batch),
+              static_cast<long long>(o.length), o.loss.c_str(), o.sparse ? " + sparse embeddings" : "",
+              o.precision.c_str(), torch::get_num_threads());
+  std::fflush(stdout);
+  const Timing ours = time_freshrec(o, device);
+
+  std::string command = o.python + " -W ignore " + o.reference + " --device " + device.str() +
+                        " --items " + std::to_string(o.items) + " --hidden " + std::to_string(o.hidden) +
+                        " --blocks " + std::to_string(o.blocks) + " --heads " + std::to_string(o.heads) + " --batch " +
+                        std::to_string(o.batch) + " --length " + std::to_string(o.length) + " --loss " + o.loss +
+                        " --negatives " + std::to_string(o.negatives) + " --steps " + std::to_string(o.steps) +
+                        " --warmup " + std::to_string(o.warmup) + " --precision " + o.precision + " --threads " +
+                        std::to_string(torch::get_num_threads());
+  double reference_ms = 0;
+  std::string reference_note;
+  if (o.python.empty()) {
+    reference_note = "(reference skipped: --python \"\")";
+  } else {
+    const std::string out = capture(command + " 2>&1");
+    nlohmann::json r;
+    for (size_t at = 0, end; at < out.size(); at = end + 1) {  // the JSON line among any warnings
+      end = out.find('\n', at);
+      if (end == std::string::npos) end = out.size();
+      const std::string line = out.substr(at, end - at);
+      if (!line.empty() && line[0] == '{') r = nlohmann::json::parse(line);
+    }
+    if (r.is_null()) throw std::runtime_error("reference printed no result:\n" + out);
+    reference_ms = r.at("ms_per_step").get<double>();
+    reference_note = "torch " + r.at("torch").get<std::string>();
+  }
+  std::printf("%-34s %12s %12s %10s\n", "implementation", "ms/step", "steps/s", "loss");
+  std::printf("%-34s %12.2f %12.2f %10.4f\n", "freshrec (C++ LibTorch)", ours.ms_per_step, 1000 / ours.ms_per_step,
+              ours.loss);
+  if (reference_ms > 0) {
+    std::printf("%-34s %12.2f %12.2f %10s  %s\n", "PyTorch eager reference (Python)", reference_ms, 1000 / reference_ms,
+                "", reference_note.c_str());
+    std::printf("speed-up (steps/s, freshrec / reference): %.2fx\n", reference_ms / ours.ms_per_step);
+  } else {
+    std::printf("%s\n", reference_note.c_str());
+  }
+  return 0;
+}
+
+}  // namespace freshrec
