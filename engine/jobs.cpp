@@ -115,7 +115,7 @@ int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& 
 }
 
 int run_stream_job(const Config& config, const std::string& teacher_path, const std::string& student_path, bool resume,
-                   bool compare_frozen) {
+                   bool compare_frozen, const std::string& reference_python) {
   const std::filesystem::path out = config.get_string("stream.output_dir");
   StreamRun continual;
   continual.output_dir = (out / "continual").string();
@@ -212,6 +212,38 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
                   name.c_str(), static_cast<unsigned long long>(s.publications), s.publish_delay_p50_ms,
                   s.publish_delay_p99_ms);
   std::printf("checkpoint: %s\n", results.back().second.checkpoint.c_str());
+  if (!reference_python.empty()) {
+    // The same model step in PyTorch eager: the model's final shape, the stream's micro-batch.
+    const auto info = read_checkpoint_info(results.back().second.checkpoint);
+    const SASRecOptions m = sasrec_options_from_config(info.config(), info.meta.at("num_items").get<int64_t>());
+    const std::string device = select_device(config.get_string("train.device")).str();
+    const std::string command =
+        reference_python + " -W ignore tools/bench/sasrec_reference.py --mode stream --device " + device + " --items " +
+        std::to_string(m.num_items) + " --hidden " + std::to_string(m.hidden) + " --blocks " + std::to_string(m.blocks) +
+        " --heads " + std::to_string(m.heads) + " --length " + std::to_string(m.maxlen) + " --batch " +
+        std::to_string(config.get_int("stream.batch_size")) + " --loss " + config.get_string("stream.loss") +
+        " --negatives " + std::to_string(config.get_int("train.negatives")) + " --threads " +
+        std::to_string(torch::get_num_threads()) + " --steps 20 --warmup 3 2>&1";
+    spdlog::info("reference: {}", command);
+    FILE* pipe = ::popen(command.c_str(), "r");
+    std::string out;
+    char buffer[4096];
+    while (pipe && std::fgets(buffer, sizeof buffer, pipe)) out += buffer;
+    const int status = pipe ? ::pclose(pipe) : -1;
+    nlohmann::json r;
+    for (size_t at = 0, end; at < out.size(); at = end + 1) {
+      end = out.find('\n', at);
+      if (end == std::string::npos) end = out.size();
+      if (out[at] == '{') r = nlohmann::json::parse(out.substr(at, end - at));
+    }
+    if (status != 0 || r.is_null()) throw std::runtime_error("stream reference failed:\n" + out);
+    const double ours = results.back().second.events / std::max(results.back().second.seconds, 1e-9);
+    const double reference = r.at("events_per_s").get<double>();
+    std::printf("PyTorch eager reference, test-then-train step alone (same shapes, %s, torch %s): %.0f events/s; "
+                "%s (whole pipeline) / reference: %.2fx\n",
+                device.c_str(), r.at("torch").get<std::string>().c_str(), reference, results.back().first.c_str(),
+                ours / reference);
+  }
   return 0;
 }
 

@@ -30,8 +30,10 @@ int run_data_generate_job(const Config& config, const std::string& path);
 // > 0 (and no student checkpoint) distils a student from it on the same events; the student then
 // learns online from the teacher and is published (stream.publish_*). compare_frozen also replays
 // the stream through the frozen teacher and prints both.
+// reference_python (bench stream): also time the PyTorch-eager reference's test-then-train step
+// (tools/bench/sasrec_reference.py --mode stream) on the same device and shapes with that Python.
 int run_stream_job(const Config& config, const std::string& teacher, const std::string& student, bool resume,
-                   bool compare_frozen);
+                   bool compare_frozen, const std::string& reference_python = "");
 
 // `freshrec export`: a checkpoint's model (a stream checkpoint's student when it has one) as a
 // self-contained TorchScript file, or as the next version in a publication folder.

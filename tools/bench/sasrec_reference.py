@@ -7,6 +7,10 @@ negatives), Adam, gradient clipping at 1.0. Prints one JSON line with the measur
 
     python tools/bench/sasrec_reference.py --device cpu --items 3416 --hidden 64 --blocks 2 --heads 1 \
         --batch 128 --length 200 --steps 10 --precision fp32
+
+--mode stream measures the test-then-train step of `freshrec stream` instead: for a micro-batch of
+--batch events (each a history of --length items and the next item), a no-grad forward that ranks
+each event's item among all items, then a training step with the loss on the newest position.
 """
 import argparse
 import json
@@ -83,6 +87,7 @@ def main():
     parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--mode", choices=["train", "stream"], default="train")
     a = parser.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -96,10 +101,21 @@ def main():
     # The same shapes as freshrec's side: full histories of random items, the next item as target.
     items = torch.randint(1, a.items + 1, (a.batch, a.length), device=device)
     targets = torch.randint(1, a.items + 1, (a.batch * a.length,), device=device)
+    stream = a.mode == "stream"
+    if stream:
+        targets = targets[: a.batch]
 
     def step():
+        if stream:  # test: rank each event's item among all items with the model before this step
+            model.eval()
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+                scores = (model(items)[:, -1] @ model.item_embedding.t()).float()
+                scores[:, 0] = float("-inf")
+                ranks = (scores > scores.gather(1, targets[:, None])).sum(1)
+            model.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
-            hidden = model(items).reshape(-1, a.hidden)
+            hidden = model(items)
+            hidden = hidden[:, -1] if stream else hidden.reshape(-1, a.hidden)
             if a.loss == "full":
                 logits = hidden @ model.item_embedding.t()
                 logits[:, 0] = float("-inf")
@@ -130,7 +146,9 @@ def main():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - begun
     print(json.dumps({"implementation": "pytorch-eager", "torch": torch.__version__, "device": str(device),
-                      "precision": a.precision, "steps": a.steps, "ms_per_step": 1000 * seconds / a.steps,
+                      "precision": a.precision, "mode": a.mode, "steps": a.steps,
+                      "ms_per_step": 1000 * seconds / a.steps,
+                      "events_per_s": a.batch * a.steps / seconds if stream else None,
                       "steps_per_s": a.steps / seconds, "loss": float(loss), "threads": torch.get_num_threads(),
                       "parameters": sum(p.numel() for p in model.parameters())}))
 

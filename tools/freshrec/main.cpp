@@ -163,12 +163,14 @@ int main(int argc, char** argv) {
   bench_train->add_option("--reference", train_bench.reference, "the reference script")->capture_default_str();
 
   ConfigArgs bench_stream_args;
-  std::string bench_teacher;
+  std::string bench_teacher, bench_python = ".venv/bin/python";
   auto* bench_stream = bench->add_subcommand(
       "stream", "stream throughput (events/s) and arrival-to-update latency, continual beside frozen scoring");
   bench_stream_args.attach(bench_stream);
   bench_stream->add_option("--teacher", bench_teacher, "checkpoint to start from (default: pre-train one)")
       ->check(CLI::ExistingFile);
+  bench_stream->add_option("--python", bench_python,
+                           "Python with torch for the PyTorch-eager reference step (\"\": skip it)")->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -206,7 +208,22 @@ int main(int argc, char** argv) {
         // A fresh output folder, so a benchmark never resumes or appends to an earlier run.
         const std::string out = c.get_string("stream.output_dir") + "/bench-" + std::to_string(::getpid());
         c.set("stream.output_dir", out, "bench stream");
-        return freshrec::run_stream_job(c, bench_teacher, "", false, true);
+        // First the teacher alone (frozen vs continual, beside the reference's step), then, when the
+        // config has a student or publication, the whole loop for the event-to-published delay.
+        const bool publishing = c.get_int("stream.publish_every") > 0 || c.get_float("stream.publish_seconds") > 0;
+        const bool student = c.get_int("student.hidden") > 0;
+        freshrec::Config teacher_only = c;
+        teacher_only.set("student.hidden", "0", "bench stream");
+        teacher_only.set("stream.publish_every", "0", "bench stream");
+        teacher_only.set("stream.publish_seconds", "0", "bench stream");
+        int rc = freshrec::run_stream_job(teacher_only, bench_teacher, "", false, true, bench_python);
+        if (rc != 0 || (!publishing && !student)) return rc;
+        freshrec::Config whole = c;
+        whole.set("stream.output_dir", out + "/with-student", "bench stream");
+        std::printf("\nthe whole loop: %s%s\n", student ? "online distillation of the student" : "the teacher alone",
+                    publishing ? ", publication on" : "");
+        const std::string teacher = bench_teacher.empty() ? out + "/teacher/best.pt" : bench_teacher;
+        return freshrec::run_stream_job(whole, teacher, "", false, false);
       });
     if (*bench_serve)
       return freshrec::run_serve_bench_job(bench_serve_model, bench_serve_requests, bench_serve_history, bench_serve_k);
