@@ -2,10 +2,10 @@
 # The device check for a GPU machine without a package registry (recipe: ../shared/docs/GPU-BUILD.md).
 #   here:   tools/gpu-check.sh fetch        Debian packages the build needs, into .deps/debs, and the
 #                                           ML-1M file into .deps/data (both git-ignored; data never committed)
-#   there:  tools/gpu-check.sh run OUT      unpack them, build with the machine's PyTorch, then run the
-#                                           torch tests (CUDA ones included), `bench kernels` on the GPU,
-#                                           the demo training on the GPU and on the CPU, and the ML-1M
-#                                           teacher on the GPU; logs to OUT
+#   there:  tools/gpu-check.sh run OUT [STAGE...]
+#                                           unpack them, build with the machine's PyTorch, then the stages
+#                                           (default: build tests kernels train-bench stream-bench ml1m;
+#                                           also: distill, the issue-5 ML-1M experiment); logs to OUT
 # Through the device tool: carry [".deps"] and run `bash tools/gpu-check.sh run $OUT`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,12 @@ case "${1:-}" in
     fi
     ;;
   run)
-    out=${2:?usage: $0 run OUT_DIR}
+    out=${2:?usage: $0 run OUT_DIR [STAGE...]}
+    shift 2
+    # Stages, in order; the default fits one device session (about 15 minutes with the start).
+    #   build tests kernels train-bench stream-bench ml1m distill serve
+    stages=" ${*:-build tests kernels train-bench stream-bench ml1m} "
+    has() { [[ "$stages" == *" $1 "* ]]; }
     mkdir -p "$out"
     prefix=/tmp/freshrec-deps
     for f in .deps/debs/*.deb; do dpkg-deb -x "$f" "$prefix"; done
@@ -35,30 +40,61 @@ case "${1:-}" in
     torch_cmake=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
     { nvidia-smi; python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'; nvcc --version; } \
       >"$out/machine.txt" 2>&1 || true
-    start=$(date +%s)
-    cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix/usr;$torch_cmake" \
-      -DFRESHREC_CUDA=ON >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
-    cmake --build build-gpu -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -m 20 -E "error|FAILED" "$out/build.log"; exit 1; }
-    echo "build: $(( $(date +%s) - start )) s" | tee -a "$out/machine.txt"
     status=0
-    ./build-gpu/test_torch 2>&1 | tail -40 >"$out/tests.txt" || status=1
-    ./build-gpu/test_data >/dev/null 2>&1 || status=1
-    ./build-gpu/freshrec bench kernels --device cuda >"$out/bench-kernels.txt" 2>&1 || status=1
-    for device in cuda cpu; do
-      ./build-gpu/freshrec train -c configs/demo.yaml train.device=$device train.output_dir=/tmp/freshrec-demo-$device \
-        train.log_every_seconds=30 >"$out/train-$device.txt" 2>&1 || status=1
-    done
-    if [[ -f .deps/data/ml-1m.txt ]]; then  # bigger CE chunks: a GPU wants few, large matmuls
-      ./build-gpu/freshrec train -c configs/ml1m-sasrec.yaml train.device=cuda data.path=.deps/data/ml-1m.txt \
-        train.ce_chunk=8192 train.output_dir=/tmp/freshrec-ml1m train.log_every_seconds=30 >"$out/ml1m-gpu.txt" 2>&1 ||
-        status=1
-      ./build-gpu/freshrec eval --checkpoint /tmp/freshrec-ml1m/best.pt data.path=.deps/data/ml-1m.txt \
-        --json "$out/ml1m-eval.json" >>"$out/ml1m-gpu.txt" 2>&1 || status=1
+    B=./build-gpu/freshrec
+    run_stage() {  # name, time limit in seconds, command...; output to $out/name.txt
+      local name=$1 limit=$2; shift 2
+      local begun=$(date +%s)
+      timeout "$limit" "$@" >"$out/$name.txt" 2>&1 || { echo "stage $name failed or timed out ($?)" | tee -a "$out/$name.txt"; status=1; }
+      echo "$name: $(( $(date +%s) - begun )) s" | tee -a "$out/stages.txt"
+    }
+    if has build; then
+      start=$(date +%s)
+      cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix/usr;$torch_cmake" \
+        -DFRESHREC_CUDA=ON >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+      cmake --build build-gpu -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -m 20 -E "error|FAILED" "$out/build.log"; exit 1; }
+      echo "build: $(( $(date +%s) - start )) s" | tee -a "$out/stages.txt"
     fi
-    grep -h -E "passed|FAILED|Skipped" "$out/tests.txt" || true
-    cat "$out/bench-kernels.txt"
-    tail -n 8 "$out/train-cuda.txt" "$out/train-cpu.txt"
-    [[ -f "$out/ml1m-gpu.txt" ]] && tail -n 12 "$out/ml1m-gpu.txt"
+    if has tests; then
+      run_stage tests 240 ./build-gpu/test_torch
+      run_stage tests-data 60 ./build-gpu/test_data
+    fi
+    has kernels && run_stage bench-kernels 120 $B bench kernels --device cuda
+    if has train-bench; then  # issue 6: ours beside the PyTorch-eager reference, same precision, one run each
+      run_stage bench-train-h64-tf32 60 $B bench train --device cuda --precision tf32 --steps 50
+      run_stage bench-train-h256-tf32 60 $B bench train --device cuda --hidden 256 --blocks 4 --heads 4 --precision tf32 --steps 50
+      run_stage bench-train-h256-bf16 60 $B bench train --device cuda --hidden 256 --blocks 4 --heads 4 --precision bf16 --steps 50
+      run_stage bench-train-100k-bf16 90 $B bench train --device cuda --items 100000 --hidden 256 --blocks 4 --heads 4 \
+        --batch 64 --precision bf16 --steps 30
+      run_stage bench-train-cpu 120 $B bench train --device cpu --steps 5 --python python3
+    fi
+    if has stream-bench; then  # issue 4/6: events/s and latency on the GPU, with the reference's step
+      gen="data.format=generated generator.users=20000 generator.items=3416 generator.events_per_user=60 model.maxlen=200"
+      run_stage bench-stream-3416 240 $B bench stream -c configs/demo.yaml $gen train.device=cuda train.ce_chunk=8192 \
+        stream.batch_size=1024 stream.max_wait_ms=100000 train.epochs=3 --python python3
+    fi
+    if has ml1m && [[ -f .deps/data/ml-1m.txt ]]; then  # issue 2 on the GPU; bigger CE chunks: few, large matmuls
+      run_stage ml1m-train 300 $B train -c configs/ml1m-sasrec.yaml train.device=cuda data.path=.deps/data/ml-1m.txt \
+        train.ce_chunk=8192 train.output_dir=/tmp/freshrec-ml1m train.log_every_seconds=30
+      run_stage ml1m-eval 60 $B eval --checkpoint /tmp/freshrec-ml1m/best.pt data.path=.deps/data/ml-1m.txt \
+        --json "$out/ml1m-eval.json"
+    fi
+    if has distill && [[ -f .deps/data/ml-1m.txt ]]; then  # issue 5: large teacher, student with and without it
+      d="data.path=.deps/data/ml-1m.txt train.device=cuda train.ce_chunk=8192 train.log_every_seconds=60"
+      run_stage distill-teacher 420 $B train -c configs/ml1m-teacher-large.yaml $d train.output_dir=/tmp/kd/teacher
+      run_stage distill-student 300 $B distill --teacher /tmp/kd/teacher/best.pt -c configs/ml1m-student.yaml $d \
+        train.output_dir=/tmp/kd/student
+      run_stage distill-alone 300 $B train -c configs/ml1m-student.yaml $d train.output_dir=/tmp/kd/alone
+      for m in teacher student alone; do
+        run_stage eval-$m 60 $B eval --checkpoint /tmp/kd/$m/best.pt data.path=.deps/data/ml-1m.txt --json "$out/kd-$m.json"
+        $B export --checkpoint /tmp/kd/$m/best.pt -o /tmp/kd/$m.ts >/dev/null 2>&1 &&
+          run_stage serve-$m 120 $B bench serve --model /tmp/kd/$m.ts --requests 1000 --history 200 && cp /tmp/kd/$m.ts "$out/"
+      done
+    fi
+    echo "== stages"; cat "$out/stages.txt"
+    for f in "$out"/tests.txt "$out"/bench-*.txt "$out"/ml1m-*.txt "$out"/eval-*.txt "$out"/serve-*.txt; do
+      [[ -f "$f" ]] && { echo "== $f"; grep -v "^\[.*\] \[info\]" "$f" | tail -n 14; }
+    done
     exit $status
     ;;
   *)
