@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "engine/bench/reference.h"
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/readers.h"
 #include "engine/data/sequences.h"
@@ -223,20 +224,8 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
         " --heads " + std::to_string(m.heads) + " --length " + std::to_string(m.maxlen) + " --batch " +
         std::to_string(config.get_int("stream.batch_size")) + " --loss " + config.get_string("stream.loss") +
         " --negatives " + std::to_string(config.get_int("train.negatives")) + " --threads " +
-        std::to_string(torch::get_num_threads()) + " --steps 20 --warmup 3 2>&1";
-    spdlog::info("reference: {}", command);
-    FILE* pipe = ::popen(command.c_str(), "r");
-    std::string out;
-    char buffer[4096];
-    while (pipe && std::fgets(buffer, sizeof buffer, pipe)) out += buffer;
-    const int status = pipe ? ::pclose(pipe) : -1;
-    nlohmann::json r;
-    for (size_t at = 0, end; at < out.size(); at = end + 1) {
-      end = out.find('\n', at);
-      if (end == std::string::npos) end = out.size();
-      if (out[at] == '{') r = nlohmann::json::parse(out.substr(at, end - at));
-    }
-    if (status != 0 || r.is_null()) throw std::runtime_error("stream reference failed:\n" + out);
+        std::to_string(torch::get_num_threads()) + " --steps 20 --warmup 3";
+    const nlohmann::json r = run_python_reference(command);
     const double ours = results.back().second.events / std::max(results.back().second.seconds, 1e-9);
     const double reference = r.at("events_per_s").get<double>();
     std::printf("PyTorch eager reference, test-then-train step alone (same shapes, %s, torch %s): %.0f events/s; "

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "engine/checkpoint/checkpoint.h"
@@ -377,3 +378,28 @@ TEST(Serve, BadRequestsGetClearClientErrors) {
   s.server->stop();
 }
 #endif
+
+TEST(Export, RecommendCommandAnswersEachLineAndNamesBadOnes) {
+  SASRec model = random_model(15, 8, 3);
+  const IdMap items = id_map(15, "", 10);  // ids 10, 17, 24, ...
+  auto module = export_torchscript(model, items, "", nlohmann::json::object());
+  const std::string dir = temp_folder("recommend");
+  save_torchscript(module, dir + "/model.pt");
+  {
+    std::ofstream lines(dir + "/histories.txt");
+    lines << "10,17 24\n10,999\n\n";
+  }
+  const std::string command = std::string(FRESHREC_BINARY) + " --log-level off recommend --model " + dir +
+                              "/model.pt --histories " + dir + "/histories.txt -k 3";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::vector<nlohmann::json> out;
+  char buffer[4096];
+  while (std::fgets(buffer, sizeof buffer, pipe)) out.push_back(nlohmann::json::parse(buffer));
+  EXPECT_NE(::pclose(pipe), 0);  // a line failed: the exit status says so
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].at("ids").size(), 3u);
+  EXPECT_NE(out[1].at("error").get<std::string>().find("histories.txt:2: unknown item id '999'"), std::string::npos)
+      << out[1];
+  EXPECT_EQ(out[2].at("ids").size(), 3u);  // an empty history still gets an answer (the most likely first items)
+}

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "engine/bench/reference.h"
 #include "engine/jobs.h"
 #include "engine/runtime.h"
 #include "engine/train/losses.h"
@@ -24,17 +25,6 @@ void synchronize(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize();
 }
 
-// Runs a command and returns its standard output.
-std::string capture(const std::string& command) {
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (!pipe) throw std::runtime_error("cannot run: " + command);
-  std::string out;
-  char buffer[4096];
-  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
-  const int status = ::pclose(pipe);
-  if (status != 0) throw std::runtime_error("reference failed (status " + std::to_string(status) + "): " + command);
-  return out;
-}
 
 struct Timing {
   double ms_per_step = 0;
@@ -98,6 +88,25 @@ Timing time_freshrec(const TrainBenchOptions& o, const torch::Device& device) {
 
 }  // namespace
 
+nlohmann::json run_python_reference(const std::string& command) {
+  spdlog::info("reference: {}", command);
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) throw std::runtime_error("cannot run: " + command);
+  std::string out;
+  char buffer[4096];
+  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  nlohmann::json result;
+  for (size_t at = 0, end; at < out.size(); at = end + 1) {  // the JSON line among any warnings
+    end = out.find('\n', at);
+    if (end == std::string::npos) end = out.size();
+    if (out[at] == '{') result = nlohmann::json::parse(out.substr(at, end - at));
+  }
+  if (status != 0 || result.is_null())
+    throw std::runtime_error("the reference failed (status " + std::to_string(status) + "): " + command + "\n" + out);
+  return result;
+}
+
 int run_train_bench_job(const TrainBenchOptions& o) {
   if (o.steps <= 0 || o.items <= 0 || o.batch <= 0 || o.length <= 0)
     throw std::invalid_argument("bench train: --steps, --items, --batch and --length must be positive");
@@ -130,15 +139,7 @@ int run_train_bench_job(const TrainBenchOptions& o) {
   if (o.python.empty()) {
     reference_note = "(reference skipped: --python \"\")";
   } else {
-    const std::string out = capture(command + " 2>&1");
-    nlohmann::json r;
-    for (size_t at = 0, end; at < out.size(); at = end + 1) {  // the JSON line among any warnings
-      end = out.find('\n', at);
-      if (end == std::string::npos) end = out.size();
-      const std::string line = out.substr(at, end - at);
-      if (!line.empty() && line[0] == '{') r = nlohmann::json::parse(line);
-    }
-    if (r.is_null()) throw std::runtime_error("reference printed no result:\n" + out);
+    const nlohmann::json r = run_python_reference(command);
     reference_ms = r.at("ms_per_step").get<double>();
     reference_note = "torch " + r.at("torch").get<std::string>();
   }

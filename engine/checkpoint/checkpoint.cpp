@@ -53,6 +53,24 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
   return archive;
 }
 
+// The model and its optimizers' state as entries "model", "optimizer", "sparse_optimizer".
+void write_training_state(torch::serialize::OutputArchive& archive, SASRec& model, torch::optim::Optimizer* optimizer,
+                          torch::nn::Module* sparse_optimizer) {
+  torch::serialize::OutputArchive model_archive;
+  model->save(model_archive);
+  archive.write("model", model_archive);
+  if (optimizer) {
+    torch::serialize::OutputArchive optimizer_archive;
+    optimizer->save(optimizer_archive);
+    archive.write("optimizer", optimizer_archive);
+  }
+  if (sparse_optimizer) {
+    torch::serialize::OutputArchive sparse_archive;
+    sparse_optimizer->save(sparse_archive);
+    archive.write("sparse_optimizer", sparse_archive);
+  }
+}
+
 }  // namespace
 
 void save_atomically(const std::string& path, const std::function<void(const std::string& temporary)>& write) {
@@ -93,19 +111,7 @@ SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items
 void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optimizer* optimizer,
                      const CheckpointInfo& info, torch::nn::Module* sparse_optimizer) {
   torch::serialize::OutputArchive archive;
-  torch::serialize::OutputArchive model_archive;
-  model->save(model_archive);
-  archive.write("model", model_archive);
-  if (optimizer) {
-    torch::serialize::OutputArchive optimizer_archive;
-    optimizer->save(optimizer_archive);
-    archive.write("optimizer", optimizer_archive);
-  }
-  if (sparse_optimizer) {
-    torch::serialize::OutputArchive sparse_archive;
-    sparse_optimizer->save(sparse_archive);
-    archive.write("sparse_optimizer", sparse_archive);
-  }
+  write_training_state(archive, model, optimizer, sparse_optimizer);
   nlohmann::json meta = info.meta;
   meta["format_version"] = kFormatVersion;
   meta["num_items"] = model->options().num_items;
@@ -183,19 +189,8 @@ void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer&
 }
 
 torch::Tensor pack_training_state(SASRec& model, torch::optim::Optimizer* optimizer, torch::nn::Module* sparse_optimizer) {
-  torch::serialize::OutputArchive archive, model_archive;
-  model->save(model_archive);
-  archive.write("model", model_archive);
-  if (optimizer) {
-    torch::serialize::OutputArchive a;
-    optimizer->save(a);
-    archive.write("optimizer", a);
-  }
-  if (sparse_optimizer) {
-    torch::serialize::OutputArchive a;
-    sparse_optimizer->save(a);
-    archive.write("sparse_optimizer", a);
-  }
+  torch::serialize::OutputArchive archive;
+  write_training_state(archive, model, optimizer, sparse_optimizer);
   std::ostringstream out;
   archive.save_to(out);
   const std::string bytes = out.str();
