@@ -158,7 +158,10 @@ class StreamLearner {
       student_ = Trainable(load_checkpoint_model(run.student, device_), config, settings_.lr);
       if (student_.model->options().maxlen > model_->options().maxlen)
         throw std::runtime_error(run.student + ": the student's maxlen exceeds the teacher's");
-      if (student_.model->options().num_items < model_->options().num_items) student_.grow(model_->options().num_items);
+      if (student_.model->options().num_items < model_->options().num_items) {  // the teacher's spare rows
+        torch::manual_seed(settings_.seed * 7919ULL + static_cast<uint64_t>(model_->options().num_items));
+        student_.grow(model_->options().num_items);
+      }
     }
     if (student_) distill_ = DistillOptions::from_config(config);
     if (settings_.publishing() && run.learn) {
