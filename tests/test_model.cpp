@@ -226,6 +226,34 @@ TEST(Training, BeatsPopularityAndResumesExactly) {
   fs::remove_all(dir);
 }
 
+TEST(Training, PlateauGoesBackToTheBestWithASmallerRate) {
+  const auto dir = temp_folder("plateau");
+  Config plain = small_training_config(dir + "/plain");
+  plain.apply_override("train.epochs=12");
+  plain.apply_override("train.patience=1");
+  plain.apply_override("train.lr=0.02");  // a rate this high soon stops improving
+  const EventLog log = load_event_log(plain, nullptr);
+  const TrainSummary stopped = train_model(plain, log);
+  ASSERT_TRUE(stopped.early_stopped);  // patience 1: the first epoch without progress ends it
+
+  Config decaying = plain;
+  decaying.apply_override("train.output_dir=" + dir + "/decaying");
+  decaying.apply_override("train.lr_decay=0.5");
+  decaying.apply_override("train.lr_decays=2");
+  const TrainSummary longer = train_model(decaying, log);
+  EXPECT_GT(longer.epochs_run, stopped.epochs_run);  // went on after the first plateau
+  const auto meta = read_checkpoint_info(dir + "/decaying/last.pt").meta;
+  const int64_t done = meta.at("lr_decays_done").get<int64_t>();
+  EXPECT_GE(done, 1);
+  EXPECT_LE(done, 2);
+  EXPECT_DOUBLE_EQ(meta.at("lr_scale").get<double>(), std::pow(0.5, static_cast<double>(done)));
+  EXPECT_GE(longer.best_validation.ndcg(10), stopped.best_validation.ndcg(10));
+
+  decaying.apply_override("train.lr_decay=0");
+  EXPECT_THROW(train_model(decaying, log), ConfigError);
+  fs::remove_all(dir);
+}
+
 TEST(Training, SampledSoftmaxAlsoLearns) {
   const auto dir = temp_folder("sampled");
   Config config = small_training_config(dir);

@@ -126,6 +126,14 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   summary.last_checkpoint = (out_dir / "last.pt").string();
   int64_t start_epoch = 1, step = 0, stale = 0;
   double best_ndcg = -1;
+  // Plateau schedule: after `patience` epochs without a better validation, go back to the best
+  // checkpoint with the learning rate times train.lr_decay, up to train.lr_decays times; then stop.
+  const double lr_decay = config.get_float("train.lr_decay");
+  const int64_t lr_decays = config.get_int("train.lr_decays");
+  if (lr_decay <= 0 || lr_decay > 1)
+    throw ConfigError(config.origin("train.lr_decay") + ": train.lr_decay must be in (0, 1], got " + std::to_string(lr_decay));
+  double lr_scale = 1.0;
+  int64_t decays_done = 0;
   if (!resume_path.empty()) {
     const auto saved = read_checkpoint_info(resume_path);
     const auto saved_options = sasrec_options_from_config(saved.config(), saved.meta.at("num_items").get<int64_t>());
@@ -141,6 +149,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     best_ndcg = saved.meta.at("best_validation_ndcg10").get<double>();
     summary.best_epoch = saved.meta.at("best_epoch").get<int64_t>();
     stale = saved.meta.at("stale_epochs").get<int64_t>();
+    lr_scale = saved.meta.value("lr_scale", 1.0);
+    decays_done = saved.meta.value("lr_decays_done", int64_t{0});
     spdlog::info("resuming from {} after epoch {} (best NDCG@10 {:.4f} at epoch {})", resume_path, start_epoch - 1,
                  best_ndcg, summary.best_epoch);
   }
@@ -154,7 +164,16 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   std::ofstream history(out_dir / "history.jsonl", std::ios::app);
   int64_t epoch = start_epoch;
   summary.epochs_run = start_epoch - 1;
-  for (; epoch <= epochs && stale < patience; ++epoch) {
+  for (;; ++epoch) {
+    if (stale >= patience) {
+      if (decays_done >= lr_decays) break;
+      load_checkpoint_weights(summary.best_checkpoint, model);
+      load_checkpoint_optimizer(summary.best_checkpoint, *optimizer, sparse_state);
+      lr_scale *= lr_decay, ++decays_done, stale = 0;
+      spdlog::info("no better validation for {} epochs: back to the best (epoch {}), learning rate x{} (now {:g})",
+                   patience, summary.best_epoch, lr_decay, lr * lr_scale);
+    }
+    if (epoch > epochs) break;
     torch::manual_seed(epoch_seed(seed, epoch));
     auto users = train_users_all;
     shuffle(users, epoch_seed(seed, epoch));
@@ -199,7 +218,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
           for (const auto& p : group.params()) clipped.push_back(p);
         torch::nn::utils::clip_grad_norm_(clipped, clip);
       }
-      const double lr_now = warmup > 0 ? lr * std::min(1.0, static_cast<double>(step + 1) / warmup) : lr;
+      const double lr_now =
+          lr_scale * (warmup > 0 ? lr * std::min(1.0, static_cast<double>(step + 1) / warmup) : lr);
       for (auto& group : optimizer->param_groups()) group.options().set_lr(lr_now);
       optimizer->step();
       if (sparse) sparse_optimizer->step(lr_now);
@@ -230,13 +250,15 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                  {"best_validation_ndcg10", best_ndcg},
                  {"best_epoch", summary.best_epoch},
                  {"stale_epochs", stale},
+                 {"lr_scale", lr_scale},
+                 {"lr_decays_done", decays_done},
                  {"validation", nlohmann::json::parse(validation.to_json())},
                  {"torch_version", TORCH_VERSION}};
     if (improved) save_checkpoint(summary.best_checkpoint, model, optimizer.get(), info, sparse_state);
     save_checkpoint(summary.last_checkpoint, model, optimizer.get(), info, sparse_state);
     summary.epochs_run = epoch;
   }
-  summary.early_stopped = stale >= patience;
+  summary.early_stopped = epoch <= epochs;
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   if (summary.best_epoch == 0) throw std::runtime_error("no epoch was trained (train.epochs reached already?)");
 
