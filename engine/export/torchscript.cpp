@@ -85,19 +85,13 @@ $RETURN_OUT_IDS
 def score(self, histories: List[List[$ID_TYPE]], candidates: List[List[$ID_TYPE]]) -> Tensor:
     if len(candidates) != len(histories):
         raise ValueError("freshrec: " + str(len(histories)) + " histories but " + str(len(candidates)) + " candidate lists")
-    width = len(candidates[0]) if len(candidates) > 0 else 0
+    rows = self.internal_rows(candidates)
+    width = len(rows[0])
     if width == 0:
         raise ValueError("freshrec: no candidates to score")
-    rows: List[List[int]] = []
-    for row in candidates:
+    for row in rows:
         if len(row) != width:
             raise ValueError("freshrec: every candidate list must have the same length")
-        ids: List[int] = []
-        for item in row:
-            if item not in self.item_index:
-                raise ValueError("freshrec: unknown item id " + str(item))
-            ids.append(self.item_index[item])
-        rows.append(ids)
     scores = self.scores_of(self.left_padded(self.internal_rows(histories), self.maxlen))
     return scores.gather(1, torch.tensor(rows))
 )TS";
