@@ -3,7 +3,8 @@
 // where x_tau = softmax(scores / tau) (Hinton et al. 2015; tau^2 keeps the soft term's gradient scale
 // independent of tau). Two forms:
 //  - full catalog: both distributions over every known item, fused with the output projection and
-//    computed in row chunks (no (positions x items) matrix lives whole);
+//    computed in row chunks (no (positions x items) matrix lives whole): full_softmax_distillation
+//    in losses.h, the cross-entropy's own fused function with a teacher term;
 //  - large catalogs: the CE term is the sampled softmax, and the KL runs over each row's teacher
 //    top-K items plus the shared sampled negatives (both distributions renormalised over that list).
 #pragma once
@@ -11,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "engine/config/config.h"
+#include "engine/train/losses.h"
 #include "models/sasrec.h"
 
 namespace freshrec {
@@ -21,14 +23,6 @@ struct DistillOptions {
   int64_t top_k = 50;        // teacher's top items per row in the sampled form
   static DistillOptions from_config(const Config& config);  // distill.alpha, .temperature, .top_k
 };
-
-// Full-catalog form on rows 1..V-1 of both tables (row 0 is padding). hidden: (N, C) student;
-// table: (V, C) student items; teacher_hidden: (N, Ct) and teacher_table: (V, Ct), no gradient;
-// targets: (N) in [1, V). Returns the mean over rows. Gradients are computed in the forward pass.
-torch::Tensor full_softmax_distillation(const torch::Tensor& hidden, const torch::Tensor& table,
-                                        const torch::Tensor& targets, const torch::Tensor& teacher_hidden,
-                                        const torch::Tensor& teacher_table, double alpha, double temperature,
-                                        int64_t chunk_rows = 256);
 
 // tau^2 * KL(softmax(teacher/tau) || softmax(student/tau)) over the columns, mean over rows.
 // student_logits, teacher_logits: (N, M).

@@ -15,13 +15,21 @@ using torch::autograd::tensor_list;
 // Why fused: on a 2-core CPU, a batch of 128 x 200 positions over 3,416 items makes 350 MB of logits
 // and as much gradient; chunks of 256 rows stay in cache (in a quick experiment on that machine, a
 // chunked forward+backward took about half the time of the whole-logits one).
+// One function serves the cross-entropy and the distillation loss: per chunk of rows, the logits over
+// the catalog (column 0, padding, never a candidate), the loss, and dL/dlogits turned at once into the
+// hidden and table gradients; backward only scales what the forward saved. With a teacher (its item
+// table non-empty) the loss is alpha CE + (1 - alpha) tau^2 KL(teacher_tau || student_tau)
+// over items 1..V-1; without one it is the cross-entropy.
 // Under autocast (bf16 training) the matmuls run in the autocast dtype, as PyTorch's autocast would
 // run an output projection; softmax statistics and gradient sums stay fp32.
-struct FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCrossEntropy> {
+struct FusedSoftmaxLoss : public torch::autograd::Function<FusedSoftmaxLoss> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden, const torch::Tensor& table,
-                               const torch::Tensor& targets, int64_t chunk_rows) {
-    const int64_t N = hidden.size(0);
+                               const torch::Tensor& targets, const torch::Tensor& teacher_hidden,
+                               const torch::Tensor& teacher_table, double alpha, double tau, int64_t chunk_rows) {
+    const int64_t N = hidden.size(0), V = table.size(0);
     const bool need_grad = hidden.requires_grad() || table.requires_grad();
+    const bool teacher = teacher_table.numel() > 0;
+    if (!teacher) alpha = 1.0;
     const auto device_type = hidden.device().type();
     const auto mm = at::autocast::is_autocast_enabled(device_type) ? at::autocast::get_autocast_dtype(device_type)
                                                                     : torch::kFloat;
@@ -29,7 +37,8 @@ struct FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCro
     // Softmax statistics in fp32 whatever the input precision.
     auto table32 = table.to(torch::kFloat);
     auto table_mm = table.to(mm);
-    auto loss = torch::zeros({}, table32.options());
+    const auto teacher_items = teacher ? teacher_table.narrow(0, 1, V - 1).to(mm) : torch::Tensor();  // (V-1, Ct)
+    auto ce = torch::zeros({}, table32.options()), kl = torch::zeros({}, table32.options());
     torch::Tensor d_hidden, d_table;
     if (need_grad) {
       d_hidden = torch::empty({N, hidden.size(1)}, table32.options());
@@ -43,11 +52,25 @@ struct FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCro
       auto logits = torch::matmul(h, table_mm.t()).to(torch::kFloat);  // (c, V)
       logits.select(1, 0).fill_(-std::numeric_limits<float>::infinity());
       auto lse = logits.logsumexp(1, /*keepdim=*/true);           // (c, 1)
-      loss += (lse - logits.gather(1, t)).sum();
+      ce += (lse - logits.gather(1, t)).sum();
+      torch::Tensor soft_gradient;  // (c, V-1): p_tau - pt_tau
+      if (teacher) {
+        auto teacher_logits =
+            torch::matmul(teacher_hidden.narrow(0, start, rows).to(mm), teacher_items.t()).to(torch::kFloat);
+        auto log_ps = torch::log_softmax(logits.narrow(1, 1, V - 1) / tau, 1);
+        auto log_pt = torch::log_softmax(teacher_logits / tau, 1);
+        auto pt = log_pt.exp();
+        kl += (pt * (log_pt - log_ps)).sum();
+        if (need_grad) soft_gradient = log_ps.exp_().sub_(pt);
+      }
       if (need_grad) {
-        // dL/dlogits = (softmax - onehot) / N
+        // dL/dlogits = alpha (softmax - onehot) [+ (1 - alpha) tau (p_tau - pt_tau)], over N rows
         auto p = logits.sub_(lse).exp_();
         p.scatter_add_(1, t, torch::full({rows, 1}, -1.0, p.options()));
+        if (teacher) {
+          p.mul_(alpha);
+          p.narrow(1, 1, V - 1).add_(soft_gradient, (1 - alpha) * tau);
+        }
         p.mul_(inv_n);
         if (mm == torch::kFloat) {
           d_hidden.narrow(0, start, rows).copy_(torch::matmul(p, table32));
@@ -60,13 +83,13 @@ struct FusedLinearCrossEntropy : public torch::autograd::Function<FusedLinearCro
       }
     }
     if (need_grad) ctx->save_for_backward({d_hidden.to(hidden.dtype()), d_table.to(table.dtype())});
-    return loss * inv_n;
+    return teacher ? (ce * alpha + kl * ((1 - alpha) * tau * tau)) * inv_n : ce * inv_n;
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_outputs) {
     auto saved = ctx->get_saved_variables();
     const auto& g = grad_outputs[0];
-    return {saved[0] * g, saved[1] * g, torch::Tensor(), torch::Tensor()};
+    return {saved[0] * g, saved[1] * g, {}, {}, {}, {}, {}, {}};
   }
 };
 
@@ -79,7 +102,30 @@ torch::Tensor full_softmax_cross_entropy(const torch::Tensor& hidden, const torc
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == hidden.size(0),
               "full_softmax_cross_entropy: targets ", targets.sizes(), " do not match hidden ", hidden.sizes());
   TORCH_CHECK(chunk_rows > 0, "full_softmax_cross_entropy: chunk_rows must be positive, got ", chunk_rows);
-  return FusedLinearCrossEntropy::apply(hidden, table, targets, chunk_rows);
+  const auto no_teacher = torch::empty({0}, table.options().requires_grad(false));  // (autograd inputs must be defined)
+  return FusedSoftmaxLoss::apply(hidden, table, targets, no_teacher, no_teacher, 1.0, 1.0, chunk_rows);
+}
+
+torch::Tensor full_softmax_distillation(const torch::Tensor& hidden, const torch::Tensor& table,
+                                        const torch::Tensor& targets, const torch::Tensor& teacher_hidden,
+                                        const torch::Tensor& teacher_table, double alpha, double temperature,
+                                        int64_t chunk_rows) {
+  TORCH_CHECK(hidden.dim() == 2 && table.dim() == 2 && hidden.size(1) == table.size(1),
+              "full_softmax_distillation: hidden ", hidden.sizes(), " and table ", table.sizes(), " do not match");
+  TORCH_CHECK(teacher_hidden.dim() == 2 && teacher_table.dim() == 2 && teacher_hidden.size(1) == teacher_table.size(1),
+              "full_softmax_distillation: teacher hidden ", teacher_hidden.sizes(), " and teacher table ",
+              teacher_table.sizes(), " do not match");
+  TORCH_CHECK(teacher_table.size(0) == table.size(0), "full_softmax_distillation: teacher has ", teacher_table.size(0),
+              " item rows, student ", table.size(0), " (they must share one item vocabulary)");
+  TORCH_CHECK(table.size(0) >= 2, "full_softmax_distillation: the table has no item besides padding");
+  TORCH_CHECK(teacher_hidden.size(0) == hidden.size(0) && targets.dim() == 1 && targets.size(0) == hidden.size(0),
+              "full_softmax_distillation: ", hidden.size(0), " student rows, ", teacher_hidden.size(0),
+              " teacher rows and targets ", targets.sizes(), " must agree");
+  TORCH_CHECK(chunk_rows > 0, "full_softmax_distillation: chunk_rows must be positive, got ", chunk_rows);
+  TORCH_CHECK(temperature > 0 && alpha >= 0 && alpha <= 1, "full_softmax_distillation: need temperature > 0 and ",
+              "alpha in [0, 1], got ", temperature, " and ", alpha);
+  return FusedSoftmaxLoss::apply(hidden, table, targets, teacher_hidden.detach(), teacher_table.detach(), alpha,
+                                 temperature, chunk_rows);
 }
 
 NegativeSampler::NegativeSampler(const std::vector<int64_t>& counts, bool uniform) {

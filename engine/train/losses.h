@@ -1,6 +1,7 @@
 // Next-item losses over the shared item table.
 //  - full softmax cross-entropy over every item ("SASRec+"), fused with the output projection and
-//    computed in row chunks so the (N, items) logits never exist whole;
+//    computed in row chunks so the (N, items) logits never exist whole; the same with a teacher term
+//    for distillation;
 //  - sampled softmax with N shared negatives and log-Q correction, for large catalogs.
 #pragma once
 
@@ -15,6 +16,14 @@ namespace freshrec {
 // (the loss is the graph's end), so the backward pass only scales them.
 torch::Tensor full_softmax_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& table,
                                          const torch::Tensor& targets, int64_t chunk_rows = 256);
+
+// Knowledge distillation in the same fused form (Hinton et al. 2015), over items 1..V-1:
+//   alpha * CE(targets) + (1 - alpha) * tau^2 * KL(softmax(teacher / tau) || softmax(student / tau)).
+// teacher_hidden: (N, Ct) and teacher_table: (V, Ct), used without gradient. Mean over rows.
+torch::Tensor full_softmax_distillation(const torch::Tensor& hidden, const torch::Tensor& table,
+                                        const torch::Tensor& targets, const torch::Tensor& teacher_hidden,
+                                        const torch::Tensor& teacher_table, double alpha, double temperature,
+                                        int64_t chunk_rows = 256);
 
 // Draws negatives from a fixed distribution over items 1..V-1 and knows log Q of each item.
 class NegativeSampler {
