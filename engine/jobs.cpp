@@ -243,7 +243,7 @@ int run_data_stats_job(const Config& config) {
   std::vector<size_t> lengths;
   for (const auto& seq : s.items) lengths.push_back(seq.size());
   std::sort(lengths.begin(), lengths.end());
-  auto quantile = [&](double q) { return lengths[std::min(lengths.size() - 1, static_cast<size_t>(q * lengths.size()))]; };
+  auto quantile = [&](double q) { return quantile_of_sorted(lengths, q); };
   const double density = static_cast<double>(log.events.size()) / (static_cast<double>(log.num_users()) * log.num_items());
   std::printf("%s\n", report.summary().c_str());
   std::printf("users %d, items %d, events %zu, density %.4f%%\n", log.num_users(), log.num_items(), log.events.size(),

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "engine/checkpoint/checkpoint.h"
+#include "engine/eval/metrics.h"
 #include "engine/export/publisher.h"
 #include "engine/export/torchscript.h"
 #include "engine/jobs.h"
@@ -118,16 +119,14 @@ int run_serve_bench_job(const std::string& model_path, int64_t requests, int64_t
   ExportedModel model(model_path);
   const int64_t parameters = model.meta().value("parameters", int64_t{-1});
   // Histories drawn from the model's own vocabulary with a fixed seed: the same requests every run.
-  std::vector<std::string> vocabulary;
-  for (const auto& id : model.vocabulary()) vocabulary.push_back(id);
+  const auto& vocabulary = model.vocabulary();
   std::mt19937_64 rng(7);
   std::vector<std::vector<std::string>> histories(static_cast<size_t>(requests));
   for (auto& h : histories)
     for (int64_t j = 0; j < history_length; ++j) h.push_back(vocabulary[rng() % vocabulary.size()]);
   auto quantiles = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
-    auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))]; };
-    return std::make_pair(at(0.5), at(0.99));
+    return std::make_pair(quantile_of_sorted(v, 0.5), quantile_of_sorted(v, 0.99));
   };
   const int64_t warmup = std::min<int64_t>(20, requests);
   std::vector<double> direct;

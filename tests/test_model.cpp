@@ -355,6 +355,17 @@ StreamSetup prepare_stream(const Config& config, ReplaySource source, double fra
   return {std::move(source), cut, std::move(warm), teacher};
 }
 
+// Runs `run` over the stream from `cut`, crashing when the record at `crash_at` passes, then resumes
+// it from the checkpoint it left; returns the resumed run's summary.
+StreamSummary crash_and_resume(const Config& config, ReplaySource& source, uint64_t cut,
+                               const std::vector<RawEvent>& warm, StreamRun run, uint64_t crash_at) {
+  source.skip_to(cut);
+  HookedSource crash(source, crash_at, [] { throw std::runtime_error("simulated crash"); });
+  EXPECT_THROW(run_stream(config, crash, warm, run), std::runtime_error);
+  run.resume = run.output_dir + "/stream.pt";
+  return run_stream(config, source, warm, run);
+}
+
 }  // namespace
 
 TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
@@ -382,12 +393,7 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
 
   // Crash in the middle of the stream, then resume from the last checkpoint.
   StreamRun crashing{teacher, "", true, dir + "/crashed", "crashed"};
-  source.skip_to(cut);
-  HookedSource crash(source, cut + 2000 + 37, [] { throw std::runtime_error("simulated crash"); });
-  EXPECT_THROW(run_stream(checkpointing, crash, warm, crashing), std::runtime_error);
-  StreamRun resumed = crashing;
-  resumed.resume = dir + "/crashed/stream.pt";
-  const StreamSummary rest = run_stream(checkpointing, source, warm, resumed);
+  const StreamSummary rest = crash_and_resume(checkpointing, source, cut, warm, crashing, cut + 2000 + 37);
   EXPECT_EQ(rest.events, full.events);  // every event exactly once
   EXPECT_GT(full.replayed, 0u);
   EXPECT_EQ(rest.replayed, full.replayed);
@@ -433,12 +439,7 @@ TEST(Stream, StudentLearnsOnlinePublishesAndResumesExactly) {
 
   // A crash and a resume give the same teacher and the same student, bit for bit.
   StreamRun crashing{teacher, "", true, dir + "/crashed", "crashed", student};
-  source.skip_to(cut);
-  HookedSource crash(source, cut + 1500 + 11, [] { throw std::runtime_error("simulated crash"); });
-  EXPECT_THROW(run_stream(streaming, crash, warm, crashing), std::runtime_error);
-  StreamRun resumed = crashing;
-  resumed.resume = dir + "/crashed/stream.pt";
-  const StreamSummary rest = run_stream(streaming, source, warm, resumed);
+  const StreamSummary rest = crash_and_resume(streaming, source, cut, warm, crashing, cut + 1500 + 11);
   EXPECT_EQ(rest.events, full.events);
   expect_same_weights(full.checkpoint, rest.checkpoint);
   auto student_of = [](const std::string& path) {

@@ -1,6 +1,7 @@
 // Full-ranking metrics from the 0-based rank of each target: HR@K, NDCG@K and MRR.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -30,6 +31,12 @@ class RankingMetrics {
   double reciprocal_rank_ = 0;
   size_t count_ = 0;
 };
+
+// The q-quantile (q in [0, 1]) of non-empty, ascending `sorted` by the nearest-rank rule.
+template <typename T>
+T quantile_of_sorted(const std::vector<T>& sorted, double q) {
+  return sorted[std::min(sorted.size() - 1, static_cast<size_t>(q * static_cast<double>(sorted.size())))];
+}
 
 // A table with one row per model: "model | HR@1 ... | NDCG@1 ... | MRR".
 std::string format_metrics_table(const std::vector<std::pair<std::string, RankingMetrics>>& rows);

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "engine/eval/metrics.h"
 #include "engine/export/publisher.h"
 #include "engine/export/torchscript.h"
 
@@ -65,7 +66,7 @@ class RequestStats {
     out << "# HELP freshrec_request_duration_seconds Request latency (quantiles over the last " << kWindow
         << " requests).\n# TYPE freshrec_request_duration_seconds summary\n";
     for (double q : {0.5, 0.9, 0.99}) {
-      const double v = sorted.empty() ? 0.0 : sorted[std::min(sorted.size() - 1, static_cast<size_t>(q * sorted.size()))];
+      const double v = sorted.empty() ? 0.0 : quantile_of_sorted(sorted, q);
       out << "freshrec_request_duration_seconds{quantile=\"" << q << "\"} " << v << "\n";
     }
     out << "freshrec_request_duration_seconds_sum " << sum_ << "\n"

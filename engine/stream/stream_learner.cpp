@@ -231,16 +231,14 @@ class StreamLearner {
     save();
     if (!publish_delays_ms_.empty()) {
       std::sort(publish_delays_ms_.begin(), publish_delays_ms_.end());
-      auto at = [&](double q) {
-        return publish_delays_ms_[std::min(publish_delays_ms_.size() - 1, static_cast<size_t>(q * publish_delays_ms_.size()))];
-      };
-      summary_.publish_delay_p50_ms = at(0.5), summary_.publish_delay_p99_ms = at(0.99);
+      summary_.publish_delay_p50_ms = quantile_of_sorted(publish_delays_ms_, 0.5);
+      summary_.publish_delay_p99_ms = quantile_of_sorted(publish_delays_ms_, 0.99);
     }
     summary_.checkpoint = (fs::path(run_.output_dir) / "stream.pt").string();
     if (!latencies_ms_.empty()) {
       std::sort(latencies_ms_.begin(), latencies_ms_.end());
-      auto at = [&](double q) { return latencies_ms_[std::min(latencies_ms_.size() - 1, static_cast<size_t>(q * latencies_ms_.size()))]; };
-      summary_.latency_p50_ms = at(0.5), summary_.latency_p99_ms = at(0.99);
+      summary_.latency_p50_ms = quantile_of_sorted(latencies_ms_, 0.5);
+      summary_.latency_p99_ms = quantile_of_sorted(latencies_ms_, 0.99);
     }
     return summary_;
   }
