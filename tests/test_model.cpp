@@ -16,6 +16,7 @@
 #include "engine/eval/evaluator.h"
 #include "engine/export/publisher.h"
 #include "engine/export/torchscript.h"
+#include "engine/train/dense_adam.h"
 #include "engine/train/losses.h"
 #include "engine/train/trainer.h"
 #include "models/sasrec.h"
@@ -141,6 +142,88 @@ TEST(Losses, SampledSoftmaxWithEveryItemIsFullSoftmax) {
   auto draws = sampler.sample(2000, torch::kCPU);
   EXPECT_EQ(draws.min().item<int64_t>() >= 1, true);
   EXPECT_GT((draws == 1).sum().item<int64_t>(), 1800);  // item 1 holds 101/105 of the mass
+}
+
+namespace {
+
+// A few parameters of mixed shapes with fixed gradients per step, for the optimizer tests.
+std::vector<torch::Tensor> adam_test_parameters() {
+  torch::manual_seed(3);
+  return {torch::randn({7, 5}).requires_grad_(), torch::randn({5}).requires_grad_(),
+          torch::randn({3, 2, 4}).requires_grad_()};
+}
+
+void set_gradients(std::vector<torch::Tensor>& params, int step) {
+  torch::manual_seed(100 + step);
+  for (auto& p : params) p.mutable_grad() = torch::randn_like(p) * (step % 2 ? 0.1 : 3.0);
+}
+
+template <class Fused, class Reference, class Options>
+void expect_fused_matches_reference(const Options& options) {
+  auto fused_params = adam_test_parameters(), reference_params = adam_test_parameters();
+  Fused fused(fused_params, options);
+  Reference reference(reference_params, options);
+  for (int step = 0; step < 6; ++step) {
+    set_gradients(fused_params, step);
+    set_gradients(reference_params, step);
+    if (step == 4) reference_params[1].mutable_grad() = torch::Tensor();  // a parameter without a gradient
+    if (step == 4) fused_params[1].mutable_grad() = torch::Tensor();
+    fused.step();
+    reference.step();
+    for (size_t i = 0; i < fused_params.size(); ++i)
+      ASSERT_TRUE(torch::allclose(fused_params[i], reference_params[i], 1e-5, 1e-6)) << "step " << step << " param " << i;
+  }
+}
+
+}  // namespace
+
+TEST(DenseAdam, FusedMatchesLibTorchAdamAndAdamW) {
+  expect_fused_matches_reference<FusedAdam, torch::optim::Adam>(torch::optim::AdamOptions(0.01).betas({0.9, 0.98}));
+  expect_fused_matches_reference<FusedAdam, torch::optim::Adam>(torch::optim::AdamOptions(0.01).weight_decay(0.1));
+  expect_fused_matches_reference<FusedAdamW, torch::optim::AdamW>(torch::optim::AdamWOptions(0.01).weight_decay(0.1));
+}
+
+TEST(DenseAdam, StateRoundTripsThroughLibTorchAdamsFormat) {
+  // Two steps with LibTorch's Adam, saved; loaded into the fused one, which continues as LibTorch's
+  // would: its step counts (bias corrections) and moments come from the file.
+  auto a = adam_test_parameters(), b = adam_test_parameters();
+  torch::optim::Adam first(a, torch::optim::AdamOptions(0.01));
+  for (int step = 0; step < 2; ++step) set_gradients(a, step), first.step();
+  std::stringstream saved;
+  {
+    torch::serialize::OutputArchive archive;
+    first.save(archive);
+    archive.save_to(saved);
+  }
+  for (size_t i = 0; i < a.size(); ++i) b[i].detach().copy_(a[i].detach());
+  FusedAdam fused(b, torch::optim::AdamOptions(0.01));
+  set_gradients(b, 9), fused.step();  // its own state first, then replaced by the loaded one
+  for (size_t i = 0; i < a.size(); ++i) b[i].detach().copy_(a[i].detach());
+  torch::serialize::InputArchive archive;
+  archive.load_from(saved);
+  fused.load(archive);
+  for (int step = 2; step < 5; ++step) {
+    set_gradients(a, step), first.step();
+    set_gradients(b, step), fused.step();
+  }
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-5, 1e-6)) << "param " << i;
+  const auto& state = static_cast<const torch::optim::AdamParamState&>(*fused.state().at(b[0].unsafeGetTensorImpl()));
+  EXPECT_EQ(state.step(), 5);
+}
+
+TEST(DenseAdam, ClipGradNormMatchesLibTorch) {
+  for (const double max_norm : {0.5, 1e6}) {  // clipped, and left alone
+    auto a = adam_test_parameters(), b = adam_test_parameters();
+    set_gradients(a, 0), set_gradients(b, 0);
+    b[1].mutable_grad() = torch::Tensor(), a[1].mutable_grad() = torch::Tensor();
+    const double expected = torch::nn::utils::clip_grad_norm_(a, max_norm);
+    const auto norm = clip_grad_norm(b, max_norm);
+    EXPECT_NEAR(norm.item<double>(), expected, 1e-4 * expected);
+    for (size_t i : {0, 2}) EXPECT_TRUE(torch::allclose(a[i].grad(), b[i].grad(), 1e-5, 1e-7)) << max_norm;
+  }
+  std::vector<torch::Tensor> none = {torch::zeros({2}, torch::requires_grad())};
+  EXPECT_FALSE(clip_grad_norm(none, 1.0).defined());
+  EXPECT_THROW(clip_grad_norm(none, 0.0), c10::Error);
 }
 
 TEST(Evaluator, RanksFilterSeenAndCountTiesAgainstTheTarget) {

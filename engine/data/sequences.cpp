@@ -59,6 +59,13 @@ void fill_training_row(const int32_t* seq, size_t n, int64_t maxlen, int64_t* in
   }
 }
 
+std::vector<int64_t> nonzero_positions(const std::vector<int64_t>& targets) {
+  std::vector<int64_t> positions;
+  for (size_t i = 0; i < targets.size(); ++i)
+    if (targets[i] != 0) positions.push_back(static_cast<int64_t>(i));
+  return positions;
+}
+
 SequenceBatch make_train_batch(const UserSequences& sequences, const std::vector<int32_t>& users, int64_t maxlen) {
   SequenceBatch b;
   b.rows = static_cast<int64_t>(users.size());

@@ -42,6 +42,9 @@ struct SequenceBatch {
 // the newest are inputs, each position's target the item after it. inputs/targets: (maxlen), zeroed.
 void fill_training_row(const int32_t* seq, size_t n, int64_t maxlen, int64_t* inputs, int64_t* targets);
 
+// The flat positions whose target is an item (not 0), ascending: the rows a loss is computed on.
+std::vector<int64_t> nonzero_positions(const std::vector<int64_t>& targets);
+
 // Training batch: for each user, the last `maxlen + 1` items of the training prefix give inputs
 // (all but the newest) and targets (all but the oldest).
 SequenceBatch make_train_batch(const UserSequences& sequences, const std::vector<int32_t>& users, int64_t maxlen);

@@ -19,6 +19,7 @@
 #include "engine/export/publisher.h"
 #include "engine/runtime.h"
 #include "engine/stream/history_store.h"
+#include "engine/train/dense_adam.h"
 #include "engine/train/distill.h"
 #include "engine/train/losses.h"
 #include "engine/train/sparse_adam.h"
@@ -59,7 +60,7 @@ struct Reservoir {
 // the item table. The stream's teacher is one, its student another.
 struct Trainable {
   SASRec model{nullptr};
-  std::unique_ptr<torch::optim::Adam> dense;
+  std::unique_ptr<FusedAdam> dense;
   SparseRowAdam sparse{nullptr};
 
   Trainable() = default;
@@ -68,7 +69,7 @@ struct Trainable {
     for (const auto& p : model->parameters())
       if (!p.is_same(model->item_embedding())) params.push_back(p);
     const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
-    dense = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(lr).betas({beta1, beta2}));
+    dense = std::make_unique<FusedAdam>(params, torch::optim::AdamOptions(lr).betas({beta1, beta2}));
     ops::RowwiseAdamOptions o;
     o.lr = lr, o.beta1 = beta1, o.beta2 = beta2;
     o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";
@@ -84,7 +85,7 @@ struct Trainable {
   void step(const torch::Tensor& loss, double clip, double lr) {
     dense->zero_grad();
     loss.backward();
-    if (clip > 0) torch::nn::utils::clip_grad_norm_(dense->param_groups()[0].params(), clip);
+    if (clip > 0) clip_grad_norm(dense->param_groups()[0].params(), clip);
     dense->step();
     sparse->step(lr);
   }
@@ -341,10 +342,10 @@ class StreamLearner {
         fill_training_row(seq.data(), seq.size(), T, &inputs[r * T], &targets[r * T]);
       }
       const auto rows = static_cast<int64_t>(examples.size());
-      auto flat_targets = long_tensor(targets, {rows * T}, device_);
-      auto positions = flat_targets.nonzero().squeeze(1);
+      const std::vector<int64_t> target_positions = nonzero_positions(targets);
+      auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device_);
       hidden = model_->forward(long_tensor(inputs, {rows, T}, device_)).reshape({rows * T, -1}).index_select(0, positions);
-      target = flat_targets.index_select(0, positions);
+      target = long_tensor(targets, {rows * T}, device_).index_select(0, positions);
     } else {
       std::vector<int64_t> targets;
       for (const auto& e : examples) targets.push_back(e.item);

@@ -12,6 +12,7 @@
 #include "engine/eval/evaluator.h"
 #include "engine/progress.h"
 #include "engine/runtime.h"
+#include "engine/train/dense_adam.h"
 #include "engine/train/distill.h"
 #include "engine/train/losses.h"
 #include "engine/train/sparse_adam.h"
@@ -39,7 +40,7 @@ EvalOptions eval_options_from_config(const Config& config) {
   return o;
 }
 
-// LibTorch's Adam/AdamW for the dense parameters: all of them, or all but the item table when that
+// Adam/AdamW (fused, LibTorch's state format) for the dense parameters: all of them, or all but the item table when that
 // is updated row-wise (then `sparse` gets the row-wise optimizer with the same hyper-parameters).
 std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, SASRec& model, SparseRowAdam* sparse) {
   const double lr = config.get_float("train.lr"), wd = config.get_float("train.weight_decay");
@@ -55,8 +56,8 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, S
     model->set_sparse_gradients(&(*sparse)->gradients());
   }
   const auto betas = std::make_tuple(beta1, beta2);
-  if (wd > 0) return std::make_unique<torch::optim::AdamW>(dense, torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd));
-  return std::make_unique<torch::optim::Adam>(dense, torch::optim::AdamOptions(lr).betas(betas));
+  if (wd > 0) return std::make_unique<FusedAdamW>(dense, torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd));
+  return std::make_unique<FusedAdam>(dense, torch::optim::AdamOptions(lr).betas(betas));
 }
 
 }  // namespace
@@ -185,11 +186,11 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                                              users.begin() + std::min<int64_t>(users.size(), (b + 1) * batch_size));
       const SequenceBatch batch = make_train_batch(sequences, chunk_users, model->options().maxlen);
       auto inputs = long_tensor(batch.inputs, {batch.rows, batch.length}, device);
-      auto targets = long_tensor(batch.targets, {batch.rows * batch.length}, device);
-      auto hidden = model->forward(inputs).reshape({batch.rows * batch.length, -1});  // (B*T, C)
-      auto positions = targets.nonzero().squeeze(1);
-      hidden = hidden.index_select(0, positions);
-      targets = targets.index_select(0, positions);
+      // The positions with a target, found on the host (nonzero() on the device would wait for it).
+      const std::vector<int64_t> target_positions = nonzero_positions(batch.targets);
+      auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device);
+      auto targets = long_tensor(batch.targets, {batch.rows * batch.length}, device).index_select(0, positions);
+      auto hidden = model->forward(inputs).reshape({batch.rows * batch.length, -1}).index_select(0, positions);
       torch::Tensor loss;
       if (teacher) {
         torch::Tensor teacher_hidden;
@@ -216,7 +217,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
         std::vector<torch::Tensor> clipped;
         for (const auto& group : optimizer->param_groups())
           for (const auto& p : group.params()) clipped.push_back(p);
-        torch::nn::utils::clip_grad_norm_(clipped, clip);
+        clip_grad_norm(clipped, clip);
       }
       const double lr_now =
           lr_scale * (warmup > 0 ? lr * std::min(1.0, static_cast<double>(step + 1) / warmup) : lr);
