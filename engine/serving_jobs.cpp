@@ -52,12 +52,10 @@ int run_export_job(const std::string& checkpoint, const std::string& out, const 
   const CheckpointInfo info = read_checkpoint_info(checkpoint);
   SASRec model{nullptr};
   std::string config_yaml = info.config_yaml, which = "model";
-  if (info.texts.count("student_config")) {
-    // A stream checkpoint with a student: the student is what serves.
-    config_yaml = info.texts.at("student_config");
-    const Config sc = Config::from_stored_yaml(config_yaml, checkpoint + " (student config)", nullptr);
-    model = SASRec(sasrec_options_from_config(sc, info.meta.at("student_num_items").get<int64_t>()));
-    unpack_training_state(info.tensors.at("student_state"), model, nullptr, nullptr);
+  if (has_student(info)) {  // a stream checkpoint with a student: the student is what serves
+    config_yaml = student_config_yaml(info);
+    model = student_model(info);
+    unpack_student(info, model);
     which = "student";
   } else {
     model = load_checkpoint_model(checkpoint, torch::kCPU);

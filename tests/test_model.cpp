@@ -527,9 +527,9 @@ TEST(Stream, StudentLearnsOnlinePublishesAndResumesExactly) {
   expect_same_weights(full.checkpoint, rest.checkpoint);
   auto student_of = [](const std::string& path) {
     const auto info = read_checkpoint_info(path);
-    const Config sc = Config::from_stored_yaml(info.texts.at("student_config"), "student", nullptr);
-    SASRec m(sasrec_options_from_config(sc, info.meta.at("student_num_items").get<int64_t>()));
-    unpack_training_state(info.tensors.at("student_state"), m, nullptr, nullptr);
+    EXPECT_TRUE(has_student(info));
+    SASRec m = student_model(info);
+    unpack_student(info, m);
     return m;
   };
   auto a = student_of(full.checkpoint), b = student_of(rest.checkpoint);

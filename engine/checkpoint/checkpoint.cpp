@@ -188,6 +188,14 @@ void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer&
   }
 }
 
+
+namespace {
+
+const char* const kStudentConfig = "student_config";
+const char* const kStudentState = "student_state";
+const char* const kStudentItems = "student_num_items";
+
+// A model with its optimizers' state as bytes (a uint8 tensor).
 torch::Tensor pack_training_state(SASRec& model, torch::optim::Optimizer* optimizer, torch::nn::Module* sparse_optimizer) {
   torch::serialize::OutputArchive archive;
   write_training_state(archive, model, optimizer, sparse_optimizer);
@@ -212,6 +220,36 @@ void unpack_training_state(const torch::Tensor& bytes, SASRec& model, torch::opt
     if (target == optimizer) optimizer->load(a);
     else sparse_optimizer->load(a);
   }
+}
+
+}  // namespace
+
+void pack_student(CheckpointInfo& info, SASRec& student, const std::string& config_yaml,
+                  torch::optim::Optimizer* optimizer, torch::nn::Module* sparse_optimizer) {
+  info.texts[kStudentConfig] = config_yaml;
+  info.tensors[kStudentState] = pack_training_state(student, optimizer, sparse_optimizer);
+  info.meta[kStudentItems] = student->options().num_items;
+}
+
+bool has_student(const CheckpointInfo& info) { return info.texts.count(kStudentConfig) > 0; }
+
+const std::string& student_config_yaml(const CheckpointInfo& info) {
+  const auto found = info.texts.find(kStudentConfig);
+  if (found == info.texts.end()) throw std::runtime_error("the checkpoint holds no student");
+  return found->second;
+}
+
+SASRec student_model(const CheckpointInfo& info) {
+  const Config config = Config::from_stored_yaml(student_config_yaml(info), "student config", nullptr);
+  if (!info.meta.contains(kStudentItems)) throw std::runtime_error("the checkpoint's student has no item count");
+  return SASRec(sasrec_options_from_config(config, info.meta.at(kStudentItems).get<int64_t>()));
+}
+
+void unpack_student(const CheckpointInfo& info, SASRec& student, torch::optim::Optimizer* optimizer,
+                    torch::nn::Module* sparse_optimizer) {
+  const auto state = info.tensors.find(kStudentState);
+  if (state == info.tensors.end()) throw std::runtime_error("the checkpoint's student has no weights");
+  unpack_training_state(state->second, student, optimizer, sparse_optimizer);
 }
 
 }  // namespace freshrec

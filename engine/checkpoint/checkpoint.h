@@ -41,11 +41,17 @@ void load_checkpoint_weights(const std::string& path, SASRec& model);
 void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer& optimizer,
                                torch::nn::Module* sparse_optimizer = nullptr);
 
-// A model with its optimizers' state as bytes (a uint8 tensor), for nesting inside another
-// checkpoint (the stream keeps its student this way, so one atomic file holds both models).
-torch::Tensor pack_training_state(SASRec& model, torch::optim::Optimizer* optimizer, torch::nn::Module* sparse_optimizer);
-void unpack_training_state(const torch::Tensor& bytes, SASRec& model, torch::optim::Optimizer* optimizer,
-                           torch::nn::Module* sparse_optimizer);
+// The stream's student, nested in the stream's checkpoint with its optimizers' state, so that one
+// atomic file holds both models. pack_student stores it in `info`; student_model builds a model of its
+// shape (its own config and item count), which unpack_student fills, and its optimizers when given
+// (made for that model).
+void pack_student(CheckpointInfo& info, SASRec& student, const std::string& config_yaml,
+                  torch::optim::Optimizer* optimizer, torch::nn::Module* sparse_optimizer);
+bool has_student(const CheckpointInfo& info);
+const std::string& student_config_yaml(const CheckpointInfo& info);
+SASRec student_model(const CheckpointInfo& info);
+void unpack_student(const CheckpointInfo& info, SASRec& student, torch::optim::Optimizer* optimizer = nullptr,
+                    torch::nn::Module* sparse_optimizer = nullptr);
 
 // The model options a config asks for, with the item count of the data.
 SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items);

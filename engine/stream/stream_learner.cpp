@@ -142,13 +142,11 @@ class StreamLearner {
     items_ = info_.items;
     store_ = HistoryStore(model_->options().maxlen);
     // The student: from the stream checkpoint when resuming, else from --student.
-    if (!run.resume.empty() && info_.texts.count("student_config")) {
-      student_config_ = info_.texts.at("student_config");
-      const Config sc = Config::from_stored_yaml(student_config_, "student config", nullptr);
-      student_ = Trainable(SASRec(sasrec_options_from_config(sc, info_.meta.at("student_num_items").get<int64_t>())),
-                           config, settings_.lr);
+    if (!run.resume.empty() && has_student(info_)) {
+      student_config_ = student_config_yaml(info_);
+      student_ = Trainable(student_model(info_), config, settings_.lr);
       student_.model->to(device_);
-      unpack_training_state(info_.tensors.at("student_state"), student_.model, student_.dense.get(), student_.sparse.get());
+      unpack_student(info_, student_.model, student_.dense.get(), student_.sparse.get());
     } else if (run.resume.empty() && !run.student.empty()) {
       const auto student_info = read_checkpoint_info(run.student);
       if (student_info.items.serialize() != items_.serialize())
@@ -548,9 +546,7 @@ class StreamLearner {
     info.meta["reservoir_seen"] = reservoir_.seen;
     info.meta["replayed"] = summary_.replayed;
     if (student_) {
-      info.texts["student_config"] = student_config_;
-      info.tensors["student_state"] = pack_training_state(student_.model, student_.dense.get(), student_.sparse.get());
-      info.meta["student_num_items"] = student_.model->options().num_items;
+      pack_student(info, student_.model, student_config_, student_.dense.get(), student_.sparse.get());
       info.meta["publications"] = summary_.publications;
     }
     save_checkpoint((fs::path(run_.output_dir) / "stream.pt").string(), model_, teacher_.dense.get(), info,
