@@ -17,8 +17,14 @@ torch::Device select_device(const std::string& name) {
 }
 
 torch::Tensor long_tensor(const std::vector<int64_t>& values, std::vector<int64_t> shape, torch::Device device) {
-  return torch::from_blob(const_cast<int64_t*>(values.data()), shape, torch::kLong).to(device, /*non_blocking=*/false,
-                                                                                       /*copy=*/true);
+  const auto host = torch::from_blob(const_cast<int64_t*>(values.data()), shape, torch::kLong);
+  if (!device.is_cuda()) return host.clone();
+  // Through pinned memory, asynchronously: a copy from pageable memory would wait for the GPU to
+  // finish the previous step before the next could be queued. The caching host allocator keeps the
+  // pinned block until the copy is done.
+  auto pinned = torch::empty(shape, torch::TensorOptions().dtype(torch::kLong).pinned_memory(true));
+  pinned.copy_(host);
+  return pinned.to(device, /*non_blocking=*/true);
 }
 
 void configure_threads(int64_t threads) {

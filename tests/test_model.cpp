@@ -2,6 +2,9 @@
 // checkpoints (round trip, resume) and a short training run that must beat popularity.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#ifdef FRESHREC_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include <filesystem>
 #include <functional>
@@ -13,9 +16,11 @@
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/generator.h"
 #include "engine/data/readers.h"
+#include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
 #include "engine/export/publisher.h"
 #include "engine/export/torchscript.h"
+#include "engine/runtime.h"
 #include "engine/train/dense_adam.h"
 #include "engine/train/losses.h"
 #include "engine/train/trainer.h"
@@ -224,6 +229,55 @@ TEST(DenseAdam, ClipGradNormMatchesLibTorch) {
   std::vector<torch::Tensor> none = {torch::zeros({2}, torch::requires_grad())};
   EXPECT_FALSE(clip_grad_norm(none, 1.0).defined());
   EXPECT_THROW(clip_grad_norm(none, 0.0), c10::Error);
+}
+
+// The dense training step (batch upload, forward, fused cross-entropy, backward, clipping, fused Adam)
+// queues its work without ever waiting for the GPU: CUDA's sync debug mode turns any host-device
+// synchronisation into an error. The sparse-embedding ops still sync (bounds check, segment count).
+TEST(GpuTraining, DenseStepNeverWaitsForTheDevice) {
+#ifndef FRESHREC_WITH_CUDA
+  GTEST_SKIP() << "built without CUDA";
+#else
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU on this machine: the GPU step is compiled, not run";
+  const torch::Device device(torch::kCUDA, 0);
+  torch::manual_seed(5);
+  SASRec model(small_options(500));
+  model->to(device);
+  model->train();
+  const auto params = model->parameters();
+  FusedAdam adam(params, torch::optim::AdamOptions(1e-3));
+  const int64_t rows = 8, length = small_options().maxlen;
+  std::vector<int64_t> items(rows * length), targets(rows * length);
+  for (size_t i = 0; i < items.size(); ++i) {
+    items[i] = i % length < 3 ? 0 : 1 + static_cast<int64_t>((i * 7919) % 500);  // left padding
+    targets[i] = items[i] == 0 ? 0 : 1 + static_cast<int64_t>((i * 104729) % 500);
+  }
+  auto step = [&] {
+    auto inputs = long_tensor(items, {rows, length}, device);
+    const std::vector<int64_t> target_positions = nonzero_positions(targets);
+    auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device);
+    auto target = long_tensor(targets, {rows * length}, device).index_select(0, positions);
+    auto hidden = model->forward(inputs).reshape({rows * length, -1}).index_select(0, positions);
+    auto loss = full_softmax_cross_entropy(hidden, model->item_embedding(), target, 64);
+    adam.zero_grad();
+    loss.backward();
+    clip_grad_norm(params, 1.0);
+    adam.step();
+    return loss.detach();
+  };
+  const auto first = step();  // allocations and optimizer state
+  torch::cuda::synchronize();
+  auto& debug = c10::cuda::warning_state();
+  debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  torch::Tensor later;
+  EXPECT_NO_THROW({
+    step();
+    later = step();
+  });
+  debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  ASSERT_TRUE(later.defined());
+  EXPECT_LT(later.item<double>(), first.item<double>());  // and it learns
+#endif
 }
 
 TEST(Evaluator, RanksFilterSeenAndCountTiesAgainstTheTarget) {

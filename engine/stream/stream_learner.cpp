@@ -274,7 +274,7 @@ class StreamLearner {
       const size_t n = std::min<size_t>(h.size(), T);
       for (size_t k = 0; k < n; ++k) flat[r * T + T - n + k] = h[h.size() - n + k];
     }
-    return torch::tensor(flat, torch::kLong).view({static_cast<int64_t>(batch.size()), T}).to(device_);
+    return long_tensor(flat, {static_cast<int64_t>(batch.size()), T}, device_);
   }
 
   // Test: rank each event's item among the known items, the user's earlier items filtered.
@@ -347,7 +347,7 @@ class StreamLearner {
     } else {
       std::vector<int64_t> targets;
       for (const auto& e : examples) targets.push_back(e.item);
-      target = torch::tensor(targets).to(device_);
+      target = long_tensor(targets, {static_cast<int64_t>(targets.size())}, device_);
       hidden = model_->last_hidden(histories_tensor(examples));
     }
     auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
@@ -378,7 +378,7 @@ class StreamLearner {
   void learn_student(const std::vector<Pending>& examples) {
     std::vector<int64_t> targets;
     for (const auto& e : examples) targets.push_back(e.item);
-    auto target = torch::tensor(targets).to(device_);
+    auto target = long_tensor(targets, {static_cast<int64_t>(targets.size())}, device_);
     auto inputs = histories_tensor(examples);
     torch::Tensor teacher_hidden;
     {
