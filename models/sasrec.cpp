@@ -16,10 +16,12 @@ void SASRecOptions::validate() const {
   if (ffn_hidden < 0) fail("model.ffn_hidden must be >= 0, got " + std::to_string(ffn_hidden));
   if (dropout < 0 || dropout >= 1) fail("model.dropout must be in [0, 1), got " + std::to_string(dropout));
   if (maxlen <= 0) fail("model.maxlen must be positive, got " + std::to_string(maxlen));
+  if (block != "prenorm" && block != "original")
+    fail("model.block must be prenorm or original, got '" + block + "'");
 }
 
-SASRecBlockImpl::SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout)
-    : heads_(heads), dropout_(dropout) {
+SASRecBlockImpl::SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout, bool original)
+    : heads_(heads), dropout_(dropout), original_(original) {
   attention_norm_ = register_module("attention_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden})));
   qkv_ = register_module("qkv", torch::nn::Linear(hidden, 3 * hidden));
   attention_out_ = register_module("attention_out", torch::nn::Linear(hidden, hidden));
@@ -31,9 +33,23 @@ SASRecBlockImpl::SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidd
 
 torch::Tensor SASRecBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
   const auto B = x.size(0), T = x.size(1), C = x.size(2);
+  const double attention_dropout = is_training() ? dropout_ : 0.0;
+  if (original_) {
+    // Queries from the normalised stream, keys and values from the raw one: the rows of qkv_ split.
+    auto queries_in = attention_norm_->forward(x);
+    auto q = torch::linear(queries_in, qkv_->weight.narrow(0, 0, C), qkv_->bias.narrow(0, 0, C))
+                 .view({B, T, heads_, C / heads_}).transpose(1, 2);  // (B, heads, T, C/heads)
+    auto kv = torch::linear(x, qkv_->weight.narrow(0, C, 2 * C), qkv_->bias.narrow(0, C, 2 * C))
+                  .view({B, T, 2, heads_, C / heads_}).permute({2, 0, 3, 1, 4});
+    auto attended = torch::scaled_dot_product_attention(q, kv[0], kv[1], mask, attention_dropout);
+    attended = attended.transpose(1, 2).reshape({B, T, C});
+    auto h = ffn_norm_->forward(queries_in + attention_out_->forward(attended));
+    auto f = ffn_out_->forward(torch::dropout(torch::relu(ffn_in_->forward(h)), dropout_, is_training()));
+    return h + residual_dropout_->forward(f);
+  }
   // (B, T, 3C) -> 3 x (B, heads, T, C/heads)
   auto qkv = qkv_->forward(attention_norm_->forward(x)).view({B, T, 3, heads_, C / heads_}).permute({2, 0, 3, 1, 4});
-  auto attended = torch::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, is_training() ? dropout_ : 0.0);
+  auto attended = torch::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, attention_dropout);
   attended = attended.transpose(1, 2).reshape({B, T, C});
   auto h = x + residual_dropout_->forward(attention_out_->forward(attended));
   auto f = ffn_out_->forward(torch::dropout(torch::gelu(ffn_in_->forward(ffn_norm_->forward(h))), dropout_, is_training()));
@@ -47,7 +63,7 @@ SASRecImpl::SASRecImpl(const SASRecOptions& options) : options_(options) {
   position_embedding_ = register_parameter("position_embedding", torch::empty({options_.maxlen, options_.hidden}));
   embedding_dropout_ = register_module("embedding_dropout", torch::nn::Dropout(options_.dropout));
   for (int64_t b = 0; b < options_.blocks; ++b)
-    blocks_->push_back(SASRecBlock(options_.hidden, options_.heads, ffn, options_.dropout));
+    blocks_->push_back(SASRecBlock(options_.hidden, options_.heads, ffn, options_.dropout, options_.block == "original"));
   register_module("blocks", blocks_);
   final_norm_ = register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({options_.hidden})));
 

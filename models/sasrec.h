@@ -4,6 +4,8 @@
 
 #include <torch/torch.h>
 
+#include <string>
+
 #include "kernels/sparse_embedding_autograd.h"
 
 namespace freshrec {
@@ -16,19 +18,27 @@ struct SASRecOptions {
   int64_t ffn_hidden = 0;  // 0: hidden
   double dropout = 0.2;
   int64_t maxlen = 200;
+  // "prenorm": x + Attention(LN(x)), then + FFN(LN(.)), GELU. "original": the block of Kang &
+  // McAuley's published code, which the SASRec+ reference implementations keep (see SASRecBlock).
+  std::string block = "prenorm";
   void validate() const;  // throws std::invalid_argument naming the bad option
 };
 
-// One pre-norm block: x + Attention(LN(x)), then x + FFN(LN(x)).
+// One self-attention block, in one of two forms over the same parameters:
+//  - pre-norm:  h = x + Attention(LN1(x));  out = h + FFN(LN2(h)), GELU;
+//  - original (the SASRec authors' code): q = LN1(x) queries while keys and values come from x itself,
+//    h = LN2(q + Attention(q, x, x));  out = h + FFN(h), ReLU; the residuals run through the
+//    normalised stream (a post-norm transformer in effect).
 class SASRecBlockImpl : public torch::nn::Module {
  public:
-  SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout);
+  SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout, bool original = false);
   // x: (B, T, C); mask: (B, 1, T, T) bool, true where attention is allowed.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
 
  private:
   int64_t heads_;
   double dropout_;
+  bool original_;
   torch::nn::LayerNorm attention_norm_{nullptr}, ffn_norm_{nullptr};
   torch::nn::Linear qkv_{nullptr}, attention_out_{nullptr}, ffn_in_{nullptr}, ffn_out_{nullptr};
   torch::nn::Dropout residual_dropout_{nullptr};

@@ -27,9 +27,10 @@ std::string temp_folder(const std::string& name) {
   return p.string();
 }
 
-SASRec random_model(int64_t items, int64_t hidden, uint64_t seed, int64_t maxlen = 8) {
+SASRec random_model(int64_t items, int64_t hidden, uint64_t seed, int64_t maxlen = 8, const std::string& block = "prenorm") {
   torch::manual_seed(seed);
   SASRecOptions o;
+  o.block = block;
   o.num_items = items;
   o.hidden = hidden;
   o.blocks = 2;
@@ -126,6 +127,26 @@ TEST(Distillation, CandidateFormIsTheKlOverTheList) {
   EXPECT_TRUE(std::isfinite(loss.item<double>()));
   EXPECT_TRUE(student->item_embedding().grad().defined());
   EXPECT_FALSE(teacher->item_embedding().grad().defined());
+}
+
+TEST(Export, OriginalBlockMatchesTheEngineModel) {
+  SASRec model = random_model(30, 16, 12, 8, "original");
+  const IdMap items = id_map(30, "", 1000);
+  auto loaded = export_torchscript(model, items, "model:\n  block: original\n", {});
+  const std::vector<std::vector<int64_t>> rows = {{3, 7, 7, 1}, {0, 0, 0, 5}};  // internal ids
+  c10::List<c10::List<int64_t>> histories, candidates;
+  for (const auto& h : rows) {
+    c10::List<int64_t> history, every;
+    for (int64_t i : h)
+      if (i) history.push_back(std::stoll(items.external(static_cast<int32_t>(i))));
+    for (int32_t i = 1; i <= 30; ++i) every.push_back(std::stoll(items.external(i)));
+    histories.push_back(history), candidates.push_back(every);
+  }
+  auto inputs = torch::tensor({3, 7, 7, 1, 0, 0, 0, 5}, torch::kLong).view({2, 4});
+  torch::NoGradGuard no_grad;
+  auto engine = model->score_all(model->last_hidden(inputs)).narrow(1, 1, 30);
+  auto scored = loaded.get_method("score")({histories, candidates}).toTensor();
+  EXPECT_LE((scored - engine).abs().max().item<double>(), 1e-5);
 }
 
 TEST(Export, TorchScriptMatchesTheEngineModel) {

@@ -79,26 +79,60 @@ void expect_same_weights(const std::string& a_path, const std::string& b_path) {
 }  // namespace
 
 TEST(SASRec, IsCausal) {
-  torch::manual_seed(0);
-  SASRec model(small_options());
-  model->eval();
-  auto items = torch::tensor({{0, 0, 3, 4, 5, 6, 7, 8}}, torch::kLong);
-  auto changed = items.clone();
-  changed[0][6] = 20;  // change a later item
-  auto a = model->forward(items), b = model->forward(changed);
-  EXPECT_TRUE(torch::equal(a.narrow(1, 0, 6), b.narrow(1, 0, 6)));  // earlier positions unchanged
-  EXPECT_FALSE(torch::allclose(a.narrow(1, 6, 2), b.narrow(1, 6, 2)));
+  for (const char* block : {"prenorm", "original"}) {
+    torch::manual_seed(0);
+    auto o = small_options();
+    o.block = block;
+    SASRec model(o);
+    model->eval();
+    auto items = torch::tensor({{0, 0, 3, 4, 5, 6, 7, 8}}, torch::kLong);
+    auto changed = items.clone();
+    changed[0][6] = 20;  // change a later item
+    auto a = model->forward(items), b = model->forward(changed);
+    EXPECT_TRUE(torch::equal(a.narrow(1, 0, 6), b.narrow(1, 0, 6))) << block;  // earlier positions unchanged
+    EXPECT_FALSE(torch::allclose(a.narrow(1, 6, 2), b.narrow(1, 6, 2))) << block;
+  }
 }
 
 TEST(SASRec, LeftPaddingDoesNotChangeTheAnswer) {
-  torch::manual_seed(0);
-  SASRec model(small_options());
-  model->eval();
-  auto short_pad = torch::tensor({{0, 3, 4, 5}}, torch::kLong);
-  auto long_pad = torch::tensor({{0, 0, 0, 0, 0, 0, 3, 4, 5}}, torch::kLong);
-  EXPECT_TRUE(torch::allclose(model->last_hidden(short_pad), model->last_hidden(long_pad), 1e-5, 1e-6));
-  auto scores = model->score_all(model->last_hidden(short_pad));
-  EXPECT_EQ(scores.sizes(), (std::vector<int64_t>{1, 31}));
+  for (const char* block : {"prenorm", "original"}) {
+    torch::manual_seed(0);
+    auto o = small_options();
+    o.block = block;
+    SASRec model(o);
+    model->eval();
+    auto short_pad = torch::tensor({{0, 3, 4, 5}}, torch::kLong);
+    auto long_pad = torch::tensor({{0, 0, 0, 0, 0, 0, 3, 4, 5}}, torch::kLong);
+    EXPECT_TRUE(torch::allclose(model->last_hidden(short_pad), model->last_hidden(long_pad), 1e-5, 1e-6)) << block;
+    auto scores = model->score_all(model->last_hidden(short_pad));
+    EXPECT_EQ(scores.sizes(), (std::vector<int64_t>{1, 31}));
+  }
+}
+
+TEST(SASRec, OriginalBlockIsTheAuthorsFormula) {
+  // One block by hand: q = LN1(x); h = LN2(q + Wo Attention(Wq q, Wk x, Wv x)); out = h + W2 relu(W1 h).
+  torch::manual_seed(4);
+  SASRecBlock block(8, 1, 8, 0.0, /*original=*/true);
+  block->eval();
+  torch::NoGradGuard no_grad;
+  for (auto& p : block->parameters()) p.add_(torch::randn_like(p) * 0.1);
+  auto x = torch::randn({2, 5, 8});
+  auto mask = torch::ones({5, 5}, torch::kBool).tril().view({1, 1, 5, 5}).expand({2, 1, 5, 5});
+  auto P = block->named_parameters();
+  auto ln = [](const torch::Tensor& t, const torch::Tensor& w, const torch::Tensor& b) {
+    return torch::layer_norm(t, {8}, w, b, 1e-5);
+  };
+  auto q_in = ln(x, P["attention_norm.weight"], P["attention_norm.bias"]);
+  auto W = P["qkv.weight"], bias = P["qkv.bias"];
+  auto q = torch::linear(q_in, W.narrow(0, 0, 8), bias.narrow(0, 0, 8));
+  auto k = torch::linear(x, W.narrow(0, 8, 8), bias.narrow(0, 8, 8));
+  auto v = torch::linear(x, W.narrow(0, 16, 8), bias.narrow(0, 16, 8));
+  auto weights = torch::softmax((torch::matmul(q, k.transpose(1, 2)) / std::sqrt(8.0)).masked_fill(~mask.squeeze(1), -1e9), -1);
+  auto h = ln(q_in + torch::linear(torch::matmul(weights, v), P["attention_out.weight"], P["attention_out.bias"]),
+              P["ffn_norm.weight"], P["ffn_norm.bias"]);
+  auto expected = h + torch::linear(torch::relu(torch::linear(h, P["ffn_in.weight"], P["ffn_in.bias"])),
+                                    P["ffn_out.weight"], P["ffn_out.bias"]);
+  EXPECT_TRUE(torch::allclose(block->forward(x, mask), expected, 1e-5, 1e-5));
 }
 
 TEST(SASRec, RejectsBadOptionsAndInputs) {

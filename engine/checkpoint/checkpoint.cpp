@@ -105,6 +105,7 @@ SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items
   o.ffn_hidden = config.get_int("model.ffn_hidden");
   o.dropout = config.get_float("model.dropout");
   o.maxlen = config.get_int("model.maxlen");
+  o.block = config.get_string("model.block");
   return o;
 }
 

@@ -39,6 +39,9 @@ const std::vector<KeySpec>& config_schema() {
       {"model.ffn_hidden", K::Int, "0", "feed-forward inner width (0: same as model.hidden)"},
       {"model.dropout", K::Float, "0.2", "dropout on embeddings, attention and residual branches"},
       {"model.maxlen", K::Int, "200", "history length the model sees"},
+      {"model.block", K::Choice, "prenorm",
+       "self-attention block: prenorm, or original (the SASRec authors' code: residuals through the normalised "
+       "stream, ReLU)", {"prenorm", "original"}},
 
       // ---- train ----
       {"train.loss", K::Choice, "full", "full: softmax over all items; sampled: sampled softmax with log-Q correction",

@@ -55,14 +55,26 @@ def encode(self, items: Tensor) -> Tensor:
     key_real = (items != 0).unsqueeze(1).unsqueeze(2)
     mask = causal & (key_real | itself)
     for b in range(self.blocks):
-        h = torch.layer_norm(x, [C], self.attention_norm_weight[b], self.attention_norm_bias[b], 1e-5)
-        qkv = torch.linear(h, self.qkv_weight[b], self.qkv_bias[b]).view([B, T, 3, H, C // H]).permute([2, 0, 3, 1, 4])
-        attended = torch.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0)
-        attended = attended.transpose(1, 2).reshape([B, T, C])
-        h = x + torch.linear(attended, self.attention_out_weight[b], self.attention_out_bias[b])
-        f = torch.layer_norm(h, [C], self.ffn_norm_weight[b], self.ffn_norm_bias[b], 1e-5)
-        f = torch.linear(torch.gelu(torch.linear(f, self.ffn_in_weight[b], self.ffn_in_bias[b])),
-                         self.ffn_out_weight[b], self.ffn_out_bias[b])
+        if self.original_block:
+            q_in = torch.layer_norm(x, [C], self.attention_norm_weight[b], self.attention_norm_bias[b], 1e-5)
+            w = self.qkv_weight[b]
+            bias = self.qkv_bias[b]
+            q = torch.linear(q_in, w.narrow(0, 0, C), bias.narrow(0, 0, C)).view([B, T, H, C // H]).transpose(1, 2)
+            kv = torch.linear(x, w.narrow(0, C, 2 * C), bias.narrow(0, C, 2 * C)).view([B, T, 2, H, C // H]).permute([2, 0, 3, 1, 4])
+            attended = torch.scaled_dot_product_attention(q, kv[0], kv[1], mask, 0.0).transpose(1, 2).reshape([B, T, C])
+            h = q_in + torch.linear(attended, self.attention_out_weight[b], self.attention_out_bias[b])
+            h = torch.layer_norm(h, [C], self.ffn_norm_weight[b], self.ffn_norm_bias[b], 1e-5)
+            f = torch.linear(torch.relu(torch.linear(h, self.ffn_in_weight[b], self.ffn_in_bias[b])),
+                             self.ffn_out_weight[b], self.ffn_out_bias[b])
+        else:
+            h = torch.layer_norm(x, [C], self.attention_norm_weight[b], self.attention_norm_bias[b], 1e-5)
+            qkv = torch.linear(h, self.qkv_weight[b], self.qkv_bias[b]).view([B, T, 3, H, C // H]).permute([2, 0, 3, 1, 4])
+            attended = torch.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0)
+            attended = attended.transpose(1, 2).reshape([B, T, C])
+            h = x + torch.linear(attended, self.attention_out_weight[b], self.attention_out_bias[b])
+            f = torch.layer_norm(h, [C], self.ffn_norm_weight[b], self.ffn_norm_bias[b], 1e-5)
+            f = torch.linear(torch.gelu(torch.linear(f, self.ffn_in_weight[b], self.ffn_in_bias[b])),
+                             self.ffn_out_weight[b], self.ffn_out_bias[b])
         x = (h + f) * real
     return torch.layer_norm(x, [C], self.final_norm_weight, self.final_norm_bias, 1e-5)
 
@@ -161,6 +173,7 @@ torch::jit::Module export_torchscript(SASRec& model, const IdMap& items, const s
   module.register_attribute("heads", c10::IntType::get(), o.heads);
   module.register_attribute("blocks", c10::IntType::get(), o.blocks);
   module.register_attribute("maxlen", c10::IntType::get(), o.maxlen);
+  module.register_attribute("original_block", c10::BoolType::get(), o.block == "original");
   module.register_attribute("num_items", c10::IntType::get(), vocabulary);
   module.register_attribute("scale", c10::FloatType::get(), std::sqrt(static_cast<double>(o.hidden)));
   module.register_attribute("config", c10::StringType::get(), config_yaml);
