@@ -40,8 +40,9 @@ EvalOptions eval_options_from_config(const Config& config) {
   return o;
 }
 
-// Adam/AdamW (fused, LibTorch's state format) for the dense parameters: all of them, or all but the item table when that
-// is updated row-wise (then `sparse` gets the row-wise optimizer with the same hyper-parameters).
+// Adam/AdamW (fused, in LibTorch's state format) for the dense parameters: all of them, or all but
+// the item table when that is updated row-wise (then `sparse` gets the row-wise optimizer with the
+// same hyper-parameters).
 std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, SASRec& model, SparseRowAdam* sparse) {
   const double lr = config.get_float("train.lr"), wd = config.get_float("train.weight_decay");
   const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
