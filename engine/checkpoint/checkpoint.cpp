@@ -189,7 +189,6 @@ void load_checkpoint_optimizer(const std::string& path, torch::optim::Optimizer&
   }
 }
 
-
 namespace {
 
 const char* const kStudentConfig = "student_config";
