@@ -121,6 +121,13 @@ void SASRecImpl::grow_items(int64_t num_items) {
   options_.num_items = num_items;
 }
 
+std::vector<torch::Tensor> SASRecImpl::dense_parameters(bool with_item_table) const {
+  std::vector<torch::Tensor> dense;
+  for (const auto& p : parameters())
+    if (with_item_table || !p.is_same(item_embedding_)) dense.push_back(p);
+  return dense;
+}
+
 int64_t SASRecImpl::parameter_count() const {
   int64_t n = 0;
   for (const auto& p : parameters()) n += p.numel();

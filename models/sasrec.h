@@ -68,6 +68,9 @@ class SASRecImpl : public torch::nn::Module {
   const SASRecOptions& options() const { return options_; }
   // The item table, shared by the input lookup and the output scores: (num_items + 1, C).
   const torch::Tensor& item_embedding() const { return item_embedding_; }
+  // Every parameter but the item table (the dense optimizer's share when the table is updated
+  // row-wise), or every parameter when `with_item_table`.
+  std::vector<torch::Tensor> dense_parameters(bool with_item_table = false) const;
   int64_t parameter_count() const;
 
  private:

@@ -42,6 +42,16 @@ SASRecOptions small_options(int64_t items = 30) {
   return o;
 }
 
+// The small model with the given block form, seeded, in eval mode.
+SASRec untrained_model(const std::string& block) {
+  torch::manual_seed(0);
+  auto o = small_options();
+  o.block = block;
+  SASRec model(o);
+  model->eval();
+  return model;
+}
+
 std::string temp_folder(const std::string& name) {
   const auto p = fs::temp_directory_path() / ("freshrec-model-" + std::to_string(::getpid()) + "-" + name);
   fs::remove_all(p);
@@ -80,11 +90,7 @@ void expect_same_weights(const std::string& a_path, const std::string& b_path) {
 
 TEST(SASRec, IsCausal) {
   for (const char* block : {"prenorm", "original"}) {
-    torch::manual_seed(0);
-    auto o = small_options();
-    o.block = block;
-    SASRec model(o);
-    model->eval();
+    SASRec model = untrained_model(block);
     auto items = torch::tensor({{0, 0, 3, 4, 5, 6, 7, 8}}, torch::kLong);
     auto changed = items.clone();
     changed[0][6] = 20;  // change a later item
@@ -96,11 +102,7 @@ TEST(SASRec, IsCausal) {
 
 TEST(SASRec, LeftPaddingDoesNotChangeTheAnswer) {
   for (const char* block : {"prenorm", "original"}) {
-    torch::manual_seed(0);
-    auto o = small_options();
-    o.block = block;
-    SASRec model(o);
-    model->eval();
+    SASRec model = untrained_model(block);
     auto short_pad = torch::tensor({{0, 3, 4, 5}}, torch::kLong);
     auto long_pad = torch::tensor({{0, 0, 0, 0, 0, 0, 3, 4, 5}}, torch::kLong);
     EXPECT_TRUE(torch::allclose(model->last_hidden(short_pad), model->last_hidden(long_pad), 1e-5, 1e-6)) << block;
@@ -205,8 +207,10 @@ void expect_fused_matches_reference(const Options& options) {
   for (int step = 0; step < 6; ++step) {
     set_gradients(fused_params, step);
     set_gradients(reference_params, step);
-    if (step == 4) reference_params[1].mutable_grad() = torch::Tensor();  // a parameter without a gradient
-    if (step == 4) fused_params[1].mutable_grad() = torch::Tensor();
+    if (step == 4) {  // a parameter without a gradient
+      reference_params[1].mutable_grad() = torch::Tensor();
+      fused_params[1].mutable_grad() = torch::Tensor();
+    }
     fused.step();
     reference.step();
     for (size_t i = 0; i < fused_params.size(); ++i)

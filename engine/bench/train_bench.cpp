@@ -34,19 +34,22 @@ struct Timing {
   double loss = 0;
 };
 
-Timing time_freshrec(const TrainBenchOptions& o, const torch::Device& device) {
-  torch::manual_seed(o.seed);
+// The benchmarked model's shape.
+SASRecOptions model_options(const TrainBenchOptions& o) {
   SASRecOptions mo;
   mo.num_items = o.items, mo.hidden = o.hidden, mo.blocks = o.blocks, mo.heads = o.heads, mo.maxlen = o.length;
   mo.dropout = 0.2;
-  SASRec model(mo);
+  return mo;
+}
+
+Timing time_freshrec(const TrainBenchOptions& o, const torch::Device& device) {
+  torch::manual_seed(o.seed);
+  SASRec model(model_options(o));
   model->to(device);
   model->train();
   const bool sampled = o.loss == "sampled";
-  std::vector<torch::Tensor> dense;
+  const std::vector<torch::Tensor> dense = model->dense_parameters(/*with_item_table=*/!o.sparse);
   SparseRowAdam sparse{nullptr};
-  for (const auto& p : model->parameters())
-    if (!(o.sparse && p.is_same(model->item_embedding()))) dense.push_back(p);
   if (o.sparse) {
     ops::RowwiseAdamOptions ro;
     ro.lr = 1e-3, ro.beta1 = 0.9, ro.beta2 = 0.98;
@@ -93,14 +96,10 @@ Timing time_freshrec(const TrainBenchOptions& o, const torch::Device& device) {
 // model's shapes), LibTorch's (clip_grad_norm_ reading the norm back, Adam's per-tensor ops) against
 // ours (clip_grad_norm, FusedAdam): ms per step of each.
 std::pair<double, double> time_dense_optimizers(const TrainBenchOptions& o, const torch::Device& device) {
-  SASRecOptions mo;
-  mo.num_items = o.items, mo.hidden = o.hidden, mo.blocks = o.blocks, mo.heads = o.heads, mo.maxlen = o.length;
-  SASRec model(mo);
+  SASRec model(model_options(o));
   model->to(device);
-  std::vector<torch::Tensor> dense;
-  for (const auto& p : model->parameters())
-    if (!(o.sparse && p.is_same(model->item_embedding()))) dense.push_back(p);
-  for (auto& p : dense) p.mutable_grad() = torch::randn_like(p);
+  const std::vector<torch::Tensor> dense = model->dense_parameters(/*with_item_table=*/!o.sparse);
+  for (auto p : dense) p.mutable_grad() = torch::randn_like(p);
   const auto options = torch::optim::AdamOptions(1e-3).betas({0.9, 0.98});
   torch::optim::Adam libtorch(dense, options);
   FusedAdam fused(dense, options);

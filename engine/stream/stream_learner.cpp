@@ -65,11 +65,8 @@ struct Trainable {
 
   Trainable() = default;
   Trainable(SASRec m, const Config& config, double lr) : model(std::move(m)) {
-    std::vector<torch::Tensor> params;
-    for (const auto& p : model->parameters())
-      if (!p.is_same(model->item_embedding())) params.push_back(p);
     const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
-    dense = std::make_unique<FusedAdam>(params, torch::optim::AdamOptions(lr).betas({beta1, beta2}));
+    dense = std::make_unique<FusedAdam>(model->dense_parameters(), torch::optim::AdamOptions(lr).betas({beta1, beta2}));
     ops::RowwiseAdamOptions o;
     o.lr = lr, o.beta1 = beta1, o.beta2 = beta2;
     o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";

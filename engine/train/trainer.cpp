@@ -46,9 +46,7 @@ EvalOptions eval_options_from_config(const Config& config) {
 std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, SASRec& model, SparseRowAdam* sparse) {
   const double lr = config.get_float("train.lr"), wd = config.get_float("train.weight_decay");
   const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
-  std::vector<torch::Tensor> dense;
-  for (const auto& p : model->parameters())
-    if (!sparse || !p.is_same(model->item_embedding())) dense.push_back(p);
+  const std::vector<torch::Tensor> dense = model->dense_parameters(/*with_item_table=*/!sparse);
   if (sparse) {
     ops::RowwiseAdamOptions o;
     o.lr = lr, o.beta1 = beta1, o.beta2 = beta2, o.weight_decay = wd, o.decoupled_weight_decay = wd > 0;
