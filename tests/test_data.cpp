@@ -431,4 +431,18 @@ TEST(HistoryStore, KeepsTheLastItemsAndRoundTrips) {
   EXPECT_EQ(back.history(back.user_ids().find("alice")), (std::vector<int32_t>{2, 3, 4}));
   EXPECT_EQ(back.history(back.user_ids().find("bob")), (std::vector<int32_t>{9}));
   EXPECT_THROW(HistoryStore::restore(3, store.serialize_users(), {1}, {1}), std::runtime_error);
+  // A smaller keep cuts a restored store to each user's newest items.
+  const HistoryStore cut = HistoryStore::restore(2, store.serialize_users(), store.lengths(), store.flat_items());
+  EXPECT_EQ(cut.history(cut.user_ids().find("alice")), (std::vector<int32_t>{3, 4}));
+}
+
+TEST(HistoryStore, KeepZeroKeepsEveryItem) {
+  HistoryStore store(0);
+  const int32_t a = store.user_slot("alice");
+  for (int32_t item = 1; item <= 1000; ++item) store.push(a, item);
+  ASSERT_EQ(store.history(a).size(), 1000u);
+  EXPECT_EQ(store.history(a).front(), 1);
+  EXPECT_EQ(store.history(a).back(), 1000);
+  const HistoryStore back = HistoryStore::restore(0, store.serialize_users(), store.lengths(), store.flat_items());
+  EXPECT_EQ(back.history(a), store.history(a));
 }

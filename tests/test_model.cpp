@@ -680,6 +680,33 @@ TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
   fs::remove_all(dir);
 }
 
+TEST(Stream, RankingFiltersEverySeenItemNotOnlyTheModelsWindow) {
+  const auto dir = temp_folder("stream-seen");
+  Config config = stream_config(dir);  // model.maxlen=20; generated users have longer histories
+  config.apply_override("train.epochs=1");  // any model: the comparison holds its weights fixed
+  auto setup = prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+  auto frozen_run = [&](const std::string& keep) {
+    Config c = config;
+    c.apply_override("stream.history_keep=" + keep);
+    ReplaySource replay = setup.source;
+    replay.skip_to(setup.cut);
+    return run_stream(c, replay, setup.warm, {setup.teacher, "", false, dir + "/keep" + keep, "keep" + keep});
+  };
+  // The same frozen model: filtering more of the user's earlier items can only lift the target.
+  const StreamSummary all = frozen_run("0"), window = frozen_run("20");
+  ASSERT_EQ(all.scored, window.scored);
+  EXPECT_GT(all.overall.mrr(), window.overall.mrr());
+  EXPECT_GE(all.overall.hit_rate(10), window.overall.hit_rate(10));
+  // Keeping fewer items than the model reads is refused, naming the key.
+  try {
+    frozen_run("5");
+    ADD_FAILURE() << "stream.history_keep=5 below model.maxlen=20 was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("stream.history_keep (5)"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
 TEST(Stream, EmptyBatchesAndTheLossGuardLeaveTheModelAlone) {
   const auto dir = temp_folder("stream-guard");
   Config config = stream_config(dir);

@@ -99,6 +99,9 @@ const std::vector<KeySpec>& config_schema() {
       {"stream.batch_size", K::Int, "256", "events per micro-batch"},
       {"stream.max_wait_ms", K::Int, "1000", "a micro-batch closes when its oldest event has waited this long"},
       {"stream.window", K::Int, "2000", "events per rolling-metrics window"},
+      {"stream.history_keep", K::Int, "0",
+       "items kept per user (0: all, else at least model.maxlen): the model reads the newest model.maxlen, and "
+       "every kept item is filtered from the ranking of the user's next event"},
       {"stream.checkpoint_every", K::Int, "20000", "events between checkpoints (0: only at the end)"},
       {"stream.checkpoint_seconds", K::Float, "0", "also checkpoint when this many seconds have passed (0: off)"},
       {"stream.grow_chunk", K::Int, "1024", "rows the item table grows by when new items arrive"},

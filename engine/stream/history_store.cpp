@@ -1,6 +1,7 @@
 // Per-user history store; see history_store.h.
 #include "engine/stream/history_store.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace freshrec {
@@ -15,7 +16,7 @@ int32_t HistoryStore::user_slot(const std::string& external_user, bool* created)
 
 void HistoryStore::push(int32_t slot, int32_t item) {
   auto& h = histories_.at(slot);
-  if (static_cast<int64_t>(h.size()) == maxlen_) h.erase(h.begin());
+  if (keep_ > 0 && static_cast<int64_t>(h.size()) >= keep_) h.erase(h.begin(), h.end() - (keep_ - 1));
   h.push_back(item);
 }
 
@@ -31,15 +32,16 @@ std::vector<int64_t> HistoryStore::flat_items() const {
   return out;
 }
 
-HistoryStore HistoryStore::restore(int64_t maxlen, const std::string& users, const std::vector<int64_t>& lengths,
+HistoryStore HistoryStore::restore(int64_t keep, const std::string& users, const std::vector<int64_t>& lengths,
                                    const std::vector<int64_t>& items) {
-  HistoryStore store(maxlen);
+  HistoryStore store(keep);
   store.users_ = IdMap::deserialize(users, 0);
   if (lengths.size() != store.users_.size()) throw std::runtime_error("history store: user count and lengths differ");
   size_t at = 0;
   for (int64_t n : lengths) {
-    if (n < 0 || n > maxlen || at + n > items.size()) throw std::runtime_error("history store: corrupt lengths");
-    store.histories_.emplace_back(items.begin() + at, items.begin() + at + n);
+    if (n < 0 || at + n > items.size()) throw std::runtime_error("history store: corrupt lengths");
+    const int64_t kept = keep > 0 ? std::min(n, keep) : n;
+    store.histories_.emplace_back(items.begin() + at + (n - kept), items.begin() + at + n);
     at += n;
   }
   if (at != items.size()) throw std::runtime_error("history store: corrupt item array");

@@ -29,7 +29,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// One event waiting in the micro-batch: the user's history as it was when the event arrived.
+// One event waiting in the micro-batch: the user's kept items as they were when the event arrived
+// (the model reads the newest maxlen; the ranking filters them all).
 struct Pending {
   std::vector<int32_t> history;
   int64_t item;
@@ -89,7 +90,7 @@ struct Trainable {
 };
 
 struct Settings {
-  int64_t batch_size, window, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity, ce_chunk;
+  int64_t batch_size, window, history_keep, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity, ce_chunk;
   int64_t publish_every, publish_keep;
   bool full_softmax, all_positions;
   double lr, clip, max_loss, replay_share, checkpoint_seconds, publish_seconds;
@@ -97,6 +98,7 @@ struct Settings {
   explicit Settings(const Config& c)
       : batch_size(c.get_int("stream.batch_size")),
         window(c.get_int("stream.window")),
+        history_keep(c.get_int("stream.history_keep")),
         checkpoint_every(c.get_int("stream.checkpoint_every")),
         negatives(c.get_int("train.negatives")),
         grow_chunk(c.get_int("stream.grow_chunk")),
@@ -118,6 +120,7 @@ struct Settings {
       throw ConfigError(
           "stream.batch_size, stream.window, stream.grow_chunk, stream.replay_capacity and train.negatives must be "
           "positive");
+    if (history_keep < 0) throw ConfigError("stream.history_keep must be >= 0, got " + std::to_string(history_keep));
     if (replay_share < 0) throw ConfigError("stream.replay_share must be >= 0, got " + std::to_string(replay_share));
     if (publish_every < 0 || publish_seconds < 0 || publish_keep < 1)
       throw ConfigError("stream.publish_every and stream.publish_seconds must be >= 0, stream.publish_keep >= 1");
@@ -137,7 +140,12 @@ class StreamLearner {
     teacher_ = Trainable(load_checkpoint_model(start, device_), config, settings_.lr);
     model_ = teacher_.model;
     items_ = info_.items;
-    store_ = HistoryStore(model_->options().maxlen);
+    if (settings_.history_keep > 0 && settings_.history_keep < model_->options().maxlen)
+      throw ConfigError(config.origin("stream.history_keep") + ": stream.history_keep (" +
+                        std::to_string(settings_.history_keep) +
+                        ") must be 0 (all) or at least the model's maxlen (" +
+                        std::to_string(model_->options().maxlen) + ")");
+    store_ = HistoryStore(settings_.history_keep);
     // The student: from the stream checkpoint when resuming, else from --student.
     if (!run.resume.empty() && has_student(info_)) {
       student_config_ = student_config_yaml(info_);
@@ -434,13 +442,15 @@ class StreamLearner {
 
   void remember(const Pending& example) {
     const uint64_t n = reservoir_.seen++;
+    const auto& h = example.history;  // replay reads the model's window only
+    const std::vector<int32_t> history(h.end() - std::min<int64_t>(h.size(), model_->options().maxlen), h.end());
     if (reservoir_.items.size() < static_cast<size_t>(settings_.replay_capacity)) {
-      reservoir_.histories.push_back(example.history);
+      reservoir_.histories.push_back(history);
       reservoir_.items.push_back(example.item);
       return;
     }
     const uint64_t j = mix(settings_.seed ^ (n * 0x2545f4914f6cdd1dULL)) % (n + 1);
-    if (j < reservoir_.items.size()) reservoir_.histories[j] = example.history, reservoir_.items[j] = example.item;
+    if (j < reservoir_.items.size()) reservoir_.histories[j] = history, reservoir_.items[j] = example.item;
   }
 
   void flush() {
@@ -582,7 +592,7 @@ class StreamLearner {
       auto c = t.to(torch::kLong).contiguous();
       return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
     };
-    store_ = HistoryStore::restore(model_->options().maxlen, info_.texts.at("history_users"),
+    store_ = HistoryStore::restore(settings_.history_keep, info_.texts.at("history_users"),
                                    to_vector(info_.tensors.at("history_lengths")),
                                    to_vector(info_.tensors.at("history_items")));
     summary_.replayed = m.at("replayed");
