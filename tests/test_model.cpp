@@ -165,6 +165,45 @@ TEST(Losses, FusedFullSoftmaxMatchesLibTorch) {
   EXPECT_EQ(dt[0].abs().sum().item<float>(), 0.0f);  // padding row gets no gradient
 }
 
+TEST(Losses, ExcludedItemsLeaveTheSoftmax) {
+  torch::manual_seed(3);
+  const int64_t N = 23, V = 13;
+  auto hidden = torch::randn({N, 8}, torch::requires_grad());
+  auto table = torch::randn({V, 8}, torch::requires_grad());
+  auto targets = torch::randint(1, V, {N}, torch::kLong);
+  // Up to 4 excluded items a row (0: none), never the row's target.
+  auto excluded = torch::randint(0, V, {N, 4}, torch::kLong);
+  excluded.masked_fill_(excluded == targets.unsqueeze(1), 0);
+  auto ours = full_softmax_cross_entropy(hidden, table, targets, /*chunk_rows=*/5, excluded);
+  ours.backward();
+  auto dh = hidden.grad().clone(), dt = table.grad().clone();
+  hidden.mutable_grad().zero_();
+  table.mutable_grad().zero_();
+  auto logits = torch::matmul(hidden, table.t());
+  auto mask = torch::zeros({N, V}, torch::kBool).scatter_(1, excluded, true);
+  mask.select(1, 0).fill_(true);
+  auto reference = torch::nn::functional::cross_entropy(logits.masked_fill(mask, -std::numeric_limits<float>::infinity()), targets);
+  reference.backward();
+  EXPECT_NEAR(ours.item<double>(), reference.item<double>(), 1e-5);
+  EXPECT_TRUE(torch::allclose(dh, hidden.grad(), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(dt, table.grad(), 1e-5, 1e-6));
+  // Leaving items out lowers the loss (the target competes with fewer items).
+  EXPECT_LT(ours.item<double>(), full_softmax_cross_entropy(hidden, table, targets).item<double>());
+  EXPECT_THROW(full_softmax_cross_entropy(hidden, table, targets, 5, excluded.narrow(0, 0, 3)), c10::Error);
+}
+
+TEST(Losses, EarlierItemsAreEachPositionsPastButNeverItsTarget) {
+  // Left-padded rows: [0, 5, 7, 5] -> targets [0, 7, 5, 9]; the last position's past is {5, 7, 5}.
+  auto inputs = torch::tensor({0, 5, 7, 5}, torch::kLong).view({1, 4});
+  auto targets = torch::tensor({0, 7, 5, 9}, torch::kLong).view({1, 4});
+  auto e = earlier_items(inputs, targets);
+  ASSERT_EQ(e.sizes(), (std::vector<int64_t>{4, 4}));
+  auto row = [&](int64_t p) { return std::vector<int64_t>(e[p].data_ptr<int64_t>(), e[p].data_ptr<int64_t>() + 4); };
+  EXPECT_EQ(row(1), (std::vector<int64_t>{0, 5, 0, 0}));  // before target 7: item 5
+  EXPECT_EQ(row(2), (std::vector<int64_t>{0, 0, 7, 0}));  // before target 5: 5 and 7, but 5 is the target (a repeat)
+  EXPECT_EQ(row(3), (std::vector<int64_t>{0, 5, 7, 5}));  // before target 9: all
+}
+
 TEST(Losses, SampledSoftmaxWithEveryItemIsFullSoftmax) {
   torch::manual_seed(2);
   auto hidden = torch::randn({9, 8});
@@ -442,6 +481,20 @@ TEST(Training, SampledSoftmaxAlsoLearns) {
   fs::remove_all(dir);
 }
 
+TEST(Training, ExcludingSeenItemsFromTheLossAlsoLearns) {
+  const auto dir = temp_folder("exclude-seen");
+  Config config = small_training_config(dir);
+  config.apply_override("train.epochs=6");
+  config.apply_override("train.exclude_seen=true");
+  const EventLog log = load_event_log(config, nullptr);
+  const TrainSummary s = train_model(config, log);
+  EXPECT_GT(s.test.ndcg(10), s.popularity_test.ndcg(10) * 1.2)
+      << "SASRec NDCG@10 " << s.test.ndcg(10) << " vs popularity " << s.popularity_test.ndcg(10);
+  config.apply_override("train.loss=sampled");  // the option shapes the full softmax only
+  EXPECT_THROW(train_model(config, log), ConfigError);
+  fs::remove_all(dir);
+}
+
 TEST(Training, SparseEmbeddingsMatchTheDensePath) {
   // Same data, loss and negatives: the item table updated by the fused row-wise Adam kernel must
   // learn as well as LibTorch's dense Adam (within noise), and resume exactly from its checkpoint.
@@ -697,6 +750,15 @@ TEST(Stream, RankingFiltersEverySeenItemNotOnlyTheModelsWindow) {
   ASSERT_EQ(all.scored, window.scored);
   EXPECT_GT(all.overall.mrr(), window.overall.mrr());
   EXPECT_GE(all.overall.hit_rate(10), window.overall.hit_rate(10));
+  // Leaving seen items out of the update's loss needs the full softmax (this config's is sampled).
+  EXPECT_THROW(
+      {
+        Config c = config;
+        c.apply_override("train.exclude_seen=true");
+        ReplaySource replay = setup.source;
+        run_stream(c, replay, setup.warm, {setup.teacher, "", true, dir + "/excluding", "excluding"});
+      },
+      ConfigError);
   // Keeping fewer items than the model reads is refused, naming the key.
   try {
     frozen_run("5");

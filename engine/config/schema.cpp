@@ -71,6 +71,10 @@ const std::vector<KeySpec>& config_schema() {
       {"train.output_dir", K::String, "runs/default", "where checkpoints and metrics go"},
       {"train.log_every_seconds", K::Float, "10", "progress line interval"},
       {"train.ce_chunk", K::Int, "256", "rows per chunk of the fused full-softmax cross-entropy"},
+      {"train.exclude_seen", K::Bool, "false",
+       "leave each target's earlier items (the user's items before it) out of the full-softmax loss, as "
+       "eval.filter_seen leaves them out of the ranking: for data without repeats. The full-softmax cross-entropy "
+       "only (train.loss=full, and stream.loss=full in the stream); distillation's KL still covers the catalog"},
 
       // ---- distill: a student learning from a frozen teacher (freshrec distill, and stream --student) ----
       {"distill.alpha", K::Float, "0.5", "weight of the true-next-item cross-entropy; 1 - alpha weighs the teacher term"},

@@ -92,7 +92,7 @@ struct Trainable {
 struct Settings {
   int64_t batch_size, window, history_keep, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity, ce_chunk;
   int64_t publish_every, publish_keep;
-  bool full_softmax, all_positions;
+  bool full_softmax, all_positions, exclude_seen;
   double lr, clip, max_loss, replay_share, checkpoint_seconds, publish_seconds;
   uint64_t seed;
   explicit Settings(const Config& c)
@@ -109,6 +109,7 @@ struct Settings {
         publish_keep(c.get_int("stream.publish_keep")),
         full_softmax(c.get_string("stream.loss") == "full"),
         all_positions(c.get_string("stream.train_positions") == "all"),
+        exclude_seen(c.get_bool("train.exclude_seen")),
         lr(c.get_float("stream.lr")),
         clip(c.get_float("train.clip_norm")),
         max_loss(c.get_float("stream.max_loss")),
@@ -120,6 +121,9 @@ struct Settings {
       throw ConfigError(
           "stream.batch_size, stream.window, stream.grow_chunk, stream.replay_capacity and train.negatives must be "
           "positive");
+    if (exclude_seen && !full_softmax)
+      throw ConfigError(c.origin("train.exclude_seen") +
+                        ": train.exclude_seen needs stream.loss=full in the stream (it shapes the full-softmax loss)");
     if (history_keep < 0) throw ConfigError("stream.history_keep must be >= 0, got " + std::to_string(history_keep));
     if (replay_share < 0) throw ConfigError("stream.replay_share must be >= 0, got " + std::to_string(replay_share));
     if (publish_every < 0 || publish_seconds < 0 || publish_keep < 1)
@@ -282,6 +286,20 @@ class StreamLearner {
     return long_tensor(flat, {static_cast<int64_t>(batch.size()), T}, device_);
   }
 
+  // Each example's kept items but its target, as a (rows, longest) matrix padded with 0: what the
+  // ranking filters, left out of the update's softmax too (train.exclude_seen).
+  torch::Tensor seen_items(const std::vector<Pending>& examples) const {
+    size_t longest = 1;
+    for (const auto& e : examples) longest = std::max(longest, e.history.size());
+    std::vector<int64_t> flat(examples.size() * longest, 0);
+    for (size_t r = 0; r < examples.size(); ++r) {
+      size_t k = 0;
+      for (int32_t item : examples[r].history)
+        if (item != examples[r].item) flat[r * longest + k++] = item;
+    }
+    return long_tensor(flat, {static_cast<int64_t>(examples.size()), static_cast<int64_t>(longest)}, device_);
+  }
+
   // Test: rank each event's item among the known items, the user's earlier items filtered.
   void score(const std::vector<Pending>& batch, const torch::Tensor& inputs) {
     torch::NoGradGuard no_grad;
@@ -334,7 +352,7 @@ class StreamLearner {
     }
     torch::manual_seed(settings_.seed * 1000003ULL + summary_.batches);  // same draws when resumed
     model_->train();
-    torch::Tensor hidden, target;
+    torch::Tensor hidden, target, excluded;  // excluded: items left out of each row's softmax (exclude_seen)
     if (settings_.all_positions) {
       // The user's recent sequence with the new item appended: every position predicts its next item.
       const int64_t T = model_->options().maxlen;
@@ -347,20 +365,24 @@ class StreamLearner {
       const auto rows = static_cast<int64_t>(examples.size());
       const std::vector<int64_t> target_positions = nonzero_positions(targets);
       auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device_);
-      hidden = model_->forward(long_tensor(inputs, {rows, T}, device_)).reshape({rows * T, -1}).index_select(0, positions);
-      target = long_tensor(targets, {rows * T}, device_).index_select(0, positions);
+      auto input_tensor = long_tensor(inputs, {rows, T}, device_);
+      hidden = model_->forward(input_tensor).reshape({rows * T, -1}).index_select(0, positions);
+      auto target_tensor = long_tensor(targets, {rows, T}, device_);
+      target = target_tensor.reshape({rows * T}).index_select(0, positions);
+      if (settings_.exclude_seen) excluded = earlier_items(input_tensor, target_tensor).index_select(0, positions);
     } else {
       std::vector<int64_t> targets;
       for (const auto& e : examples) targets.push_back(e.item);
       target = long_tensor(targets, {static_cast<int64_t>(targets.size())}, device_);
       hidden = model_->last_hidden(histories_tensor(examples));
+      if (settings_.exclude_seen) excluded = seen_items(examples);
     }
     auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
     auto log_q = torch::zeros({model_->options().num_items + 1}, hidden.options());  // uniform draws
     // Full softmax: the output side gives the whole table a gradient, which the row-wise optimizer
     // takes as every row touched (a small catalog's table is cheap to update whole).
     auto loss = settings_.full_softmax
-                    ? full_softmax_cross_entropy(hidden, model_->item_embedding(), target, settings_.ce_chunk)
+                    ? full_softmax_cross_entropy(hidden, model_->item_embedding(), target, settings_.ce_chunk, excluded)
                     : sampled_softmax_cross_entropy(hidden, model_->lookup_items(target), model_->lookup_items(negatives),
                                                     target, negatives, log_q);
     const double value = loss.item<double>();

@@ -19,14 +19,17 @@ using torch::autograd::tensor_list;
 // the catalog (column 0, padding, never a candidate), the loss, and dL/dlogits turned at once into the
 // hidden and table gradients; backward only scales what the forward saved. With a teacher (its item
 // table non-empty) the loss is alpha CE + (1 - alpha) tau^2 KL(teacher_tau || student_tau)
-// over items 1..V-1; without one it is the cross-entropy.
+// over items 1..V-1; without one it is the cross-entropy, optionally with items left out of each
+// row's softmax (`excluded`, (N, L) item ids, 0 ignored), as if they were not in the catalog.
 // Under autocast (bf16 training) the matmuls run in the autocast dtype, as PyTorch's autocast would
 // run an output projection; softmax statistics and gradient sums stay fp32.
 struct FusedSoftmaxLoss : public torch::autograd::Function<FusedSoftmaxLoss> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden, const torch::Tensor& table,
                                const torch::Tensor& targets, const torch::Tensor& teacher_hidden,
-                               const torch::Tensor& teacher_table, double alpha, double tau, int64_t chunk_rows) {
+                               const torch::Tensor& teacher_table, const torch::Tensor& excluded, double alpha,
+                               double tau, int64_t chunk_rows) {
     const int64_t N = hidden.size(0), V = table.size(0);
+    const bool exclude = excluded.numel() > 0;
     const bool need_grad = hidden.requires_grad() || table.requires_grad();
     const bool teacher = teacher_table.numel() > 0;
     if (!teacher) alpha = 1.0;
@@ -51,6 +54,7 @@ struct FusedSoftmaxLoss : public torch::autograd::Function<FusedSoftmaxLoss> {
       auto t = targets.narrow(0, start, rows).unsqueeze(1);       // (c, 1)
       auto logits = torch::matmul(h, table_mm.t()).to(torch::kFloat);  // (c, V)
       logits.select(1, 0).fill_(-std::numeric_limits<float>::infinity());
+      if (exclude) logits.scatter_(1, excluded.narrow(0, start, rows), -std::numeric_limits<float>::infinity());
       auto lse = logits.logsumexp(1, /*keepdim=*/true);           // (c, 1)
       ce += (lse - logits.gather(1, t)).sum();
       torch::Tensor soft_gradient;  // (c, V-1): p_tau - pt_tau
@@ -89,21 +93,29 @@ struct FusedSoftmaxLoss : public torch::autograd::Function<FusedSoftmaxLoss> {
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_outputs) {
     auto saved = ctx->get_saved_variables();
     const auto& g = grad_outputs[0];
-    return {saved[0] * g, saved[1] * g, {}, {}, {}, {}, {}, {}};
+    return {saved[0] * g, saved[1] * g, {}, {}, {}, {}, {}, {}, {}};
   }
 };
 
 }  // namespace
 
 torch::Tensor full_softmax_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& table,
-                                         const torch::Tensor& targets, int64_t chunk_rows) {
+                                         const torch::Tensor& targets, int64_t chunk_rows,
+                                         const torch::Tensor& excluded) {
   TORCH_CHECK(hidden.dim() == 2 && table.dim() == 2 && hidden.size(1) == table.size(1),
               "full_softmax_cross_entropy: hidden ", hidden.sizes(), " and table ", table.sizes(), " do not match");
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == hidden.size(0),
               "full_softmax_cross_entropy: targets ", targets.sizes(), " do not match hidden ", hidden.sizes());
   TORCH_CHECK(chunk_rows > 0, "full_softmax_cross_entropy: chunk_rows must be positive, got ", chunk_rows);
-  const auto no_teacher = torch::empty({0}, table.options().requires_grad(false));  // (autograd inputs must be defined)
-  return FusedSoftmaxLoss::apply(hidden, table, targets, no_teacher, no_teacher, 1.0, 1.0, chunk_rows);
+  const auto none = torch::empty({0}, table.options().requires_grad(false));  // (autograd inputs must be defined)
+  if (excluded.defined() && excluded.numel() > 0) {
+    TORCH_CHECK(excluded.dim() == 2 && excluded.size(0) == hidden.size(0) && excluded.scalar_type() == torch::kLong &&
+                    excluded.device() == hidden.device(),
+                "full_softmax_cross_entropy: excluded must be (", hidden.size(0), ", L) int64 on ", hidden.device(),
+                ", got ", excluded.sizes(), " ", excluded.scalar_type(), " on ", excluded.device());
+    return FusedSoftmaxLoss::apply(hidden, table, targets, none, none, excluded, 1.0, 1.0, chunk_rows);
+  }
+  return FusedSoftmaxLoss::apply(hidden, table, targets, none, none, none, 1.0, 1.0, chunk_rows);
 }
 
 torch::Tensor full_softmax_distillation(const torch::Tensor& hidden, const torch::Tensor& table,
@@ -124,8 +136,19 @@ torch::Tensor full_softmax_distillation(const torch::Tensor& hidden, const torch
   TORCH_CHECK(chunk_rows > 0, "full_softmax_distillation: chunk_rows must be positive, got ", chunk_rows);
   TORCH_CHECK(temperature > 0 && alpha >= 0 && alpha <= 1, "full_softmax_distillation: need temperature > 0 and ",
               "alpha in [0, 1], got ", temperature, " and ", alpha);
-  return FusedSoftmaxLoss::apply(hidden, table, targets, teacher_hidden.detach(), teacher_table.detach(), alpha,
+  const auto none = torch::empty({0}, table.options().dtype(torch::kLong));
+  return FusedSoftmaxLoss::apply(hidden, table, targets, teacher_hidden.detach(), teacher_table.detach(), none, alpha,
                                  temperature, chunk_rows);
+}
+
+torch::Tensor earlier_items(const torch::Tensor& inputs, const torch::Tensor& targets) {
+  TORCH_CHECK(inputs.dim() == 2 && targets.sizes() == inputs.sizes(), "earlier_items: inputs ", inputs.sizes(),
+              " and targets ", targets.sizes(), " must both be (B, T)");
+  const int64_t B = inputs.size(0), T = inputs.size(1);
+  const auto later = torch::ones({T, T}, inputs.options().dtype(torch::kBool)).triu(1);  // [p][q]: q after p
+  auto items = inputs.unsqueeze(1).expand({B, T, T}).masked_fill(later, 0);  // [b][p][q] = inputs[b][q], q <= p
+  items = items.masked_fill(items == targets.unsqueeze(2), 0);               // never the position's own target
+  return items.reshape({B * T, T});
 }
 
 NegativeSampler::NegativeSampler(const std::vector<int64_t>& counts, bool uniform) {

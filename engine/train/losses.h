@@ -14,8 +14,17 @@ namespace freshrec {
 // hidden: (N, C); table: (V, C) with row 0 the padding item (never a candidate); targets: (N) int64
 // in [1, V). Returns the mean loss. Gradients for hidden and table are computed in the forward pass
 // (the loss is the graph's end), so the backward pass only scales them.
+// excluded (optional): (N, L) int64 item ids left out of row n's softmax, as if not in the catalog
+// (0 entries are ignored; a row's own target must not be among them): the user's earlier items, for
+// data without repeats, where the ranking filters them anyway (train.exclude_seen).
 torch::Tensor full_softmax_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& table,
-                                         const torch::Tensor& targets, int64_t chunk_rows = 256);
+                                         const torch::Tensor& targets, int64_t chunk_rows = 256,
+                                         const torch::Tensor& excluded = {});
+
+// For every position of a (B, T) batch of left-padded inputs and their targets: the items the row
+// had up to and including that position, i.e. before the position's target, as a (B * T, T) matrix
+// for full_softmax_cross_entropy's `excluded` (0 for later positions, padding and the target).
+torch::Tensor earlier_items(const torch::Tensor& inputs, const torch::Tensor& targets);
 
 // Knowledge distillation in the same fused form (Hinton et al. 2015), over items 1..V-1:
 //   alpha * CE(targets) + (1 - alpha) * tau^2 * KL(softmax(teacher / tau) || softmax(student / tau)).

@@ -75,6 +75,10 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   if (sparse && !sampled)
     throw ConfigError(config.origin("train.sparse_embeddings") +
                       ": train.sparse_embeddings needs train.loss=sampled (a full softmax touches every row)");
+  const bool exclude_seen = config.get_bool("train.exclude_seen");
+  if (exclude_seen && sampled)
+    throw ConfigError(config.origin("train.exclude_seen") +
+                      ": train.exclude_seen needs train.loss=full (it shapes the full-softmax cross-entropy)");
   if (epochs <= 0 || batch_size <= 0) throw ConfigError("train.epochs and train.batch_size must be positive");
   if (sampled && negatives <= 0) throw ConfigError("train.negatives must be positive for train.loss=sampled");
   const std::filesystem::path out_dir = config.get_string("train.output_dir");
@@ -206,7 +210,10 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
         loss = sampled_softmax_cross_entropy(hidden, model->lookup_items(targets), model->lookup_items(drawn), targets,
                                              drawn, log_q);
       } else {
-        loss = full_softmax_cross_entropy(hidden, model->item_embedding(), targets, chunk);
+        const auto excluded = exclude_seen ? earlier_items(inputs, long_tensor(batch.targets, {batch.rows, batch.length}, device))
+                                                 .index_select(0, positions)
+                                           : torch::Tensor();
+        loss = full_softmax_cross_entropy(hidden, model->item_embedding(), targets, chunk, excluded);
       }
       optimizer->zero_grad();
       loss.backward();
