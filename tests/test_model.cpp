@@ -196,12 +196,17 @@ TEST(Losses, EarlierItemsAreEachPositionsPastButNeverItsTarget) {
   // Left-padded rows: [0, 5, 7, 5] -> targets [0, 7, 5, 9]; the last position's past is {5, 7, 5}.
   auto inputs = torch::tensor({0, 5, 7, 5}, torch::kLong).view({1, 4});
   auto targets = torch::tensor({0, 7, 5, 9}, torch::kLong).view({1, 4});
-  auto e = earlier_items(inputs, targets);
-  ASSERT_EQ(e.sizes(), (std::vector<int64_t>{4, 4}));
-  auto row = [&](int64_t p) { return std::vector<int64_t>(e[p].data_ptr<int64_t>(), e[p].data_ptr<int64_t>() + 4); };
-  EXPECT_EQ(row(1), (std::vector<int64_t>{0, 5, 0, 0}));  // before target 7: item 5
-  EXPECT_EQ(row(2), (std::vector<int64_t>{0, 0, 7, 0}));  // before target 5: 5 and 7, but 5 is the target (a repeat)
-  EXPECT_EQ(row(3), (std::vector<int64_t>{0, 5, 7, 5}));  // before target 9: all
+  auto e = earlier_items(inputs, targets, torch::tensor({1, 2, 3}, torch::kLong)).contiguous();
+  ASSERT_EQ(e.sizes(), (std::vector<int64_t>{3, 4}));
+  auto row = [&](int64_t r) { return std::vector<int64_t>(e[r].data_ptr<int64_t>(), e[r].data_ptr<int64_t>() + 4); };
+  EXPECT_EQ(row(0), (std::vector<int64_t>{0, 5, 0, 0}));  // before target 7: item 5
+  EXPECT_EQ(row(1), (std::vector<int64_t>{0, 0, 7, 0}));  // before target 5: 5 and 7, but 5 is the target (a repeat)
+  EXPECT_EQ(row(2), (std::vector<int64_t>{0, 5, 7, 5}));  // before target 9: all
+  // A second row: positions index the flattened batch.
+  auto two = earlier_items(torch::cat({inputs, torch::tensor({0, 0, 3, 4}, torch::kLong).view({1, 4})}),
+                           torch::cat({targets, torch::tensor({0, 0, 4, 6}, torch::kLong).view({1, 4})}),
+                           torch::tensor({7}, torch::kLong)).contiguous();
+  EXPECT_EQ(std::vector<int64_t>(two.data_ptr<int64_t>(), two.data_ptr<int64_t>() + 4), (std::vector<int64_t>{0, 0, 3, 4}));
 }
 
 TEST(Losses, SampledSoftmaxWithEveryItemIsFullSoftmax) {

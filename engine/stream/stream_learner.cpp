@@ -365,11 +365,10 @@ class StreamLearner {
       const auto rows = static_cast<int64_t>(examples.size());
       const std::vector<int64_t> target_positions = nonzero_positions(targets);
       auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device_);
-      auto input_tensor = long_tensor(inputs, {rows, T}, device_);
+      auto input_tensor = long_tensor(inputs, {rows, T}, device_), all_targets = long_tensor(targets, {rows * T}, device_);
       hidden = model_->forward(input_tensor).reshape({rows * T, -1}).index_select(0, positions);
-      auto target_tensor = long_tensor(targets, {rows, T}, device_);
-      target = target_tensor.reshape({rows * T}).index_select(0, positions);
-      if (settings_.exclude_seen) excluded = earlier_items(input_tensor, target_tensor).index_select(0, positions);
+      target = all_targets.index_select(0, positions);
+      if (settings_.exclude_seen) excluded = earlier_items(input_tensor, all_targets, positions);
     } else {
       std::vector<int64_t> targets;
       for (const auto& e : examples) targets.push_back(e.item);

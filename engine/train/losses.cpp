@@ -141,14 +141,16 @@ torch::Tensor full_softmax_distillation(const torch::Tensor& hidden, const torch
                                  temperature, chunk_rows);
 }
 
-torch::Tensor earlier_items(const torch::Tensor& inputs, const torch::Tensor& targets) {
-  TORCH_CHECK(inputs.dim() == 2 && targets.sizes() == inputs.sizes(), "earlier_items: inputs ", inputs.sizes(),
-              " and targets ", targets.sizes(), " must both be (B, T)");
-  const int64_t B = inputs.size(0), T = inputs.size(1);
-  const auto later = torch::ones({T, T}, inputs.options().dtype(torch::kBool)).triu(1);  // [p][q]: q after p
-  auto items = inputs.unsqueeze(1).expand({B, T, T}).masked_fill(later, 0);  // [b][p][q] = inputs[b][q], q <= p
-  items = items.masked_fill(items == targets.unsqueeze(2), 0);               // never the position's own target
-  return items.reshape({B * T, T});
+torch::Tensor earlier_items(const torch::Tensor& inputs, const torch::Tensor& targets, const torch::Tensor& positions) {
+  TORCH_CHECK(inputs.dim() == 2 && targets.numel() == inputs.numel() && positions.dim() == 1,
+              "earlier_items: inputs ", inputs.sizes(), " must be (B, T), targets ", targets.sizes(),
+              " hold B * T items and positions ", positions.sizes(), " be flat indices");
+  const int64_t T = inputs.size(1);
+  auto items = inputs.index_select(0, positions.div(T, "floor"));  // (P, T): each position's row
+  const auto later = torch::arange(T, positions.options()).unsqueeze(0) > positions.remainder(T).unsqueeze(1);
+  items.masked_fill_(later, 0);                                                          // only q <= p
+  items.masked_fill_(items == targets.reshape({-1}).index_select(0, positions).unsqueeze(1), 0);  // never the target
+  return items;
 }
 
 NegativeSampler::NegativeSampler(const std::vector<int64_t>& counts, bool uniform) {

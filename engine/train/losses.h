@@ -21,10 +21,11 @@ torch::Tensor full_softmax_cross_entropy(const torch::Tensor& hidden, const torc
                                          const torch::Tensor& targets, int64_t chunk_rows = 256,
                                          const torch::Tensor& excluded = {});
 
-// For every position of a (B, T) batch of left-padded inputs and their targets: the items the row
-// had up to and including that position, i.e. before the position's target, as a (B * T, T) matrix
-// for full_softmax_cross_entropy's `excluded` (0 for later positions, padding and the target).
-torch::Tensor earlier_items(const torch::Tensor& inputs, const torch::Tensor& targets);
+// For the given positions (flat indices into B * T) of a (B, T) batch of left-padded inputs and
+// their targets: the items the row had up to and including that position, i.e. before its target,
+// as a (positions, T) matrix for full_softmax_cross_entropy's `excluded` (0 for later positions,
+// padding and the position's own target).
+torch::Tensor earlier_items(const torch::Tensor& inputs, const torch::Tensor& targets, const torch::Tensor& positions);
 
 // Knowledge distillation in the same fused form (Hinton et al. 2015), over items 1..V-1:
 //   alpha * CE(targets) + (1 - alpha) * tau^2 * KL(softmax(teacher / tau) || softmax(student / tau)).

@@ -192,7 +192,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       // The positions with a target, found on the host (nonzero() on the device would wait for it).
       const std::vector<int64_t> target_positions = nonzero_positions(batch.targets);
       auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device);
-      auto targets = long_tensor(batch.targets, {batch.rows * batch.length}, device).index_select(0, positions);
+      auto all_targets = long_tensor(batch.targets, {batch.rows * batch.length}, device);
+      auto targets = all_targets.index_select(0, positions);
       auto hidden = model->forward(inputs).reshape({batch.rows * batch.length, -1}).index_select(0, positions);
       torch::Tensor loss;
       if (teacher) {
@@ -210,9 +211,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
         loss = sampled_softmax_cross_entropy(hidden, model->lookup_items(targets), model->lookup_items(drawn), targets,
                                              drawn, log_q);
       } else {
-        const auto excluded = exclude_seen ? earlier_items(inputs, long_tensor(batch.targets, {batch.rows, batch.length}, device))
-                                                 .index_select(0, positions)
-                                           : torch::Tensor();
+        const auto excluded = exclude_seen ? earlier_items(inputs, all_targets, positions) : torch::Tensor();
         loss = full_softmax_cross_entropy(hidden, model->item_embedding(), targets, chunk, excluded);
       }
       optimizer->zero_grad();
