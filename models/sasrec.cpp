@@ -20,6 +20,11 @@ void SASRecOptions::validate() const {
     fail("model.block must be prenorm or original, got '" + block + "'");
 }
 
+void SASRecBlockImpl::set_dropout(double p) {
+  dropout_ = p;
+  residual_dropout_->options.p(p);
+}
+
 SASRecBlockImpl::SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout, bool original)
     : heads_(heads), dropout_(dropout), original_(original) {
   attention_norm_ = register_module("attention_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden})));
@@ -109,6 +114,13 @@ torch::Tensor SASRecImpl::lookup_items(const torch::Tensor& items) {
 
 torch::Tensor SASRecImpl::score_all(const torch::Tensor& hidden) const {
   return torch::matmul(hidden, item_embedding_.t());
+}
+
+void SASRecImpl::set_dropout(double p) {
+  if (p < 0 || p >= 1) throw std::invalid_argument("SASRec: dropout must be in [0, 1), got " + std::to_string(p));
+  options_.dropout = p;
+  embedding_dropout_->options.p(p);
+  for (const auto& block : *blocks_) block->as<SASRecBlockImpl>()->set_dropout(p);
 }
 
 void SASRecImpl::grow_items(int64_t num_items) {

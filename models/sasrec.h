@@ -34,6 +34,7 @@ class SASRecBlockImpl : public torch::nn::Module {
   SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout, bool original = false);
   // x: (B, T, C); mask: (B, 1, T, T) bool, true where attention is allowed.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
+  void set_dropout(double p);
 
  private:
   int64_t heads_;
@@ -64,6 +65,8 @@ class SASRecImpl : public torch::nn::Module {
   // the spread of the existing rows, so they start as plausible, unremarkable items. The table keeps
   // its identity (set_data), so optimizers and sparse sinks holding it stay valid.
   void grow_items(int64_t num_items);
+  // Changes the dropout rate of every layer (e.g. a stream's single-pass updates), in [0, 1).
+  void set_dropout(double p);
 
   const SASRecOptions& options() const { return options_; }
   // The item table, shared by the input lookup and the output scores: (num_items + 1, C).

@@ -137,6 +137,25 @@ TEST(SASRec, OriginalBlockIsTheAuthorsFormula) {
   EXPECT_TRUE(torch::allclose(block->forward(x, mask), expected, 1e-5, 1e-5));
 }
 
+TEST(SASRec, SetDropoutReachesEveryLayer) {
+  for (const std::string block : {"prenorm", "original"}) {
+    auto o = small_options();
+    o.dropout = 0.5;
+    o.block = block;
+    torch::manual_seed(4);
+    SASRec model(o);
+    auto items = torch::randint(1, 30, {4, 12}, torch::kLong);
+    model->eval();
+    const auto expected = model->forward(items);
+    model->train();
+    EXPECT_FALSE(torch::allclose(model->forward(items), expected)) << block << ": dropout 0.5 changes nothing";
+    model->set_dropout(0.0);  // no dropout left anywhere: training mode computes the eval answer
+    EXPECT_TRUE(torch::allclose(model->forward(items), expected, 1e-5, 1e-6)) << block;
+    EXPECT_EQ(model->options().dropout, 0.0);
+    EXPECT_THROW(model->set_dropout(1.0), std::invalid_argument);
+  }
+}
+
 TEST(SASRec, RejectsBadOptionsAndInputs) {
   auto o = small_options();
   o.heads = 3;  // does not divide 16
@@ -739,7 +758,7 @@ TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
   fs::remove_all(dir);
 }
 
-TEST(Stream, RankingFiltersEverySeenItemNotOnlyTheModelsWindow) {
+TEST(Stream, RankingFiltersEverySeenItemAndBadSettingsAreRefused) {
   const auto dir = temp_folder("stream-seen");
   Config config = stream_config(dir);  // model.maxlen=20; generated users have longer histories
   config.apply_override("train.epochs=1");  // any model: the comparison holds its weights fixed
@@ -765,6 +784,13 @@ TEST(Stream, RankingFiltersEverySeenItemNotOnlyTheModelsWindow) {
         run_stream(c, replay, setup.warm, {setup.teacher, "", true, dir + "/excluding", "excluding"});
       },
       ConfigError);
+  // A dropout rate outside [0, 1) (other than -1, the model's own) is refused.
+  {
+    Config c = config;
+    c.apply_override("stream.dropout=1.5");
+    ReplaySource replay = setup.source;
+    EXPECT_THROW(run_stream(c, replay, setup.warm, {setup.teacher, "", true, dir + "/dropout", "dropout"}), ConfigError);
+  }
   // Keeping fewer items than the model reads is refused, naming the key.
   try {
     frozen_run("5");

@@ -111,6 +111,8 @@ const std::vector<KeySpec>& config_schema() {
       {"stream.grow_chunk", K::Int, "1024", "rows the item table grows by when new items arrive"},
       {"stream.max_loss", K::Float, "50", "a batch whose loss is not finite or above this is skipped"},
       {"stream.lr", K::Float, "0.0005", "learning rate of the continual updates (Adam, both optimizers)"},
+      {"stream.dropout", K::Float, "-1",
+       "dropout of the continual updates, which see each event once (-1: the model's own model.dropout)"},
       {"stream.loss", K::Choice, "sampled",
        "sampled: sampled softmax, only touched item rows change; full: softmax over all items (small catalogs)",
        {"sampled", "full"}},
