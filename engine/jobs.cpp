@@ -218,13 +218,14 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
     const auto info = read_checkpoint_info(results.back().second.checkpoint);
     const SASRecOptions m = sasrec_options_from_config(info.config(), info.meta.at("num_items").get<int64_t>());
     const std::string device = select_device(config.get_string("train.device")).str();
+    const double dropout = config.get_float("stream.dropout") >= 0 ? config.get_float("stream.dropout") : m.dropout;
     const std::string command =
         reference_python + " -W ignore tools/bench/sasrec_reference.py --mode stream --device " + device + " --items " +
         std::to_string(m.num_items) + " --hidden " + std::to_string(m.hidden) + " --blocks " + std::to_string(m.blocks) +
         " --heads " + std::to_string(m.heads) + " --length " + std::to_string(m.maxlen) + " --batch " +
         std::to_string(config.get_int("stream.batch_size")) + " --loss " + config.get_string("stream.loss") +
         " --negatives " + std::to_string(config.get_int("train.negatives")) + " --threads " +
-        std::to_string(torch::get_num_threads()) + " --steps 20 --warmup 3";
+        std::to_string(torch::get_num_threads()) + " --dropout " + std::to_string(dropout) + " --steps 20 --warmup 3";
     const nlohmann::json r = run_python_reference(command);
     const double ours = results.back().second.events / std::max(results.back().second.seconds, 1e-9);
     const double reference = r.at("events_per_s").get<double>();

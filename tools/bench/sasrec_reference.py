@@ -87,6 +87,7 @@ def main():
     parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--mode", choices=["train", "stream"], default="train")
     a = parser.parse_args()
     if a.threads > 0:
@@ -95,7 +96,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = a.precision == "tf32"
     torch.backends.cudnn.allow_tf32 = a.precision == "tf32"
     torch.manual_seed(a.seed)
-    model = SASRec(a.items, a.hidden, a.blocks, a.heads, 0.2, a.length).to(device)
+    model = SASRec(a.items, a.hidden, a.blocks, a.heads, a.dropout, a.length).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.98),
                                  fused=device.type == "cuda")
     # The same shapes as freshrec's side: full histories of random items, the next item as target.
