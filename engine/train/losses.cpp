@@ -108,14 +108,12 @@ torch::Tensor full_softmax_cross_entropy(const torch::Tensor& hidden, const torc
               "full_softmax_cross_entropy: targets ", targets.sizes(), " do not match hidden ", hidden.sizes());
   TORCH_CHECK(chunk_rows > 0, "full_softmax_cross_entropy: chunk_rows must be positive, got ", chunk_rows);
   const auto none = torch::empty({0}, table.options().requires_grad(false));  // (autograd inputs must be defined)
-  if (excluded.defined() && excluded.numel() > 0) {
-    TORCH_CHECK(excluded.dim() == 2 && excluded.size(0) == hidden.size(0) && excluded.scalar_type() == torch::kLong &&
-                    excluded.device() == hidden.device(),
-                "full_softmax_cross_entropy: excluded must be (", hidden.size(0), ", L) int64 on ", hidden.device(),
-                ", got ", excluded.sizes(), " ", excluded.scalar_type(), " on ", excluded.device());
-    return FusedSoftmaxLoss::apply(hidden, table, targets, none, none, excluded, 1.0, 1.0, chunk_rows);
-  }
-  return FusedSoftmaxLoss::apply(hidden, table, targets, none, none, none, 1.0, 1.0, chunk_rows);
+  const bool exclude = excluded.defined() && excluded.numel() > 0;
+  TORCH_CHECK(!exclude || (excluded.dim() == 2 && excluded.size(0) == hidden.size(0) &&
+                           excluded.scalar_type() == torch::kLong && excluded.device() == hidden.device()),
+              "full_softmax_cross_entropy: excluded must be (", hidden.size(0), ", L) int64 on ", hidden.device(),
+              ", got ", excluded.sizes(), " ", excluded.scalar_type(), " on ", excluded.device());
+  return FusedSoftmaxLoss::apply(hidden, table, targets, none, none, exclude ? excluded : none, 1.0, 1.0, chunk_rows);
 }
 
 torch::Tensor full_softmax_distillation(const torch::Tensor& hidden, const torch::Tensor& table,
