@@ -117,6 +117,7 @@ int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& 
 
 int run_stream_job(const Config& config, const std::string& teacher_path, const std::string& student_path, bool resume,
                    bool compare_frozen, const std::string& reference_python) {
+  check_stream_settings(config);
   const std::filesystem::path out = config.get_string("stream.output_dir");
   StreamRun continual;
   continual.output_dir = (out / "continual").string();
@@ -218,7 +219,7 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
     const auto info = read_checkpoint_info(results.back().second.checkpoint);
     const SASRecOptions m = sasrec_options_from_config(info.config(), info.meta.at("num_items").get<int64_t>());
     const std::string device = select_device(config.get_string("train.device")).str();
-    const double dropout = config.get_float("stream.dropout") >= 0 ? config.get_float("stream.dropout") : m.dropout;
+    const double dropout = update_dropout(config, m.dropout);
     const std::string command =
         reference_python + " -W ignore tools/bench/sasrec_reference.py --mode stream --device " + device + " --items " +
         std::to_string(m.num_items) + " --hidden " + std::to_string(m.hidden) + " --blocks " + std::to_string(m.blocks) +

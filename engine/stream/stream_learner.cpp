@@ -93,7 +93,7 @@ struct Settings {
   int64_t batch_size, window, history_keep, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity, ce_chunk;
   int64_t publish_every, publish_keep;
   bool full_softmax, all_positions, exclude_seen;
-  double lr, dropout, clip, max_loss, replay_share, checkpoint_seconds, publish_seconds;
+  double lr, clip, max_loss, replay_share, checkpoint_seconds, publish_seconds;
   uint64_t seed;
   explicit Settings(const Config& c)
       : batch_size(c.get_int("stream.batch_size")),
@@ -111,7 +111,6 @@ struct Settings {
         all_positions(c.get_string("stream.train_positions") == "all"),
         exclude_seen(c.get_bool("train.exclude_seen")),
         lr(c.get_float("stream.lr")),
-        dropout(c.get_float("stream.dropout")),
         clip(c.get_float("train.clip_norm")),
         max_loss(c.get_float("stream.max_loss")),
         replay_share(c.get_float("stream.replay_share")),
@@ -125,9 +124,6 @@ struct Settings {
     if (exclude_seen && !full_softmax)
       throw ConfigError(c.origin("train.exclude_seen") +
                         ": train.exclude_seen needs stream.loss=full in the stream (it shapes the full-softmax loss)");
-    if (dropout >= 1 || (dropout < 0 && dropout != -1))
-      throw ConfigError(c.origin("stream.dropout") + ": stream.dropout must be in [0, 1), or -1 for the model's own, got " +
-                        std::to_string(dropout));
     if (history_keep < 0) throw ConfigError("stream.history_keep must be >= 0, got " + std::to_string(history_keep));
     if (replay_share < 0) throw ConfigError("stream.replay_share must be >= 0, got " + std::to_string(replay_share));
     if (publish_every < 0 || publish_seconds < 0 || publish_keep < 1)
@@ -147,7 +143,7 @@ class StreamLearner {
     info_ = read_checkpoint_info(start);
     teacher_ = Trainable(load_checkpoint_model(start, device_), config, settings_.lr);
     model_ = teacher_.model;
-    if (settings_.dropout >= 0) model_->set_dropout(settings_.dropout);
+    model_->set_dropout(update_dropout(config, model_->options().dropout));
     items_ = info_.items;
     if (settings_.history_keep > 0 && settings_.history_keep < model_->options().maxlen)
       throw ConfigError(config.origin("stream.history_keep") + ": stream.history_keep (" +
@@ -177,7 +173,7 @@ class StreamLearner {
       }
     }
     if (student_) distill_ = DistillOptions::from_config(config);
-    if (student_ && settings_.dropout >= 0) student_.model->set_dropout(settings_.dropout);
+    if (student_) student_.model->set_dropout(update_dropout(config, student_.model->options().dropout));
     if (settings_.publishing() && run.learn) {
       publisher_ = std::make_unique<Publisher>(
           run.publish_dir.empty() ? (fs::path(run.output_dir) / "published").string() : run.publish_dir,
@@ -668,6 +664,20 @@ class StreamLearner {
 };
 
 }  // namespace
+
+void check_stream_settings(const Config& config) {
+  Settings{config};
+  update_dropout(config, 0.0);
+}
+
+double update_dropout(const Config& config, double model_dropout) {
+  const double dropout = config.get_float("stream.dropout");
+  if (dropout == -1) return model_dropout;
+  if (dropout < 0 || dropout >= 1)
+    throw ConfigError(config.origin("stream.dropout") +
+                      ": stream.dropout must be in [0, 1), or -1 for the model's own, got " + std::to_string(dropout));
+  return dropout;
+}
 
 StreamSummary run_stream(const Config& config, EventSource& source, const std::vector<RawEvent>& warm_history,
                          const StreamRun& run) {

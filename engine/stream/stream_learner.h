@@ -53,4 +53,11 @@ struct StreamSummary {
 StreamSummary run_stream(const Config& config, EventSource& source, const std::vector<RawEvent>& warm_history,
                          const StreamRun& run);
 
+// Checks the stream.* settings that need no model, so a bad value fails before any pre-training.
+void check_stream_settings(const Config& config);
+
+// The dropout rate of the stream's updates for a model trained with `model_dropout`: stream.dropout,
+// or the model's own when that is -1.
+double update_dropout(const Config& config, double model_dropout);
+
 }  // namespace freshrec
