@@ -426,7 +426,13 @@ TEST(HistoryStore, KeepsTheLastItemsAndRoundTrips) {
   store.push(b, 9);
   EXPECT_EQ(store.user_slot("alice", &created), a);
   EXPECT_FALSE(created);
+  // Within a micro-batch nothing is cut, so an event's history stays (slot, length at arrival).
+  EXPECT_EQ(store.history(a), (std::vector<int32_t>{1, 2, 3, 4}));
+  EXPECT_EQ(store.lengths(), (std::vector<int64_t>{3, 1}));  // a checkpoint sees the kept window anyway
+  EXPECT_EQ(store.flat_items(), (std::vector<int64_t>{2, 3, 4, 9}));
+  store.settle();
   EXPECT_EQ(store.history(a), (std::vector<int32_t>{2, 3, 4}));
+  EXPECT_EQ(store.history(b), (std::vector<int32_t>{9}));
   const HistoryStore back = HistoryStore::restore(3, store.serialize_users(), store.lengths(), store.flat_items());
   EXPECT_EQ(back.history(back.user_ids().find("alice")), (std::vector<int32_t>{2, 3, 4}));
   EXPECT_EQ(back.history(back.user_ids().find("bob")), (std::vector<int32_t>{9}));
@@ -434,6 +440,11 @@ TEST(HistoryStore, KeepsTheLastItemsAndRoundTrips) {
   // A smaller keep cuts a restored store to each user's newest items.
   const HistoryStore cut = HistoryStore::restore(2, store.serialize_users(), store.lengths(), store.flat_items());
   EXPECT_EQ(cut.history(cut.user_ids().find("alice")), (std::vector<int32_t>{3, 4}));
+  // A settled user is cut again at the next settle() only if pushed to.
+  store.push(a, 5);
+  store.settle();
+  EXPECT_EQ(store.history(a), (std::vector<int32_t>{3, 4, 5}));
+  EXPECT_EQ(store.history(b), (std::vector<int32_t>{9}));
 }
 
 TEST(HistoryStore, KeepZeroKeepsEveryItem) {

@@ -1,6 +1,7 @@
 // Evaluation; see evaluator.h.
 #include "engine/eval/evaluator.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "engine/runtime.h"
@@ -25,37 +26,46 @@ RankingMetrics evaluate(const UserSequences& sequences, Split split, const EvalO
 
 }  // namespace
 
-torch::Tensor rank_targets(torch::Tensor scores, const std::vector<int64_t>& targets, const SeenItems& seen,
+torch::Tensor ExcludedItems::matrix(torch::Device device) const {
+  size_t longest = 1, begin = 0;
+  for (size_t end : ends_) longest = std::max(longest, end - begin), begin = end;
+  std::vector<int64_t> flat(ends_.size() * longest, 0);
+  begin = 0;
+  for (size_t r = 0; r < ends_.size(); begin = ends_[r++])
+    std::copy(items_.begin() + begin, items_.begin() + ends_[r], flat.begin() + r * longest);
+  return long_tensor(flat, {rows(), static_cast<int64_t>(longest)}, device);
+}
+
+torch::Tensor rank_targets(torch::Tensor scores, const torch::Tensor& targets, const torch::Tensor& excluded,
                            int64_t candidates) {
-  TORCH_CHECK(scores.dim() == 2 && scores.size(0) == static_cast<int64_t>(targets.size()), "rank_targets: scores ",
-              scores.sizes(), " do not match ", targets.size(), " targets");
-  const auto device = scores.device();
+  TORCH_CHECK(scores.dim() == 2 && targets.dim() == 1 && scores.size(0) == targets.size(0), "rank_targets: scores ",
+              scores.sizes(), " do not match targets ", targets.sizes());
+  TORCH_CHECK(!excluded.defined() || (excluded.dim() == 2 && excluded.size(0) == scores.size(0)),
+              "rank_targets: excluded items ", excluded.sizes(), " do not match scores ", scores.sizes());
   scores = scores.to(torch::kFloat).clone();
   const float minus_inf = -std::numeric_limits<float>::infinity();
   scores.select(1, 0).fill_(minus_inf);
   if (candidates >= 0 && candidates < scores.size(1)) scores.narrow(1, candidates, scores.size(1) - candidates).fill_(minus_inf);
-  auto target = long_tensor(targets, {static_cast<int64_t>(targets.size())}, device);
-  if (!seen.rows.empty()) {
-    const auto n = static_cast<int64_t>(seen.rows.size());
-    scores.index_put_({long_tensor(seen.rows, {n}, device), long_tensor(seen.items, {n}, device)},
-                      torch::tensor(minus_inf, scores.options()));
-  }
-  auto target_scores = scores.gather(1, target.unsqueeze(1));  // (B, 1), after filtering: never the target
-  return (scores >= target_scores).sum(1) - 1;                 // the target counts itself once
+  if (excluded.defined()) scores.scatter_(1, excluded, minus_inf);  // padding (0) lands on column 0
+  auto target_scores = scores.gather(1, targets.unsqueeze(1));     // (B, 1), after filtering: never the target
+  return (scores >= target_scores).sum(1) - 1;                     // the target counts itself once
 }
 
 torch::Tensor target_ranks(torch::Tensor scores, const SequenceBatch& batch, const UserSequences& sequences,
                            Split split, bool filter_seen) {
-  SeenItems seen;
+  ExcludedItems seen;
   if (filter_seen) {
     for (int64_t r = 0; r < batch.rows; ++r) {
       const auto& seq = sequences.items[batch.users[r]];
       const size_t end = sequences.prefix_length(batch.users[r], split);
       for (size_t i = 0; i < end; ++i)
-        if (seq[i] != batch.targets[r]) seen.add(r, seq[i]);
+        if (seq[i] != batch.targets[r]) seen.add(seq[i]);
+      seen.end_row();
     }
   }
-  return rank_targets(std::move(scores), batch.targets, seen);
+  const auto device = scores.device();
+  return rank_targets(std::move(scores), long_tensor(batch.targets, {batch.rows}, device),
+                      filter_seen ? seen.matrix(device) : torch::Tensor());
 }
 
 RankingMetrics evaluate_model(SASRec& model, const UserSequences& sequences, Split split,

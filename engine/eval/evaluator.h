@@ -16,16 +16,27 @@ struct EvalOptions {
   bool filter_seen = true;
 };
 
-// Items to leave out of each row's ranking, as (row, item) pairs.
-struct SeenItems {
-  std::vector<int64_t> rows, items;
-  void add(int64_t row, int64_t item) { rows.push_back(row), items.push_back(item); }
+// Items to leave out of each row (of a ranking, or of a full-softmax loss), built row by row and
+// handed over as one (rows, longest) int64 matrix padded with 0, the padding item that neither a
+// ranking nor a loss counts. Never put a row's target in it.
+class ExcludedItems {
+ public:
+  void add(int64_t item) { items_.push_back(item); }
+  void end_row() { ends_.push_back(items_.size()); }  // closes the current row (possibly empty)
+  int64_t rows() const { return static_cast<int64_t>(ends_.size()); }
+  // (rows, max(1, longest)) on `device`.
+  torch::Tensor matrix(torch::Device device) const;
+
+ private:
+  std::vector<int64_t> items_;
+  std::vector<size_t> ends_;
 };
 
-// Ranks of targets[r] in row r of scores (B, V): column 0 (padding), columns from `candidates` on
-// (spare rows of a grown table; -1: none) and the row's seen items are left out, never the target
-// itself; ties count against the target, so constant scores rank last, not first.
-torch::Tensor rank_targets(torch::Tensor scores, const std::vector<int64_t>& targets, const SeenItems& seen,
+// Ranks of targets[r] (int64 (B), on the scores' device) in row r of scores (B, V): column 0
+// (padding), columns from `candidates` on (spare rows of a grown table; -1: none) and the row's
+// excluded items ((B, S) as ExcludedItems makes them; undefined: none) are left out; ties count
+// against the target, so constant scores rank last, not first.
+torch::Tensor rank_targets(torch::Tensor scores, const torch::Tensor& targets, const torch::Tensor& excluded,
                            int64_t candidates = -1);
 
 // rank_targets for a leave-one-out batch, the seen items being the user's history before the target.

@@ -2,6 +2,9 @@
 // external user id: all of them, or the last `keep`. The model reads the newest maxlen of them; all
 // are filtered from the ranking of the user's next event, as the offline evaluation filters every
 // seen item. New users get a fresh slot; nothing is hashed, so users never collide.
+//
+// Within a micro-batch the store only appends (settle() cuts the users it touched back to `keep`
+// between micro-batches), so an event's history is named by (slot, length at arrival), never copied.
 #pragma once
 
 #include <cstdint>
@@ -19,14 +22,18 @@ class HistoryStore {
 
   // Slot of a user, created if new (`created` tells which).
   int32_t user_slot(const std::string& external_user, bool* created = nullptr);
-  // The user's items, oldest first (at most keep).
+  // The user's items, oldest first (at most keep after settle()).
   const std::vector<int32_t>& history(int32_t slot) const { return histories_.at(slot); }
+  // Appends; the items pushed since the last settle() are never cut before it.
   void push(int32_t slot, int32_t item);
+  // Cuts every user pushed to since the last settle() to the newest `keep` items.
+  void settle();
   size_t users() const { return histories_.size(); }
   int64_t keep() const { return keep_; }
   const IdMap& user_ids() const { return users_; }
 
-  // Flat form for checkpoints: the user map as text, lengths and items as int64 arrays.
+  // Flat form for checkpoints (settled: at most keep items per user): the user map as text, lengths
+  // and items as int64 arrays.
   std::string serialize_users() const { return users_.serialize(); }
   std::vector<int64_t> lengths() const;
   std::vector<int64_t> flat_items() const;
@@ -38,6 +45,8 @@ class HistoryStore {
   int64_t keep_;
   IdMap users_{0};
   std::vector<std::vector<int32_t>> histories_;
+  std::vector<int32_t> unsettled_;  // slots pushed to since the last settle(), once each
+  std::vector<bool> is_unsettled_;
 };
 
 }  // namespace freshrec

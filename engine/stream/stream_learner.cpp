@@ -29,13 +29,31 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// One event waiting in the micro-batch: the user's kept items as they were when the event arrived
-// (the model reads the newest maxlen; the ranking filters them all).
+// One event waiting in the micro-batch. Its history is the first `length` items of the user's entry
+// in the history store, which only appends within a micro-batch: nothing is copied per event.
 struct Pending {
-  std::vector<int32_t> history;
+  int32_t slot, length;
   int64_t item;
   bool cold;  // the item was new when the event arrived: the model could not have ranked it
   std::chrono::steady_clock::time_point arrival;
+};
+
+// An example as a model step takes it: a view of the items before it (oldest first: the user's kept
+// items, or a replayed window; the model reads the newest maxlen, the ranking filters them all) and
+// its target. Views into the store hold until the store settles, after the micro-batch.
+struct Example {
+  const int32_t* history;
+  size_t length;
+  int64_t item;
+};
+
+// A set of examples on the device, built once per micro-batch and shared by its ranking, the
+// teacher's step and the student's.
+struct StepInputs {
+  torch::Tensor inputs;    // (B, maxlen) newest items, left-padded with 0
+  torch::Tensor targets;   // (B)
+  torch::Tensor excluded;  // (B, S) each row's history but its target, padded with 0 (ExcludedItems)
+  int64_t rows() const { return targets.size(0); }
 };
 
 constexpr size_t kMaxLatencySamples = 1 << 20;
@@ -189,6 +207,7 @@ class StreamLearner {
       // Histories from before the stream; items the teacher never saw get rows, but are not counted
       // as stream arrivals.
       for (const auto& e : warm_history) store_.push(store_.user_slot(e.user), item_id(e.item, nullptr));
+      store_.settle();
       summary_.new_items = 0;
     }
     // On resume, drop what was written after the checkpoint: those records come again.
@@ -220,7 +239,8 @@ class StreamLearner {
       summary_.new_users += new_user;
       bool cold = false;
       const int32_t item = item_id(record.event->item, &cold);
-      pending_.push_back({store_.history(slot), item, cold, std::chrono::steady_clock::now()});
+      const auto length = static_cast<int32_t>(store_.history(slot).size());
+      pending_.push_back({slot, length, item, cold, std::chrono::steady_clock::now()});
       store_.push(slot, item);
     }
     if (static_cast<int64_t>(pending_.size()) >= settings_.batch_size) flush();
@@ -277,50 +297,41 @@ class StreamLearner {
     return inputs.narrow(1, T - Ts, Ts);
   }
 
-  torch::Tensor histories_tensor(const std::vector<Pending>& batch) const {
-    const int64_t T = model_->options().maxlen;
-    std::vector<int64_t> flat(batch.size() * T, 0);
-    for (size_t r = 0; r < batch.size(); ++r) {
-      const auto& h = batch[r].history;
-      const size_t n = std::min<size_t>(h.size(), T);
-      for (size_t k = 0; k < n; ++k) flat[r * T + T - n + k] = h[h.size() - n + k];
-    }
-    return long_tensor(flat, {static_cast<int64_t>(batch.size()), T}, device_);
-  }
-
-  // Each example's kept items but its target, as a (rows, longest) matrix padded with 0: what the
-  // ranking filters, left out of the update's softmax too (train.exclude_seen).
-  torch::Tensor seen_items(const std::vector<Pending>& examples) const {
-    size_t longest = 1;
-    for (const auto& e : examples) longest = std::max(longest, e.history.size());
-    std::vector<int64_t> flat(examples.size() * longest, 0);
+  // The model's inputs, the targets and (for the ranking, and the loss with train.exclude_seen) each
+  // example's excluded items, in one walk over the histories.
+  StepInputs step_inputs(const std::vector<Example>& examples, bool with_excluded) const {
+    const int64_t T = model_->options().maxlen, rows = static_cast<int64_t>(examples.size());
+    std::vector<int64_t> flat(examples.size() * T, 0), targets;
+    targets.reserve(examples.size());
+    ExcludedItems excluded;
     for (size_t r = 0; r < examples.size(); ++r) {
-      size_t k = 0;
-      for (int32_t item : examples[r].history)
-        if (item != examples[r].item) flat[r * longest + k++] = item;
+      const Example& e = examples[r];
+      const size_t n = std::min<size_t>(e.length, T);
+      std::copy(e.history + e.length - n, e.history + e.length, flat.begin() + r * T + T - n);
+      targets.push_back(e.item);
+      if (!with_excluded) continue;
+      for (size_t k = 0; k < e.length; ++k)
+        if (e.history[k] != e.item) excluded.add(e.history[k]);
+      excluded.end_row();
     }
-    return long_tensor(flat, {static_cast<int64_t>(examples.size()), static_cast<int64_t>(longest)}, device_);
+    return {long_tensor(flat, {rows, T}, device_), long_tensor(targets, {rows}, device_),
+            with_excluded ? excluded.matrix(device_) : torch::Tensor()};
   }
 
   // Test: rank each event's item among the known items, the user's earlier items filtered.
-  void score(const std::vector<Pending>& batch, const torch::Tensor& inputs) {
+  void score(const std::vector<Pending>& batch, const StepInputs& in) {
     torch::NoGradGuard no_grad;
     model_->eval();
-    std::vector<int64_t> targets;
-    SeenItems seen;
-    for (size_t r = 0; r < batch.size(); ++r) {
-      targets.push_back(batch[r].item);
-      for (int32_t item : batch[r].history)
-        if (item != batch[r].item) seen.add(static_cast<int64_t>(r), item);
-    }
     const int64_t known = items_.end_id();  // rows past the vocabulary are spare capacity
-    auto ranks = rank_targets(model_->score_all(model_->last_hidden(inputs)), targets, seen, known).cpu();
+    auto ranks = rank_targets(model_->score_all(model_->last_hidden(in.inputs)), in.targets, in.excluded, known).cpu();
     auto r = ranks.accessor<int64_t, 1>();
     std::vector<int64_t> student_ranks;
     if (student_) {
       student_.model->eval();
       auto& s = student_.model;
-      auto t = rank_targets(s->score_all(s->last_hidden(student_inputs(inputs))), targets, seen, known).cpu().contiguous();
+      auto t = rank_targets(s->score_all(s->last_hidden(student_inputs(in.inputs))), in.targets, in.excluded, known)
+                   .cpu()
+                   .contiguous();
       student_ranks.assign(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
     }
     for (size_t i = 0; i < batch.size(); ++i) {
@@ -339,19 +350,41 @@ class StreamLearner {
   }
 
   // Train: one step on the events of the batch that have a history, loss on the newest position,
-  // plus stream.replay_share as many examples replayed from the reservoir.
-  void learn(const std::vector<Pending>& batch) {
-    std::vector<Pending> examples;
-    for (const auto& p : batch)
-      if (!p.history.empty()) examples.push_back(p);
+  // plus stream.replay_share as many examples replayed from the reservoir. `in` is the batch's
+  // StepInputs (the ranking's), reused for the rows that train.
+  void learn(const std::vector<Example>& batch, const StepInputs& in) {
+    std::vector<Example> examples;
+    std::vector<int64_t> fresh_rows;
+    for (size_t r = 0; r < batch.size(); ++r)
+      if (batch[r].length > 0) examples.push_back(batch[r]), fresh_rows.push_back(static_cast<int64_t>(r));
     if (examples.empty()) return;
     const size_t fresh = examples.size();
     const auto replayed = static_cast<size_t>(std::llround(settings_.replay_share * static_cast<double>(fresh)));
     for (size_t k = 0; k < replayed && !reservoir_.items.empty(); ++k) {
       const size_t j = mix(settings_.seed * 31 + summary_.batches * 1000003ULL + k) % reservoir_.items.size();
-      examples.push_back({reservoir_.histories[j], reservoir_.items[j], false, {}});
+      examples.push_back({reservoir_.histories[j].data(), reservoir_.histories[j].size(), reservoir_.items[j]});
       ++summary_.replayed;
     }
+    // The step's rows: the batch's own tensors when every event trains, else its training rows,
+    // then the replayed examples.
+    StepInputs step = in;
+    if (fresh < batch.size()) {
+      const auto rows = long_tensor(fresh_rows, {static_cast<int64_t>(fresh)}, device_);
+      step = {in.inputs.index_select(0, rows), in.targets.index_select(0, rows),
+              settings_.exclude_seen ? in.excluded.index_select(0, rows) : torch::Tensor()};
+    }
+    if (examples.size() > fresh) {
+      const std::vector<Example> replay(examples.begin() + static_cast<std::ptrdiff_t>(fresh), examples.end());
+      const StepInputs more = step_inputs(replay, settings_.exclude_seen);
+      torch::Tensor excluded;
+      if (settings_.exclude_seen) {
+        const int64_t width = std::max(step.excluded.size(1), more.excluded.size(1));
+        auto widen = [&](const torch::Tensor& t) { return torch::constant_pad_nd(t, {0, width - t.size(1)}, 0); };
+        excluded = torch::cat({widen(step.excluded), widen(more.excluded)});
+      }
+      step = {torch::cat({step.inputs, more.inputs}), torch::cat({step.targets, more.targets}), excluded};
+    }
+    if (!settings_.exclude_seen) step.excluded = torch::Tensor();
     torch::manual_seed(settings_.seed * 1000003ULL + summary_.batches);  // same draws when resumed
     model_->train();
     torch::Tensor hidden, target, excluded;  // excluded: items left out of each row's softmax (exclude_seen)
@@ -359,9 +392,12 @@ class StreamLearner {
       // The user's recent sequence with the new item appended: every position predicts its next item.
       const int64_t T = model_->options().maxlen;
       std::vector<int64_t> inputs(examples.size() * T, 0), targets(examples.size() * T, 0);
+      std::vector<int32_t> seq;
       for (size_t r = 0; r < examples.size(); ++r) {
-        std::vector<int32_t> seq = examples[r].history;
-        seq.push_back(static_cast<int32_t>(examples[r].item));
+        const Example& e = examples[r];
+        const size_t n = std::min<size_t>(e.length, T);  // the newest T items and the new one
+        seq.assign(e.history + e.length - n, e.history + e.length);
+        seq.push_back(static_cast<int32_t>(e.item));
         fill_training_row(seq.data(), seq.size(), T, &inputs[r * T], &targets[r * T]);
       }
       const auto rows = static_cast<int64_t>(examples.size());
@@ -372,11 +408,9 @@ class StreamLearner {
       target = all_targets.index_select(0, positions);
       if (settings_.exclude_seen) excluded = earlier_items(input_tensor, all_targets, positions);
     } else {
-      std::vector<int64_t> targets;
-      for (const auto& e : examples) targets.push_back(e.item);
-      target = long_tensor(targets, {static_cast<int64_t>(targets.size())}, device_);
-      hidden = model_->last_hidden(histories_tensor(examples));
-      if (settings_.exclude_seen) excluded = seen_items(examples);
+      target = step.targets;
+      hidden = model_->last_hidden(step.inputs);
+      excluded = step.excluded;
     }
     auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
     auto log_q = torch::zeros({model_->options().num_items + 1}, hidden.options());  // uniform draws
@@ -396,18 +430,16 @@ class StreamLearner {
       teacher_.step(loss, settings_.clip, settings_.lr);
       last_loss_ = value;
     }
-    if (student_) learn_student(examples);
+    if (student_) learn_student(step);
     if (settings_.replay_share > 0)
-      for (size_t i = 0; i < fresh; ++i) remember(examples[i]);
+      for (size_t i = 0; i < fresh; ++i) remember(examples[i]);  // the store's views: still valid
   }
 
-  // The student's distillation step on the batch's examples (newest position), against the teacher
+  // The student's distillation step on the step's examples (newest position), against the teacher
   // as it is after its own step.
-  void learn_student(const std::vector<Pending>& examples) {
-    std::vector<int64_t> targets;
-    for (const auto& e : examples) targets.push_back(e.item);
-    auto target = long_tensor(targets, {static_cast<int64_t>(targets.size())}, device_);
-    auto inputs = histories_tensor(examples);
+  void learn_student(const StepInputs& step) {
+    const auto& inputs = step.inputs;
+    const auto& target = step.targets;
     torch::Tensor teacher_hidden;
     {
       torch::NoGradGuard no_grad;
@@ -463,10 +495,10 @@ class StreamLearner {
     last_publish_ = done;
   }
 
-  void remember(const Pending& example) {
+  void remember(const Example& example) {
     const uint64_t n = reservoir_.seen++;
-    const auto& h = example.history;  // replay reads the model's window only
-    const std::vector<int32_t> history(h.end() - std::min<int64_t>(h.size(), model_->options().maxlen), h.end());
+    const size_t kept = std::min<size_t>(example.length, model_->options().maxlen);  // replay reads the model's window
+    const std::vector<int32_t> history(example.history + example.length - kept, example.history + example.length);
     if (reservoir_.items.size() < static_cast<size_t>(settings_.replay_capacity)) {
       reservoir_.histories.push_back(history);
       reservoir_.items.push_back(example.item);
@@ -478,8 +510,18 @@ class StreamLearner {
 
   void flush() {
     if (pending_.empty()) return;
-    score(pending_, histories_tensor(pending_));
-    if (run_.learn) learn(pending_);
+    // Each event's history as of its arrival: the newest stream.history_keep (0: all) of the user's
+    // items before it. The store is not cut until settle() below, so these views hold.
+    std::vector<Example> batch;
+    batch.reserve(pending_.size());
+    for (const auto& p : pending_) {
+      const size_t n = settings_.history_keep > 0 ? std::min<size_t>(p.length, settings_.history_keep) : p.length;
+      batch.push_back({store_.history(p.slot).data() + (p.length - n), n, p.item});
+    }
+    const StepInputs in = step_inputs(batch, /*with_excluded=*/true);
+    score(pending_, in);
+    if (run_.learn) learn(batch, in);
+    store_.settle();
     const auto done = std::chrono::steady_clock::now();
     for (const auto& p : pending_) {
       if (latencies_ms_.size() < kMaxLatencySamples)
