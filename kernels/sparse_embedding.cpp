@@ -9,7 +9,8 @@
 
 namespace freshrec::ops {
 
-void check_lookup(const char* op, const at::Tensor& indices, const at::Tensor& grad_output, int64_t num_rows) {
+void check_lookup(const char* op, const at::Tensor& indices, const at::Tensor& grad_output, int64_t num_rows,
+                  bool check_range) {
   TORCH_CHECK(indices.dim() == 1, op, ": indices must be 1-D, got shape ", indices.sizes());
   TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64, got ", indices.scalar_type());
   TORCH_CHECK(grad_output.dim() == 2, op, ": grad_output must be (N, D), got shape ", grad_output.sizes());
@@ -23,7 +24,8 @@ void check_lookup(const char* op, const at::Tensor& indices, const at::Tensor& g
               op, ": grad_output must be float32 (or float16/bfloat16 on CUDA), got ", grad_output.scalar_type(),
               " on ", grad_output.device());
   TORCH_CHECK(num_rows > 0, op, ": num_rows must be positive, got ", num_rows);
-  if (indices.numel() == 0) return;
+  // On the CPU the range check costs one pass and no wait, so it always runs.
+  if (indices.numel() == 0 || (!check_range && indices.is_cuda())) return;
   // One host sync for the bounds; the offending value and its position are looked up only on error.
   const auto [low, high] = at::aminmax(indices);
   const int64_t lo = low.item<int64_t>(), hi = high.item<int64_t>();
@@ -53,8 +55,9 @@ void check_adam_state(const char* op, const at::Tensor& weight, const at::Tensor
 AdamScalars check_rowwise_adam(const char* op, const at::Tensor& weight, const at::Tensor& exp_avg,
                                const at::Tensor& exp_avg_sq, const at::Tensor& row_step, const at::Tensor& indices,
                                const at::Tensor& gradients, int64_t step, double lr, double beta1, double beta2,
-                               double eps, double weight_decay, bool decoupled, bool float_gradients) {
-  check_lookup(op, indices, gradients, weight.size(0));
+                               double eps, double weight_decay, bool decoupled, bool float_gradients,
+                               bool check_range) {
+  check_lookup(op, indices, gradients, weight.size(0), check_range);
   TORCH_CHECK(!float_gradients || gradients.scalar_type() == at::kFloat, op, ": gradients must be float32, got ",
               gradients.scalar_type());
   check_adam_state(op, weight, exp_avg, exp_avg_sq, row_step, gradients.size(1), indices.device());
@@ -63,20 +66,52 @@ AdamScalars check_rowwise_adam(const char* op, const at::Tensor& weight, const a
 }
 
 Segments sort_into_segments(const at::Tensor& indices, int64_t padding_idx) {
-  at::Tensor positions = at::arange(indices.size(0), indices.options());
-  at::Tensor kept = indices;
-  if (padding_idx >= 0) {
-    const auto keep = indices != padding_idx;
-    positions = positions.masked_select(keep);
-    kept = indices.masked_select(keep);
-  }
-  const auto [sorted, permutation] = at::sort(kept, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const auto [rows, inverse, counts] = at::unique_consecutive(sorted, /*return_inverse=*/false, /*return_counts=*/true);
+  const int64_t N = indices.size(0);
+  const auto options = indices.options();
+  const auto padding = at::full({}, kPaddingKey, options);
+  const auto keys = padding_idx >= 0 ? at::where(indices == padding_idx, padding, indices) : indices;
+  const auto [sorted, order] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   Segments s;
-  s.rows = rows;
-  s.offsets = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
-  s.order = positions.index_select(0, permutation);
+  s.order = order;
+  if (N == 0) {
+    s.rows = s.segment = at::empty({0}, options);
+    s.offsets = at::zeros({1}, options);
+    s.count = at::zeros({}, options);
+    return s;
+  }
+  // A segment starts where the sorted key changes; its id is the count of starts up to it.
+  auto starts = at::ones({N}, options.dtype(at::kBool));
+  if (N > 1) starts.narrow(0, 1, N - 1).copy_(sorted.narrow(0, 1, N - 1) != sorted.narrow(0, 0, N - 1));
+  s.segment = starts.cumsum(0) - 1;
+  s.count = starts.logical_and(sorted != kPaddingKey).sum();
+  // Scatters by segment id: every position of a segment writes the same row; its start is the least
+  // position (a min, so the order of the writes does not matter). offsets[U] is where the padding
+  // starts (N without padding); the entries after it stay N.
+  s.rows = at::full({N}, kPaddingKey, options).scatter_(0, s.segment, sorted);
+  s.offsets = at::full({N + 1}, N, options)
+                  .scatter_reduce_(0, s.segment, at::arange(N, options), "amin", /*include_self=*/true);
   return s;
+}
+
+Pieces make_pieces(const Segments& seg, int64_t piece_size) {
+  const int64_t N = seg.order.size(0);
+  const auto options = seg.order.options();
+  Pieces p;
+  if (N == 0) {
+    p.begin = p.first = at::zeros({1}, options);
+    return p;
+  }
+  const auto position = at::arange(N, options);
+  const auto within = position - seg.offsets.index_select(0, seg.segment);  // position inside its segment
+  const auto piece = (within.remainder(piece_size) == 0).cumsum(0) - 1;
+  // Pieces tile the sorted positions, so a piece ends where the next begins (the last at N).
+  p.begin = at::full({N + 1}, N, options).scatter_reduce_(0, piece, position, "amin", /*include_self=*/true);
+  // Entries past the last segment (the padding's, or none) hold the total piece count.
+  p.first = (piece.narrow(0, N - 1, 1) + 1)
+                .expand({N + 1})
+                .clone()
+                .scatter_reduce_(0, seg.segment, piece, "amin", /*include_self=*/true);
+  return p;
 }
 
 // ---- typed wrappers through the dispatcher -------------------------------------------------------
@@ -101,14 +136,14 @@ void rowwise_adam_(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_
 
 void embedding_backward_adam_(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
                               const at::Tensor& indices, const at::Tensor& grad_output, int64_t padding_idx,
-                              int64_t step, const RowwiseAdamOptions& o) {
+                              int64_t step, const RowwiseAdamOptions& o, bool check_indices) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("freshrec::embedding_backward_adam_", "")
                        .typed<void(at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&,
                                    const at::Tensor&, int64_t, int64_t, double, double, double, double, double, bool,
-                                   bool)>();
+                                   bool, bool)>();
   op.call(weight, exp_avg, exp_avg_sq, row_step, indices, grad_output, padding_idx, step, o.lr, o.beta1, o.beta2,
-          o.eps, o.weight_decay, o.decoupled_weight_decay, o.per_row_step);
+          o.eps, o.weight_decay, o.decoupled_weight_decay, o.per_row_step, check_indices);
 }
 
 }  // namespace freshrec::ops
@@ -120,5 +155,5 @@ TORCH_LIBRARY(freshrec, m) {
         "bool decoupled_weight_decay, bool per_row_step) -> ()");
   m.def("embedding_backward_adam_(Tensor(a!) weight, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) row_step, "
         "Tensor indices, Tensor grad_output, int padding_idx, int step, float lr, float beta1, float beta2, float eps, "
-        "float weight_decay, bool decoupled_weight_decay, bool per_row_step) -> ()");
+        "float weight_decay, bool decoupled_weight_decay, bool per_row_step, bool check_indices=True) -> ()");
 }

@@ -38,8 +38,12 @@ std::tuple<at::Tensor, at::Tensor> embedding_backward_sparse(const at::Tensor& i
 void rowwise_adam_(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
                    const at::Tensor& rows, const at::Tensor& row_grads, int64_t step, const RowwiseAdamOptions& options);
 
+// check_indices=false: the caller vouches for the indices (they went through a lookup that checked
+// them), so on CUDA the range check, a read-back, is skipped and the whole op runs without waiting
+// for the GPU; a row out of range then stops the kernel with a device-side assert. On the CPU the
+// check always runs (it costs no wait there).
 void embedding_backward_adam_(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
                               const at::Tensor& indices, const at::Tensor& grad_output, int64_t padding_idx,
-                              int64_t step, const RowwiseAdamOptions& options);
+                              int64_t step, const RowwiseAdamOptions& options, bool check_indices = true);
 
 }  // namespace freshrec::ops

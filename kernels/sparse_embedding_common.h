@@ -7,22 +7,43 @@
 #include <c10/macros/Macros.h>
 
 #include <cmath>
+#include <cstdint>
 
 namespace freshrec::ops {
 
-// Sorted view of the lookup positions: order[offsets[s] .. offsets[s+1]) are the positions of
-// rows[s], in their original order (stable sort), so every reduction has one fixed order.
+// Sorted view of the N lookup positions: order[offsets[s] .. offsets[s+1]) are the positions of
+// rows[s], in their original order (stable sort), so every reduction has one fixed order. Every
+// tensor is sized by N, not by the number U of distinct rows, and U stays on the device (`count`):
+// building it reads nothing back, so a CUDA step never waits for the GPU here. Kernels loop over
+// s < *count; the CPU reads count() for free.
 struct Segments {
-  at::Tensor rows;     // (U) int64 ascending
-  at::Tensor offsets;  // (U + 1) int64
-  at::Tensor order;    // (M) int64 positions into the lookup, M <= N (padding dropped)
-  int64_t count() const { return rows.size(0); }
+  at::Tensor rows;     // (N) int64: rows[s] for s < U ascending, then kPaddingKey
+  at::Tensor offsets;  // (N + 1) int64: valid for s <= U; offsets[U] = non-padding positions
+  at::Tensor order;    // (N) int64 positions into the lookup; the padding positions come last
+  at::Tensor segment;  // (N) int64 segment of each sorted position (padding: U)
+  at::Tensor count;    // () int64 U, on the indices' device
+  int64_t host_count() const { return count.item<int64_t>(); }  // a read-back on CUDA
 };
+// Padding positions sort after every row.
+constexpr int64_t kPaddingKey = INT64_MAX;
 
-void check_lookup(const char* op, const at::Tensor& indices, const at::Tensor& grad_output, int64_t num_rows);
+// Shapes, dtypes and devices of a lookup; with check_range, also every index against [0, num_rows),
+// naming the first bad one (a read-back of the bounds on CUDA; nothing is read back without it).
+void check_lookup(const char* op, const at::Tensor& indices, const at::Tensor& grad_output, int64_t num_rows,
+                  bool check_range = true);
 void check_adam_state(const char* op, const at::Tensor& weight, const at::Tensor& exp_avg,
                       const at::Tensor& exp_avg_sq, const at::Tensor& row_step, int64_t D, const at::Device& device);
 Segments sort_into_segments(const at::Tensor& indices, int64_t padding_idx);
+
+// Each segment cut into pieces of at most `piece` positions, numbered in sorted order (the CUDA
+// bodies reduce one piece per partial sum): piece p covers order[begin[p] .. begin[p + 1]); segment
+// s owns pieces [first[s], first[s + 1]), and first[U] is the number of pieces of real segments
+// (the padding's come after). Sized by N and built without a read-back, like Segments.
+struct Pieces {
+  at::Tensor begin;  // (N + 1)
+  at::Tensor first;  // (N + 1)
+};
+Pieces make_pieces(const Segments& segments, int64_t piece);
 
 
 // Adam's scalars for one row: the bias corrections depend on the row's step count.
@@ -69,6 +90,7 @@ C10_HOST_DEVICE inline void adam_bias_terms(const AdamScalars& a, int64_t t, flo
 AdamScalars check_rowwise_adam(const char* op, const at::Tensor& weight, const at::Tensor& exp_avg,
                                const at::Tensor& exp_avg_sq, const at::Tensor& row_step, const at::Tensor& indices,
                                const at::Tensor& gradients, int64_t step, double lr, double beta1, double beta2,
-                               double eps, double weight_decay, bool decoupled, bool float_gradients);
+                               double eps, double weight_decay, bool decoupled, bool float_gradients,
+                               bool check_range = true);
 
 }  // namespace freshrec::ops

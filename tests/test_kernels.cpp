@@ -6,6 +6,7 @@
 #include <map>
 
 #include "kernels/sparse_embedding.h"
+#include "kernels/sparse_embedding_common.h"
 
 using namespace freshrec::ops;
 
@@ -105,6 +106,57 @@ TEST(SparseEmbeddingBackward, EdgeCasesAndErrors) {
   EXPECT_NE(error_of([&] { embedding_backward_sparse(torch::tensor({1, 2, 3}), grad.to(torch::kDouble), 10); })
                 .find("float32"),
             std::string::npos);
+}
+
+// The sorted view both devices build with tensor ops, sized by the lookup count and never read back
+// (the CUDA bodies loop over its device-side counts): its invariants, checked on the CPU.
+TEST(SparseEmbeddingSegments, AreSizedByLookupsAndTileTheSortedPositions) {
+  const int64_t N = 5000, rows = 300, piece = 8;
+  auto indices = skewed_indices(N, rows, 11);  // row 0 (padding) is frequent; one row takes many pieces
+  indices.index_put_({torch::arange(0, N, 7)}, 0);
+  const Segments seg = sort_into_segments(indices, /*padding_idx=*/0);
+  const auto [unique_rows, unused, counts] = at::_unique2(indices.masked_select(indices != 0), true, false, true);
+  const int64_t U = seg.host_count();
+  ASSERT_EQ(U, unique_rows.size(0));
+  EXPECT_EQ(seg.rows.size(0), N);
+  EXPECT_TRUE(torch::equal(seg.rows.narrow(0, 0, U), unique_rows));
+  const auto offsets = seg.offsets.accessor<int64_t, 1>();
+  const auto order = seg.order.accessor<int64_t, 1>();
+  const auto idx = indices.accessor<int64_t, 1>();
+  const int64_t padding = (indices == 0).sum().item<int64_t>();
+  EXPECT_EQ(offsets[U], N - padding);  // the padding positions come last
+  for (int64_t s = 0; s < U; ++s) {
+    ASSERT_EQ(offsets[s + 1] - offsets[s], counts[s].item<int64_t>()) << s;
+    for (int64_t q = offsets[s]; q < offsets[s + 1]; ++q) {
+      ASSERT_EQ(idx[order[q]], seg.rows[s].item<int64_t>());
+      if (q > offsets[s]) ASSERT_LT(order[q - 1], order[q]);  // stable: positions in their original order
+    }
+  }
+  for (int64_t q = offsets[U]; q < N; ++q) ASSERT_EQ(idx[order[q]], 0);
+
+  const Pieces pieces = make_pieces(seg, piece);
+  const auto begin = pieces.begin.accessor<int64_t, 1>();
+  const auto first = pieces.first.accessor<int64_t, 1>();
+  int64_t expected_pieces = 0;
+  for (int64_t s = 0; s < U; ++s) {
+    ASSERT_EQ(first[s], expected_pieces) << s;
+    const int64_t n = offsets[s + 1] - offsets[s];
+    expected_pieces += (n + piece - 1) / piece;
+    for (int64_t p = first[s]; p < expected_pieces; ++p) {  // runs of `piece` inside the segment, the last shorter
+      EXPECT_EQ(begin[p], offsets[s] + (p - first[s]) * piece);
+      EXPECT_EQ(begin[p + 1], std::min(begin[p] + piece, offsets[s + 1]));
+    }
+  }
+  EXPECT_EQ(first[U], expected_pieces);
+  EXPECT_GT(expected_pieces, U);  // the popular rows were cut
+
+  // Without padding the counts run to N; an empty lookup is empty.
+  const Segments all = sort_into_segments(indices, /*padding_idx=*/-1);
+  EXPECT_EQ(all.host_count(), U + 1);
+  EXPECT_EQ(all.offsets[all.host_count()].item<int64_t>(), N);
+  EXPECT_EQ(make_pieces(all, piece).first[all.host_count()].item<int64_t>(),
+            make_pieces(all, piece).first[N].item<int64_t>());
+  EXPECT_EQ(sort_into_segments(torch::empty({0}, torch::kLong), 0).host_count(), 0);
 }
 
 TEST(SparseEmbeddingBackward, BitIdenticalRepeats) {

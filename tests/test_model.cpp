@@ -23,6 +23,7 @@
 #include "engine/runtime.h"
 #include "engine/train/dense_adam.h"
 #include "engine/train/losses.h"
+#include "engine/train/sparse_adam.h"
 #include "engine/train/trainer.h"
 #include "models/sasrec.h"
 
@@ -332,52 +333,72 @@ TEST(DenseAdam, ClipGradNormMatchesLibTorch) {
   EXPECT_THROW(clip_grad_norm(none, 0.0), c10::Error);
 }
 
-// The dense training step (batch upload, forward, fused cross-entropy, backward, clipping, fused Adam)
-// queues its work without ever waiting for the GPU: CUDA's sync debug mode turns any host-device
-// synchronisation into an error. The sparse-embedding ops still sync (bounds check, segment count).
-TEST(GpuTraining, DenseStepNeverWaitsForTheDevice) {
+// A training step queues its work without ever waiting for the GPU: CUDA's sync debug mode turns any
+// host-device synchronisation into an error. Both forms: dense (batch upload, forward, fused
+// full-softmax cross-entropy, backward, clipping, fused Adam) and sparse (sampled softmax, lookups
+// through the sparse-gradient path, the fused sort-segment row-wise Adam with its counts kept on the
+// device).
+TEST(GpuTraining, StepsNeverWaitForTheDevice) {
 #ifndef FRESHREC_WITH_CUDA
   GTEST_SKIP() << "built without CUDA";
 #else
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU on this machine: the GPU step is compiled, not run";
   const torch::Device device(torch::kCUDA, 0);
-  torch::manual_seed(5);
-  SASRec model(small_options(500));
-  model->to(device);
-  model->train();
-  const auto params = model->parameters();
-  FusedAdam adam(params, torch::optim::AdamOptions(1e-3));
-  const int64_t rows = 8, length = small_options().maxlen;
-  std::vector<int64_t> items(rows * length), targets(rows * length);
-  for (size_t i = 0; i < items.size(); ++i) {
-    items[i] = i % length < 3 ? 0 : 1 + static_cast<int64_t>((i * 7919) % 500);  // left padding
-    targets[i] = items[i] == 0 ? 0 : 1 + static_cast<int64_t>((i * 104729) % 500);
+  for (const bool sparse : {false, true}) {
+    SCOPED_TRACE(sparse ? "sparse embeddings, sampled softmax" : "dense, full softmax");
+    torch::manual_seed(5);
+    SASRec model(small_options(500));
+    model->to(device);
+    model->train();
+    const auto params = model->dense_parameters(/*with_item_table=*/!sparse);
+    FusedAdam adam(params, torch::optim::AdamOptions(1e-3));
+    SparseRowAdam rows{nullptr};
+    if (sparse) {
+      rows = SparseRowAdam(model->item_embedding(), ops::RowwiseAdamOptions{}, /*padding_idx=*/0);
+      model->set_sparse_gradients(&rows->gradients());
+    }
+    const NegativeSampler sampler(std::vector<int64_t>(501, 1), /*uniform=*/true);
+    const auto log_q = sampler.log_q().to(device);
+    const int64_t batch = 8, length = small_options().maxlen;
+    std::vector<int64_t> items(batch * length), targets(batch * length);
+    for (size_t i = 0; i < items.size(); ++i) {
+      items[i] = i % length < 3 ? 0 : 1 + static_cast<int64_t>((i * 7919) % 500);  // left padding
+      targets[i] = items[i] == 0 ? 0 : 1 + static_cast<int64_t>((i * 104729) % 500);
+    }
+    auto step = [&] {
+      auto inputs = long_tensor(items, {batch, length}, device);
+      const std::vector<int64_t> target_positions = nonzero_positions(targets);
+      auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device);
+      auto target = long_tensor(targets, {batch * length}, device).index_select(0, positions);
+      auto hidden = model->forward(inputs).reshape({batch * length, -1}).index_select(0, positions);
+      torch::Tensor loss;
+      if (sparse) {
+        const auto drawn = sampler.sample(64, device);
+        loss = sampled_softmax_cross_entropy(hidden, model->lookup_items(target), model->lookup_items(drawn), target,
+                                             drawn, log_q);
+      } else {
+        loss = full_softmax_cross_entropy(hidden, model->item_embedding(), target, 64);
+      }
+      adam.zero_grad();
+      loss.backward();
+      clip_grad_norm(params, 1.0);
+      adam.step();
+      if (sparse) rows->step(1e-3);
+      return loss.detach();
+    };
+    const auto first = step();  // allocations and optimizer state
+    torch::cuda::synchronize();
+    auto& debug = c10::cuda::warning_state();
+    debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+    torch::Tensor later;
+    EXPECT_NO_THROW({
+      for (int i = 0; i < 3; ++i) later = step();
+    });
+    debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+    ASSERT_TRUE(later.defined());
+    EXPECT_LT(later.item<double>(), first.item<double>());  // and it learns
+    if (sparse) EXPECT_EQ(rows->steps_taken(), 4);
   }
-  auto step = [&] {
-    auto inputs = long_tensor(items, {rows, length}, device);
-    const std::vector<int64_t> target_positions = nonzero_positions(targets);
-    auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device);
-    auto target = long_tensor(targets, {rows * length}, device).index_select(0, positions);
-    auto hidden = model->forward(inputs).reshape({rows * length, -1}).index_select(0, positions);
-    auto loss = full_softmax_cross_entropy(hidden, model->item_embedding(), target, 64);
-    adam.zero_grad();
-    loss.backward();
-    clip_grad_norm(params, 1.0);
-    adam.step();
-    return loss.detach();
-  };
-  const auto first = step();  // allocations and optimizer state
-  torch::cuda::synchronize();
-  auto& debug = c10::cuda::warning_state();
-  debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
-  torch::Tensor later;
-  EXPECT_NO_THROW({
-    step();
-    later = step();
-  });
-  debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
-  ASSERT_TRUE(later.defined());
-  EXPECT_LT(later.item<double>(), first.item<double>());  // and it learns
 #endif
 }
 

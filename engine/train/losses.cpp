@@ -163,7 +163,10 @@ NegativeSampler::NegativeSampler(const std::vector<int64_t>& counts, bool unifor
 }
 
 torch::Tensor NegativeSampler::sample(int64_t n, torch::Device device) const {
-  return torch::multinomial(probabilities_, n, /*replacement=*/true).to(device);
+  auto drawn = torch::multinomial(probabilities_, n, /*replacement=*/true);
+  if (!device.is_cuda()) return drawn.to(device);
+  // Through pinned memory: a copy from pageable memory would wait for the GPU's queued work.
+  return drawn.pin_memory().to(device, /*non_blocking=*/true);
 }
 
 torch::Tensor sampled_softmax_cross_entropy(const torch::Tensor& hidden, const torch::Tensor& positive_rows,

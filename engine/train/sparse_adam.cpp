@@ -26,8 +26,10 @@ void SparseRowAdamImpl::step(double lr) {
   options.lr = lr;
   torch::NoGradGuard no_grad;
   auto weight = weight_.detach();  // the same storage, updated in place
+  // The indices went through the forward lookups (index_select checks them) or are the table's own
+  // rows, so the op need not read their range back from a GPU.
   ops::embedding_backward_adam_(weight, exp_avg_, exp_avg_sq_, row_step_, indices, grads, padding_idx_,
-                                step_.item<int64_t>(), options);
+                                step_.item<int64_t>(), options, /*check_indices=*/false);
 }
 
 void SparseRowAdamImpl::grow_to_weight() {

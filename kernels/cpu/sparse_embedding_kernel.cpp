@@ -48,17 +48,19 @@ std::tuple<at::Tensor, at::Tensor> embedding_backward_sparse_cpu(const at::Tenso
   check_lookup("embedding_backward_sparse", indices, grad_output, num_rows);
   const int64_t D = grad_output.size(1);
   const Segments seg = sort_into_segments(indices, padding_idx);
-  auto row_grads = at::empty({seg.count(), D}, grad_output.options().dtype(at::kFloat));
-  if (seg.count() == 0) return {seg.rows, row_grads};
+  const int64_t U = seg.host_count();
+  auto rows = seg.rows.narrow(0, 0, U);
+  auto row_grads = at::empty({U, D}, grad_output.options().dtype(at::kFloat));
+  if (U == 0) return {rows, row_grads};
   const auto grad = grad_output.contiguous();
   const float* g = grad.data_ptr<float>();
   const int64_t* order = seg.order.data_ptr<int64_t>();
   const int64_t* offsets = seg.offsets.data_ptr<int64_t>();
   float* out = row_grads.data_ptr<float>();
-  at::parallel_for(0, seg.count(), 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, U, 64, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) reduce_segment(g, order, offsets[s], offsets[s + 1], D, out + s * D);
   });
-  return {seg.rows, row_grads};
+  return {rows, row_grads};
 }
 
 void rowwise_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
@@ -85,13 +87,14 @@ void rowwise_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_a
 void embedding_backward_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
                                  const at::Tensor& indices, const at::Tensor& grad_output, int64_t padding_idx,
                                  int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay,
-                                 bool decoupled, bool per_row_step) {
+                                 bool decoupled, bool per_row_step, bool /*check_indices: always on the CPU*/) {
   const int64_t D = grad_output.size(1);
   const AdamScalars a =
       check_rowwise_adam("embedding_backward_adam_", weight, exp_avg, exp_avg_sq, row_step, indices, grad_output, step,
                          lr, beta1, beta2, eps, weight_decay, decoupled, /*float_gradients=*/false);
   const Segments seg = sort_into_segments(indices, padding_idx);
-  if (seg.count() == 0) return;
+  const int64_t U = seg.host_count();
+  if (U == 0) return;
   const auto grad = grad_output.contiguous();
   const float* g = grad.data_ptr<float>();
   const int64_t *order = seg.order.data_ptr<int64_t>(), *offsets = seg.offsets.data_ptr<int64_t>();
@@ -99,7 +102,7 @@ void embedding_backward_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Te
   float *w = weight.data_ptr<float>(), *m = exp_avg.data_ptr<float>(), *v = exp_avg_sq.data_ptr<float>();
   int64_t* steps = row_step.data_ptr<int64_t>();
   const BiasTerms bias = global_bias_terms(a, step);
-  at::parallel_for(0, seg.count(), 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, U, 64, [&](int64_t begin, int64_t end) {
     std::vector<float> row_grad(D);  // one row's gradient: the only gradient memory of the fused path
     for (int64_t s = begin; s < end; ++s) {
       reduce_segment(g, order, offsets[s], offsets[s + 1], D, row_grad.data());
