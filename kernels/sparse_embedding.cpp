@@ -52,6 +52,13 @@ void check_adam_state(const char* op, const at::Tensor& weight, const at::Tensor
               row_step.scalar_type(), " ", row_step.sizes(), " on ", row_step.device());
 }
 
+void check_skip(const char* op, const std::optional<at::Tensor>& skip, const at::Device& device) {
+  if (!skip) return;
+  TORCH_CHECK(skip->numel() == 1 && skip->scalar_type() == at::kFloat && skip->device() == device, op,
+              ": skip must be one float32 value on ", device, ", got ", skip->scalar_type(), " ", skip->sizes(), " on ",
+              skip->device());
+}
+
 AdamScalars check_rowwise_adam(const char* op, const at::Tensor& weight, const at::Tensor& exp_avg,
                                const at::Tensor& exp_avg_sq, const at::Tensor& row_step, const at::Tensor& indices,
                                const at::Tensor& gradients, int64_t step, double lr, double beta1, double beta2,
@@ -136,14 +143,15 @@ void rowwise_adam_(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_
 
 void embedding_backward_adam_(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
                               const at::Tensor& indices, const at::Tensor& grad_output, int64_t padding_idx,
-                              int64_t step, const RowwiseAdamOptions& o, bool check_indices) {
+                              int64_t step, const RowwiseAdamOptions& o, bool check_indices,
+                              const std::optional<at::Tensor>& skip) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("freshrec::embedding_backward_adam_", "")
                        .typed<void(at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&,
                                    const at::Tensor&, int64_t, int64_t, double, double, double, double, double, bool,
-                                   bool, bool)>();
+                                   bool, bool, const std::optional<at::Tensor>&)>();
   op.call(weight, exp_avg, exp_avg_sq, row_step, indices, grad_output, padding_idx, step, o.lr, o.beta1, o.beta2,
-          o.eps, o.weight_decay, o.decoupled_weight_decay, o.per_row_step, check_indices);
+          o.eps, o.weight_decay, o.decoupled_weight_decay, o.per_row_step, check_indices, skip);
 }
 
 }  // namespace freshrec::ops
@@ -155,5 +163,6 @@ TORCH_LIBRARY(freshrec, m) {
         "bool decoupled_weight_decay, bool per_row_step) -> ()");
   m.def("embedding_backward_adam_(Tensor(a!) weight, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) row_step, "
         "Tensor indices, Tensor grad_output, int padding_idx, int step, float lr, float beta1, float beta2, float eps, "
-        "float weight_decay, bool decoupled_weight_decay, bool per_row_step, bool check_indices=True) -> ()");
+        "float weight_decay, bool decoupled_weight_decay, bool per_row_step, bool check_indices=True, "
+        "Tensor? skip=None) -> ()");
 }

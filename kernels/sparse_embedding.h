@@ -15,6 +15,7 @@
 
 #include <ATen/Tensor.h>
 
+#include <optional>
 #include <tuple>
 
 namespace freshrec::ops {
@@ -42,8 +43,11 @@ void rowwise_adam_(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_
 // them), so on CUDA the range check, a read-back, is skipped and the whole op runs without waiting
 // for the GPU; a row out of range then stops the kernel with a device-side assert. On the CPU the
 // check always runs (it costs no wait there).
+// skip: a float32 scalar on the weight's device; when it is nonzero the op changes nothing (a step
+// guarded on the device, decided by a value the host never reads, like found_inf of a fused Adam).
 void embedding_backward_adam_(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
                               const at::Tensor& indices, const at::Tensor& grad_output, int64_t padding_idx,
-                              int64_t step, const RowwiseAdamOptions& options, bool check_indices = true);
+                              int64_t step, const RowwiseAdamOptions& options, bool check_indices = true,
+                              const std::optional<at::Tensor>& skip = std::nullopt);
 
 }  // namespace freshrec::ops

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
 namespace freshrec::ops {
 
@@ -83,6 +84,9 @@ C10_HOST_DEVICE inline void adam_bias_terms(const AdamScalars& a, int64_t t, flo
   step_size = static_cast<float>(a.lr / bc1);
   bias_correction2_sqrt = static_cast<float>(sqrt(bc2));
 }
+
+// skip of embedding_backward_adam_: a float32 scalar on `device` (see sparse_embedding.h).
+void check_skip(const char* op, const std::optional<at::Tensor>& skip, const at::Device& device);
 
 // Every check of a row-wise Adam entry (rowwise_adam_, embedding_backward_adam_), on CPU and CUDA:
 // the lookup (indices, gradients) against the table, the state tensors, the step and the

@@ -246,6 +246,31 @@ TEST(FusedBackwardAdam, EqualsSparseBackwardThenRowwiseAdamBitwise) {
   EXPECT_EQ(a.row_step[0].item<int64_t>(), 0);  // the padding row is never updated
 }
 
+TEST(FusedBackwardAdam, ASkipFlagOnTheDeviceChangesNothing) {
+  torch::manual_seed(9);
+  const auto indices = skewed_indices(4096, 500, 10);
+  const auto grad = torch::randn({4096, 8});
+  AdamState guarded(500, 8), plain(500, 8);
+  plain.weight.copy_(guarded.weight);
+  RowwiseAdamOptions o;
+  o.per_row_step = true;
+  embedding_backward_adam_(guarded.weight, guarded.exp_avg, guarded.exp_avg_sq, guarded.row_step, indices, grad, 0, 1,
+                           o, /*check_indices=*/true, torch::zeros({}));  // 0: applied
+  embedding_backward_adam_(plain.weight, plain.exp_avg, plain.exp_avg_sq, plain.row_step, indices, grad, 0, 1, o);
+  EXPECT_TRUE(torch::equal(guarded.weight, plain.weight));
+  const auto weight = guarded.weight.clone(), exp_avg = guarded.exp_avg.clone(), row_step = guarded.row_step.clone();
+  embedding_backward_adam_(guarded.weight, guarded.exp_avg, guarded.exp_avg_sq, guarded.row_step, indices, grad, 0, 2,
+                           o, /*check_indices=*/false, torch::ones({}));  // 1: skipped
+  EXPECT_TRUE(torch::equal(guarded.weight, weight));
+  EXPECT_TRUE(torch::equal(guarded.exp_avg, exp_avg));
+  EXPECT_TRUE(torch::equal(guarded.row_step, row_step));
+  EXPECT_NE(error_of([&] {
+              embedding_backward_adam_(guarded.weight, guarded.exp_avg, guarded.exp_avg_sq, guarded.row_step, indices,
+                                       grad, 0, 2, o, true, torch::ones({}, torch::kDouble));
+            }).find("skip must be one float32 value"),
+            std::string::npos);
+}
+
 TEST(FusedBackwardAdam, RejectsMismatchedState) {
   AdamState s(10, 4);
   auto wrong = torch::zeros({10, 3});

@@ -318,6 +318,28 @@ TEST(DenseAdam, StateRoundTripsThroughLibTorchAdamsFormat) {
   EXPECT_EQ(state.step(), 5);
 }
 
+TEST(DenseAdam, AStepGuardedOnTheDeviceLeavesParametersAndMomentsAlone) {
+  auto a = adam_test_parameters(), b = adam_test_parameters();
+  FusedAdam guarded(a, torch::optim::AdamOptions(0.01)), plain(b, torch::optim::AdamOptions(0.01));
+  set_gradients(a, 0), guarded.step_unless(torch::zeros({}));  // 0: applied, as a plain step
+  set_gradients(b, 0), plain.step();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "param " << i;
+  std::vector<torch::Tensor> before, moments;
+  for (const auto& p : a) {
+    before.push_back(p.detach().clone());
+    moments.push_back(static_cast<const torch::optim::AdamParamState&>(*guarded.state().at(p.unsafeGetTensorImpl()))
+                          .exp_avg_sq()
+                          .clone());
+  }
+  set_gradients(a, 1), guarded.step_unless(torch::ones({}));  // 1: skipped
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(torch::equal(a[i], before[i])) << "param " << i;
+    const auto& state = static_cast<const torch::optim::AdamParamState&>(*guarded.state().at(a[i].unsafeGetTensorImpl()));
+    EXPECT_TRUE(torch::equal(state.exp_avg_sq(), moments[i])) << "param " << i;
+    EXPECT_EQ(state.step(), 2);  // the count advances (kept on the host without a read-back)
+  }
+}
+
 TEST(DenseAdam, ClipGradNormMatchesLibTorch) {
   for (const double max_norm : {0.5, 1e6}) {  // clipped, and left alone
     auto a = adam_test_parameters(), b = adam_test_parameters();
@@ -820,6 +842,45 @@ TEST(Stream, RankingFiltersEverySeenItemAndBadSettingsAreRefused) {
     EXPECT_NE(std::string(e.what()).find("stream.history_keep (5)"), std::string::npos) << e.what();
   }
   fs::remove_all(dir);
+}
+
+// On a GPU a micro-batch (upload, ranking, the guarded teacher step, the sparse update, the readout
+// of ranks and losses) queues its work without waiting for the device: CUDA's sync debug mode turns
+// any host-device synchronisation into an error in the middle of the stream. Taking in a finished
+// micro-batch waits on its event only, which the mode allows. (Checkpoints, publication and table
+// growth may wait; this stretch has none: every item is the teacher's.)
+TEST(Stream, MicroBatchesNeverWaitForTheDeviceOnAGpu) {
+#ifndef FRESHREC_WITH_CUDA
+  GTEST_SKIP() << "built without CUDA";
+#else
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU on this machine: the GPU stream is compiled, not run";
+  const auto dir = temp_folder("stream-gpu");
+  Config config = stream_config(dir);
+  config.apply_override("train.device=cuda");
+  config.apply_override("stream.checkpoint_every=0");
+  config.apply_override("stream.window=200");
+  const auto setup = prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+  const IdMap known = read_checkpoint_info(setup.teacher).items;
+  std::string lines;
+  for (uint64_t p = setup.cut; p < setup.source.records().size(); ++p) {
+    const auto& e = *setup.source.records()[p].event;
+    if (known.find(e.item) >= 0) lines += nlohmann::json{{"user", e.user}, {"item", e.item}, {"timestamp", *e.timestamp}}.dump() + "\n";
+  }
+  const auto count = static_cast<uint64_t>(std::count(lines.begin(), lines.end(), '\n'));
+  ASSERT_GT(count, 1000u);
+  std::istringstream in(lines);
+  LineStreamSource source(in, LineFormat::Json);
+  auto& debug = c10::cuda::warning_state();
+  HookedSource on(source, 300, [&] { debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR); });
+  HookedSource off(on, count - 100, [&] { debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED); });
+  StreamSummary s;
+  EXPECT_NO_THROW(s = run_stream(config, off, setup.warm, {setup.teacher, "", true, dir + "/gpu", "gpu"}));
+  debug.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  EXPECT_EQ(s.scored, count);
+  EXPECT_EQ(s.skipped_batches, 0u);
+  EXPECT_GT(s.overall.ndcg(10), 0.0);
+  fs::remove_all(dir);
+#endif
 }
 
 TEST(Stream, EmptyBatchesAndTheLossGuardLeaveTheModelAlone) {

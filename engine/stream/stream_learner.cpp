@@ -6,8 +6,13 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <chrono>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
 #include <algorithm>
+#include <chrono>
+#include <deque>
+#include <optional>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -45,6 +50,25 @@ struct Example {
   const int32_t* history;
   size_t length;
   int64_t item;
+};
+
+// What a micro-batch sends back to the host: the ranks for the metrics, the losses and the guard's
+// flags. On a GPU it is copied asynchronously and taken in once the next micro-batch's work is
+// queued (StreamLearner::absorb), so no step waits for the device; on the CPU at once.
+struct Readout {
+  torch::Tensor ranks, student_ranks;  // (B) int64
+  torch::Tensor losses;                // (4) float: teacher loss, skipped, student loss, skipped; undefined: no step
+  std::vector<char> cold;
+  std::vector<std::chrono::steady_clock::time_point> arrivals;
+  int64_t known = 0;                   // the vocabulary's end when scored: a cold item's rank
+  uint64_t batch = 0;
+  // The stream's counters as of the micro-batch, for the metrics line that its ranks may close.
+  struct AsOf {
+    uint64_t events = 0, new_users = 0, new_items = 0, dead_letters = 0;
+    std::string position;
+    nlohmann::json published_version;
+  } as_of;
+  std::optional<c10::Event> copied;    // GPU: the copies to the host are done
 };
 
 // A set of examples on the device, built once per micro-batch and shared by its ranking, the
@@ -97,13 +121,18 @@ struct Trainable {
     model->grow_items(rows);
     sparse->grow_to_weight();
   }
-  // Backward, clipping of the dense parameters, both optimizer steps.
-  void step(const torch::Tensor& loss, double clip, double lr) {
+  // Backward, clipping of the dense parameters, both optimizer steps, guarded on the device: when the
+  // loss is not finite or above max_loss, weights and moments stay as they were (the step counts
+  // still advance). Returns the guard's flag (float32 scalar, 1: skipped) without reading it back.
+  torch::Tensor step(const torch::Tensor& loss, double clip, double lr, double max_loss) {
+    const auto value = loss.detach();
+    const auto skip = value.isfinite().logical_and(value <= max_loss).logical_not().to(torch::kFloat);
     dense->zero_grad();
     loss.backward();
     if (clip > 0) clip_grad_norm(dense->param_groups()[0].params(), clip);
-    dense->step();
-    sparse->step(lr);
+    dense->step_unless(skip);
+    sparse->step(lr, skip);
+    return skip;
   }
 };
 
@@ -256,8 +285,9 @@ class StreamLearner {
 
   StreamSummary finish() {
     flush();
+    absorb(0);
     if (publisher_ && run_.learn && !unpublished_.empty()) publish();
-    write_window();
+    write_window(current());
     save();
     if (!publish_delays_ms_.empty()) {
       std::sort(publish_delays_ms_.begin(), publish_delays_ms_.end());
@@ -318,46 +348,84 @@ class StreamLearner {
             with_excluded ? excluded.matrix(device_) : torch::Tensor()};
   }
 
-  // Test: rank each event's item among the known items, the user's earlier items filtered.
-  void score(const std::vector<Pending>& batch, const StepInputs& in) {
+  // Test: rank each event's item among the known items, the user's earlier items filtered. The ranks
+  // stay on the device; absorb() counts them.
+  void score(const StepInputs& in, Readout& out) {
     torch::NoGradGuard no_grad;
     model_->eval();
-    const int64_t known = items_.end_id();  // rows past the vocabulary are spare capacity
-    auto ranks = rank_targets(model_->score_all(model_->last_hidden(in.inputs)), in.targets, in.excluded, known).cpu();
-    auto r = ranks.accessor<int64_t, 1>();
-    std::vector<int64_t> student_ranks;
+    out.known = items_.end_id();  // rows past the vocabulary are spare capacity
+    out.ranks = rank_targets(model_->score_all(model_->last_hidden(in.inputs)), in.targets, in.excluded, out.known);
     if (student_) {
       student_.model->eval();
       auto& s = student_.model;
-      auto t = rank_targets(s->score_all(s->last_hidden(student_inputs(in.inputs))), in.targets, in.excluded, known)
-                   .cpu()
-                   .contiguous();
-      student_ranks.assign(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+      out.student_ranks =
+          rank_targets(s->score_all(s->last_hidden(student_inputs(in.inputs))), in.targets, in.excluded, out.known);
     }
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const int64_t rank = batch[i].cold ? known : r[i];  // a new item is a miss: it could not be ranked
-      summary_.cold_items += batch[i].cold;
-      summary_.overall.add(rank);
-      window_.add(rank);
-      if (student_) {
-        const int64_t student_rank = batch[i].cold ? known : student_ranks[i];
-        summary_.student_overall.add(student_rank);
-        student_window_.add(student_rank);
+  }
+
+  // Takes in the readouts of finished micro-batches, oldest first, until at most `in_flight` remain:
+  // metrics, the guard's skips, losses, and each event's latency up to this point, when the step that
+  // learned from it is known to be done.
+  void absorb(size_t in_flight) {
+    while (readouts_.size() > in_flight) {
+      Readout& r = readouts_.front();
+      if (r.copied) r.copied->synchronize();  // waits for that micro-batch only: later work stays queued
+      const auto now = std::chrono::steady_clock::now();
+      const int64_t* ranks = r.ranks.data_ptr<int64_t>();
+      const int64_t* student_ranks = student_ ? r.student_ranks.data_ptr<int64_t>() : nullptr;
+      for (size_t i = 0; i < r.cold.size(); ++i) {
+        const int64_t rank = r.cold[i] ? r.known : ranks[i];  // a new item is a miss: it could not be ranked
+        summary_.cold_items += r.cold[i];
+        summary_.overall.add(rank);
+        window_.add(rank);
+        if (student_) {
+          const int64_t student_rank = r.cold[i] ? r.known : student_ranks[i];
+          summary_.student_overall.add(student_rank);
+          student_window_.add(student_rank);
+        }
+        ++summary_.scored;
+        if (static_cast<int64_t>(window_.count()) >= settings_.window) write_window(r.as_of);
+        if (latencies_ms_.size() < kMaxLatencySamples)
+          latencies_ms_.push_back(std::chrono::duration<double, std::milli>(now - r.arrivals[i]).count());
       }
-      ++summary_.scored;
-      if (static_cast<int64_t>(window_.count()) >= settings_.window) write_window();
+      if (r.losses.defined()) {
+        const float* l = r.losses.data_ptr<float>();
+        if (l[1] != 0.f) {  // the guard: this batch never reached the weights
+          ++summary_.skipped_batches;
+          spdlog::warn("batch {} skipped: loss {}", r.batch, l[0]);
+        } else {
+          last_loss_ = l[0];
+        }
+        if (student_ && l[3] != 0.f) {
+          ++summary_.skipped_batches;
+          spdlog::warn("batch {}: student step skipped, loss {}", r.batch, l[2]);
+        } else if (student_) {
+          last_student_loss_ = l[2];
+        }
+      }
+      readouts_.pop_front();
     }
+  }
+
+  // A device tensor's copy on the host, asynchronous from a GPU (pinned memory; valid once the
+  // readout's event has passed).
+  static torch::Tensor to_host(const torch::Tensor& t) {
+    if (!t.defined() || !t.is_cuda()) return t.defined() ? t.contiguous() : t;
+    auto host = torch::empty(t.sizes(), t.options().device(torch::kCPU).pinned_memory(true));
+    host.copy_(t, /*non_blocking=*/true);
+    return host;
   }
 
   // Train: one step on the events of the batch that have a history, loss on the newest position,
   // plus stream.replay_share as many examples replayed from the reservoir. `in` is the batch's
   // StepInputs (the ranking's), reused for the rows that train.
-  void learn(const std::vector<Example>& batch, const StepInputs& in) {
+  // Returns (teacher loss, skipped, student loss, skipped) on the device; undefined without a step.
+  torch::Tensor learn(const std::vector<Example>& batch, const StepInputs& in) {
     std::vector<Example> examples;
     std::vector<int64_t> fresh_rows;
     for (size_t r = 0; r < batch.size(); ++r)
       if (batch[r].length > 0) examples.push_back(batch[r]), fresh_rows.push_back(static_cast<int64_t>(r));
-    if (examples.empty()) return;
+    if (examples.empty()) return {};
     const size_t fresh = examples.size();
     const auto replayed = static_cast<size_t>(std::llround(settings_.replay_share * static_cast<double>(fresh)));
     for (size_t k = 0; k < replayed && !reservoir_.items.empty(); ++k) {
@@ -420,24 +488,19 @@ class StreamLearner {
                     ? full_softmax_cross_entropy(hidden, model_->item_embedding(), target, settings_.ce_chunk, excluded)
                     : sampled_softmax_cross_entropy(hidden, model_->lookup_items(target), model_->lookup_items(negatives),
                                                     target, negatives, log_q);
-    const double value = loss.item<double>();
-    if (!std::isfinite(value) || value > settings_.max_loss) {
-      // Guard: a bad batch never reaches the weights.
-      ++summary_.skipped_batches;
-      teacher_.sparse->gradients().clear();
-      spdlog::warn("batch {} skipped: loss {}", summary_.batches, value);
-    } else {
-      teacher_.step(loss, settings_.clip, settings_.lr);
-      last_loss_ = value;
-    }
-    if (student_) learn_student(step);
+    // Guard: a bad batch never reaches the weights (decided on the device; absorb() counts it).
+    const auto skip = teacher_.step(loss, settings_.clip, settings_.lr, settings_.max_loss);
+    auto student = student_ ? learn_student(step)
+                            : torch::stack({torch::full({}, std::numeric_limits<float>::quiet_NaN(), skip.options()),
+                                            torch::zeros({}, skip.options())});
     if (settings_.replay_share > 0)
       for (size_t i = 0; i < fresh; ++i) remember(examples[i]);  // the store's views: still valid
+    return torch::cat({torch::stack({loss.detach().to(torch::kFloat), skip}), student});
   }
 
   // The student's distillation step on the step's examples (newest position), against the teacher
-  // as it is after its own step.
-  void learn_student(const StepInputs& step) {
+  // as it is after its own step. Returns (loss, skipped) on the device.
+  torch::Tensor learn_student(const StepInputs& step) {
     const auto& inputs = step.inputs;
     const auto& target = step.targets;
     torch::Tensor teacher_hidden;
@@ -455,19 +518,13 @@ class StreamLearner {
                  torch::zeros({student->options().num_items + 1}, teacher_hidden.options())};
     auto loss = distillation_loss(distill_, student, model_, student->last_hidden(student_inputs(inputs)), teacher_hidden,
                                   target, known, settings_.full_softmax ? nullptr : &sampled, settings_.ce_chunk);
-    const double value = loss.item<double>();
-    if (!std::isfinite(value) || value > settings_.max_loss) {
-      ++summary_.skipped_batches;
-      student_.sparse->gradients().clear();
-      spdlog::warn("batch {}: student step skipped, loss {}", summary_.batches, value);
-      return;
-    }
-    student_.step(loss, settings_.clip, settings_.lr);
-    last_student_loss_ = value;
+    const auto skip = student_.step(loss, settings_.clip, settings_.lr, settings_.max_loss);
+    return torch::stack({loss.detach().to(torch::kFloat), skip});
   }
 
   // Exports the student (the teacher without one) as the next published version.
   void publish() {
+    absorb(0);  // the manifest's rolling metrics cover every event learned from
     nlohmann::json info = {{"events", summary_.events},
                            {"source_position", source_.position()},
                            {"batches", summary_.batches},
@@ -519,15 +576,28 @@ class StreamLearner {
       batch.push_back({store_.history(p.slot).data() + (p.length - n), n, p.item});
     }
     const StepInputs in = step_inputs(batch, /*with_excluded=*/true);
-    score(pending_, in);
-    if (run_.learn) learn(batch, in);
+    Readout out;
+    score(in, out);
+    if (run_.learn) out.losses = learn(batch, in);
     store_.settle();
-    const auto done = std::chrono::steady_clock::now();
     for (const auto& p : pending_) {
-      if (latencies_ms_.size() < kMaxLatencySamples)
-        latencies_ms_.push_back(std::chrono::duration<double, std::milli>(done - p.arrival).count());
+      out.cold.push_back(p.cold);
+      out.arrivals.push_back(p.arrival);
       if (publisher_ && run_.learn) unpublished_.push_back(p.arrival);
     }
+    out.batch = summary_.batches;
+    out.as_of = current();
+    out.ranks = to_host(out.ranks);
+    out.student_ranks = to_host(out.student_ranks);
+    out.losses = to_host(out.losses);
+    if (device_.is_cuda()) {
+      out.copied.emplace(device_.type());
+      out.copied->record(c10::impl::VirtualGuardImpl(device_.type()).getStream(device_));
+    }
+    readouts_.push_back(std::move(out));
+    // On a GPU one micro-batch stays in flight, so the host queues the next while this one runs.
+    absorb(device_.is_cuda() ? 1 : 0);
+    const auto done = std::chrono::steady_clock::now();
     ++summary_.batches;
     events_since_checkpoint_ += static_cast<int64_t>(pending_.size());
     events_since_publish_ += static_cast<int64_t>(pending_.size());
@@ -545,12 +615,19 @@ class StreamLearner {
     if (by_count || by_time) save();
   }
 
-  void write_window() {
+  Readout::AsOf current() const {
+    return {summary_.events, summary_.new_users, summary_.new_items, summary_.dead_letters, source_.position(),
+            publisher_ ? nlohmann::json(publisher_->last_version()) : nlohmann::json()};
+  }
+
+  // One metrics line for the window, its counters as of its last micro-batch.
+  void write_window(const Readout::AsOf& as_of) {
     if (window_.count() == 0) return;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    const uint64_t events = as_of.events;
     metrics_ << nlohmann::json{{"label", run_.label},
-                               {"events", summary_.events},
-                               {"position", source_.position()},
+                               {"events", events},
+                               {"position", as_of.position},
                                {"window_events", window_.count()},
                                {"HR@10", window_.hit_rate(10)},
                                {"NDCG@10", window_.ndcg(10)},
@@ -559,21 +636,21 @@ class StreamLearner {
                                {"student_NDCG@10", student_ ? nlohmann::json(student_window_.ndcg(10)) : nlohmann::json()},
                                {"student_HR@10", student_ ? nlohmann::json(student_window_.hit_rate(10)) : nlohmann::json()},
                                {"student_loss", student_ ? nlohmann::json(last_student_loss_) : nlohmann::json()},
-                               {"published_version", publisher_ ? nlohmann::json(publisher_->last_version()) : nlohmann::json()},
+                               {"published_version", as_of.published_version},
                                {"cold_items", summary_.cold_items},
-                               {"new_users", summary_.new_users},
-                               {"new_items", summary_.new_items},
-                               {"dead_letters", summary_.dead_letters},
+                               {"new_users", as_of.new_users},
+                               {"new_items", as_of.new_items},
+                               {"dead_letters", as_of.dead_letters},
                                {"seconds", seconds}}
                     .dump()
              << "\n"
              << std::flush;
     spdlog::info("{} {} events, window NDCG@10 {:.4f} HR@10 {:.4f}, overall NDCG@10 {:.4f}, {:.0f} events/s",
-                 run_.label, summary_.events, window_.ndcg(10), window_.hit_rate(10), summary_.overall.ndcg(10),
+                 run_.label, events, window_.ndcg(10), window_.hit_rate(10), summary_.overall.ndcg(10),
                  summary_.events / std::max(seconds, 1e-9));
     if (student_)
       spdlog::info("{} {} events, student window NDCG@10 {:.4f} HR@10 {:.4f}, overall NDCG@10 {:.4f}", run_.label,
-                   summary_.events, student_window_.ndcg(10), student_window_.hit_rate(10),
+                   events, student_window_.ndcg(10), student_window_.hit_rate(10),
                    summary_.student_overall.ndcg(10));
     window_ = RankingMetrics({10});
     student_window_ = RankingMetrics({10});
@@ -582,6 +659,7 @@ class StreamLearner {
   // Everything needed to continue at exactly the next event, written atomically. Checkpoints are
   // taken only between micro-batches, so every event before the saved position has been applied.
   void save() {
+    absorb(0);  // the checkpoint's counters cover every micro-batch before its position
     CheckpointInfo info;
     info.config_yaml = info_.config_yaml;
     info.items = items_;
@@ -695,6 +773,7 @@ class StreamLearner {
   IdMap items_{1};
   HistoryStore store_;
   std::vector<Pending> pending_;
+  std::deque<Readout> readouts_;  // micro-batches whose results are still on their way to the host
   std::vector<double> latencies_ms_;
   Reservoir reservoir_;
   RankingMetrics window_{{10}};

@@ -29,13 +29,24 @@ struct AdamKind<torch::optim::AdamW> {
 
 template <class Base>
 torch::Tensor FusedAdamT<Base>::step(torch::optim::Optimizer::LossClosure closure) {
-  using Kind = AdamKind<Base>;
-  torch::NoGradGuard no_grad;
   torch::Tensor loss;
   if (closure) {
     torch::AutoGradMode enable_grad(true);
     loss = closure();
   }
+  fused_step(std::nullopt);
+  return loss;
+}
+
+template <class Base>
+void FusedAdamT<Base>::step_unless(const torch::Tensor& found_inf) {
+  fused_step(found_inf);
+}
+
+template <class Base>
+void FusedAdamT<Base>::fused_step(const std::optional<torch::Tensor>& found_inf) {
+  using Kind = AdamKind<Base>;
+  torch::NoGradGuard no_grad;
   for (auto& group : this->param_groups_) {
     const auto& options = static_cast<const typename Kind::Options&>(group.options());
     std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, advanced;
@@ -77,13 +88,14 @@ torch::Tensor FusedAdamT<Base>::step(torch::optim::Optimizer::LossClosure closur
     const auto [beta1, beta2] = options.betas();
     if constexpr (std::is_same_v<Base, torch::optim::AdamW>) {
       at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, options.lr(), beta1, beta2,
-                        options.weight_decay(), options.eps(), options.amsgrad(), /*maximize=*/false);
+                        options.weight_decay(), options.eps(), options.amsgrad(), /*maximize=*/false,
+                        /*grad_scale=*/std::nullopt, found_inf);
     } else {
       at::_fused_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, options.lr(), beta1, beta2,
-                       options.weight_decay(), options.eps(), options.amsgrad(), /*maximize=*/false);
+                       options.weight_decay(), options.eps(), options.amsgrad(), /*maximize=*/false,
+                       /*grad_scale=*/std::nullopt, found_inf);
     }
   }
-  return loss;
 }
 
 template class FusedAdamT<torch::optim::Adam>;

@@ -25,8 +25,13 @@ class FusedAdamT : public Base {
  public:
   using Base::Base;
   torch::Tensor step(torch::optim::Optimizer::LossClosure closure = nullptr) override;
+  // A step guarded on the device: `found_inf` is a float32 scalar on the parameters' device, and when
+  // it is 1 the fused kernel leaves parameters and moments untouched (as with torch's GradScaler).
+  // The step counts still advance, so their host copies stay exact without a read-back.
+  void step_unless(const torch::Tensor& found_inf);
 
  private:
+  void fused_step(const std::optional<torch::Tensor>& found_inf);
   // The step counts as fp32 device scalars, as the fused kernels read them; `value` mirrors the
   // tensor's content on the host, so a count changed by load() is noticed without reading it back.
   struct DeviceStep {

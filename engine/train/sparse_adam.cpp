@@ -11,7 +11,7 @@ SparseRowAdamImpl::SparseRowAdamImpl(torch::Tensor weight, ops::RowwiseAdamOptio
   step_ = register_buffer("step", torch::zeros({}, torch::kLong));  // on the CPU: read every step
 }
 
-void SparseRowAdamImpl::step(double lr) {
+void SparseRowAdamImpl::step(double lr, const std::optional<torch::Tensor>& skip) {
   if (weight_.grad().defined()) {  // a dense gradient too (a full softmax): every row touched
     gradients_.indices.push_back(torch::arange(weight_.size(0), weight_.options().dtype(torch::kLong)));
     gradients_.grad_outputs.push_back(weight_.grad().detach());
@@ -29,7 +29,7 @@ void SparseRowAdamImpl::step(double lr) {
   // The indices went through the forward lookups (index_select checks them) or are the table's own
   // rows, so the op need not read their range back from a GPU.
   ops::embedding_backward_adam_(weight, exp_avg_, exp_avg_sq_, row_step_, indices, grads, padding_idx_,
-                                step_.item<int64_t>(), options, /*check_indices=*/false);
+                                step_.item<int64_t>(), options, /*check_indices=*/false, skip);
 }
 
 void SparseRowAdamImpl::grow_to_weight() {

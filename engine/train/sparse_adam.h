@@ -19,7 +19,10 @@ class SparseRowAdamImpl : public torch::nn::Module {
   ops::SparseGradients& gradients() { return gradients_; }
   // Applies and clears the collected gradients at learning rate `lr`, with the table's dense .grad if
   // one was made (a full softmax over the table), then clears that too. No-op without gradients.
-  void step(double lr);
+  // `skip` (a float32 scalar on the table's device, nonzero: skip) guards the step on the device:
+  // the gradients are cleared and nothing else changes, but the step counter still advances (the
+  // host keeps it without reading the flag back).
+  void step(double lr, const std::optional<torch::Tensor>& skip = std::nullopt);
   int64_t steps_taken() const { return step_.item<int64_t>(); }
   // Follows the table after it grew (SASRec::grow_items): new rows start with zero moments.
   void grow_to_weight();

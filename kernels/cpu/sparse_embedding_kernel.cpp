@@ -87,11 +87,14 @@ void rowwise_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_a
 void embedding_backward_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
                                  const at::Tensor& indices, const at::Tensor& grad_output, int64_t padding_idx,
                                  int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay,
-                                 bool decoupled, bool per_row_step, bool /*check_indices: always on the CPU*/) {
+                                 bool decoupled, bool per_row_step, bool /*check_indices: always on the CPU*/,
+                                 const std::optional<at::Tensor>& skip) {
   const int64_t D = grad_output.size(1);
   const AdamScalars a =
       check_rowwise_adam("embedding_backward_adam_", weight, exp_avg, exp_avg_sq, row_step, indices, grad_output, step,
                          lr, beta1, beta2, eps, weight_decay, decoupled, /*float_gradients=*/false);
+  check_skip("embedding_backward_adam_", skip, weight.device());
+  if (skip && skip->item<float>() != 0.f) return;
   const Segments seg = sort_into_segments(indices, padding_idx);
   const int64_t U = seg.host_count();
   if (U == 0) return;

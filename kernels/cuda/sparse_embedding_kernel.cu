@@ -30,7 +30,9 @@ constexpr int kThreads = 128;   // threads per block, spread over the embedding 
 template <typename scalar_t>
 __global__ void piece_sums_kernel(const scalar_t* __restrict__ grad_output, const int64_t* __restrict__ order,
                                   const int64_t* __restrict__ piece_begin, const int64_t* __restrict__ first_piece,
-                                  const int64_t* __restrict__ count, int64_t D, float* __restrict__ partials) {
+                                  const int64_t* __restrict__ count, const float* __restrict__ skip, int64_t D,
+                                  float* __restrict__ partials) {
+  if (skip && *skip != 0.f) return;
   const int64_t pieces = first_piece[*count];
   const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   if (d >= D) return;
@@ -60,7 +62,9 @@ __global__ void segment_adam_kernel(const float* __restrict__ partials, const in
                                     const int64_t* __restrict__ rows, const int64_t* __restrict__ count,
                                     int64_t num_rows, int64_t D, float* __restrict__ weight,
                                     float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
-                                    int64_t* __restrict__ row_step, int64_t step, AdamScalars a, bool per_row_step) {
+                                    int64_t* __restrict__ row_step, int64_t step, AdamScalars a, bool per_row_step,
+                                    const float* __restrict__ skip) {
+  if (skip && *skip != 0.f) return;  // the guarded step was skipped: nothing changes
   const int64_t segments = *count;
   for (int64_t s = blockIdx.x; s < segments; s += gridDim.x) {  // the same trip count for every thread
     const int64_t row = rows[s];
@@ -89,7 +93,8 @@ unsigned grid_for(int64_t upper) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min(upper, fill)));
 }
 
-at::Tensor piece_sums(const at::Tensor& grad_output, const Segments& seg, const Pieces& pieces) {
+at::Tensor piece_sums(const at::Tensor& grad_output, const Segments& seg, const Pieces& pieces,
+                      const float* skip = nullptr) {
   const int64_t N = seg.order.size(0), D = grad_output.size(1);
   auto partials = at::empty({N, D}, grad_output.options().dtype(at::kFloat));  // the first pieces are written
   const dim3 grid(grid_for(N), static_cast<unsigned>((D + kThreads - 1) / kThreads));
@@ -97,7 +102,7 @@ at::Tensor piece_sums(const at::Tensor& grad_output, const Segments& seg, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "piece_sums", [&] {
     piece_sums_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
         grad_output.data_ptr<scalar_t>(), seg.order.data_ptr<int64_t>(), pieces.begin.data_ptr<int64_t>(),
-        pieces.first.data_ptr<int64_t>(), seg.count.data_ptr<int64_t>(), D, partials.data_ptr<float>());
+        pieces.first.data_ptr<int64_t>(), seg.count.data_ptr<int64_t>(), skip, D, partials.data_ptr<float>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return partials;
@@ -143,28 +148,31 @@ void rowwise_adam_cuda(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_
   segment_adam_kernel<<<grid_for(U), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       grads.data_ptr<float>(), first_piece.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), count.data_ptr<int64_t>(),
       weight.size(0), D, weight.data_ptr<float>(), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
-      row_step.data_ptr<int64_t>(), step, a, per_row_step);
+      row_step.data_ptr<int64_t>(), step, a, per_row_step, /*skip=*/nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void embedding_backward_adam_cuda(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
                                   at::Tensor& row_step, const at::Tensor& indices, const at::Tensor& grad_output,
                                   int64_t padding_idx, int64_t step, double lr, double beta1, double beta2, double eps,
-                                  double weight_decay, bool decoupled, bool per_row_step, bool check_indices) {
+                                  double weight_decay, bool decoupled, bool per_row_step, bool check_indices,
+                                  const std::optional<at::Tensor>& skip) {
   const int64_t N = indices.size(0), D = grad_output.size(1);
   const AdamScalars a =
       check_rowwise_adam("embedding_backward_adam_", weight, exp_avg, exp_avg_sq, row_step, indices, grad_output, step,
                          lr, beta1, beta2, eps, weight_decay, decoupled, /*float_gradients=*/false, check_indices);
+  check_skip("embedding_backward_adam_", skip, weight.device());
+  const float* skip_flag = skip ? skip->data_ptr<float>() : nullptr;
   const c10::cuda::CUDAGuard guard(weight.device());
   if (N == 0 || D == 0) return;
   const Segments seg = sort_into_segments(indices, padding_idx);
   const auto grad = grad_output.contiguous();
   const Pieces pieces = make_pieces(seg, kPiece);
-  const auto partials = piece_sums(grad, seg, pieces);
+  const auto partials = piece_sums(grad, seg, pieces, skip_flag);
   segment_adam_kernel<<<grid_for(N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       partials.data_ptr<float>(), pieces.first.data_ptr<int64_t>(), seg.rows.data_ptr<int64_t>(),
       seg.count.data_ptr<int64_t>(), weight.size(0), D, weight.data_ptr<float>(), exp_avg.data_ptr<float>(),
-      exp_avg_sq.data_ptr<float>(), row_step.data_ptr<int64_t>(), step, a, per_row_step);
+      exp_avg_sq.data_ptr<float>(), row_step.data_ptr<int64_t>(), step, a, per_row_step, skip_flag);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
