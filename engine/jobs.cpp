@@ -226,14 +226,15 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
         " --heads " + std::to_string(m.heads) + " --length " + std::to_string(m.maxlen) + " --batch " +
         std::to_string(config.get_int("stream.batch_size")) + " --loss " + config.get_string("stream.loss") +
         " --negatives " + std::to_string(config.get_int("train.negatives")) + " --threads " +
-        std::to_string(torch::get_num_threads()) + " --dropout " + std::to_string(dropout) + " --steps 20 --warmup 3";
+        std::to_string(torch::get_num_threads()) + " --dropout " + std::to_string(dropout) + " --precision " +
+        config.get_string("train.precision") + " --steps 20 --warmup 3";
     const nlohmann::json r = run_python_reference(command);
     const double ours = results.back().second.events / std::max(results.back().second.seconds, 1e-9);
     const double reference = r.at("events_per_s").get<double>();
-    std::printf("PyTorch eager reference, test-then-train step alone (same shapes, %s, torch %s): %.0f events/s; "
+    std::printf("PyTorch eager reference, test-then-train step alone (same shapes, %s, %s, torch %s): %.0f events/s; "
                 "%s (whole pipeline) / reference: %.2fx\n",
-                device.c_str(), r.at("torch").get<std::string>().c_str(), reference, results.back().first.c_str(),
-                ours / reference);
+                device.c_str(), config.get_string("train.precision").c_str(), r.at("torch").get<std::string>().c_str(),
+                reference, results.back().first.c_str(), ours / reference);
   }
   return 0;
 }

@@ -1,6 +1,7 @@
 // Runtime settings; see runtime.h.
 #include "engine/runtime.h"
 
+#include <ATen/autocast_mode.h>
 #include <spdlog/spdlog.h>
 
 #include <stdexcept>
@@ -25,6 +26,30 @@ torch::Tensor long_tensor(const std::vector<int64_t>& values, std::vector<int64_
   auto pinned = torch::empty(shape, torch::TensorOptions().dtype(torch::kLong).pinned_memory(true));
   pinned.copy_(host);
   return pinned.to(device, /*non_blocking=*/true);
+}
+
+bool configure_precision(const std::string& precision) {
+  if (precision != "fp32" && precision != "tf32" && precision != "bf16")
+    throw std::invalid_argument("train.precision must be fp32, tf32 or bf16, got '" + precision + "'");
+  const bool tf32 = precision == "tf32";
+  at::globalContext().setAllowTF32CuBLAS(tf32);
+  at::globalContext().setAllowTF32CuDNN(tf32);
+  return precision == "bf16";
+}
+
+Autocast::Autocast(torch::Device device, bool enabled) : type_(device.type()), enabled_(enabled) {
+  if (!enabled_) return;
+  was_enabled_ = at::autocast::is_autocast_enabled(type_);
+  was_dtype_ = at::autocast::get_autocast_dtype(type_);
+  at::autocast::set_autocast_dtype(type_, at::kBFloat16);
+  at::autocast::set_autocast_enabled(type_, true);
+}
+
+Autocast::~Autocast() {
+  if (!enabled_) return;
+  at::autocast::set_autocast_enabled(type_, was_enabled_);
+  at::autocast::set_autocast_dtype(type_, was_dtype_);
+  if (!was_enabled_) at::autocast::clear_cache();
 }
 
 void configure_threads(int64_t threads) {

@@ -2,6 +2,7 @@
 // checkpoints (round trip, resume) and a short training run that must beat popularity.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <ATen/autocast_mode.h>
 #ifdef FRESHREC_WITH_CUDA
 #include <c10/cuda/CUDAFunctions.h>
 #endif
@@ -553,6 +554,31 @@ void expect_learns_with(const std::string& name, const std::vector<std::string>&
 
 TEST(Training, SampledSoftmaxAlsoLearns) { expect_learns_with("sampled", {"train.loss=sampled", "train.negatives=64"}); }
 
+// train.precision=bf16: the forward and the loss under bfloat16 autocast, the weights and optimizer
+// state fp32; dense and sparse tables both learn, and autocast is off again afterwards.
+TEST(Training, Bf16AutocastLearnsWithFp32Weights) {
+  expect_learns_with("bf16", {"train.precision=bf16"});
+  expect_learns_with("bf16-sparse", {"train.precision=bf16", "train.loss=sampled", "train.negatives=64",
+                                     "train.sparse_embeddings=true"});
+  const auto dir = temp_folder("bf16-weights");
+  Config config = small_training_config(dir);
+  config.apply_override("train.epochs=1");
+  config.apply_override("train.precision=bf16");
+  const TrainSummary s = train_model(config, load_event_log(config, nullptr));
+  EXPECT_FALSE(at::autocast::is_autocast_enabled(torch::kCPU));
+  SASRec trained = load_checkpoint_model(s.best_checkpoint, torch::kCPU);
+  for (const auto& p : trained->named_parameters()) EXPECT_EQ(p.value().scalar_type(), torch::kFloat) << p.key();
+  // The same run in fp32 ends elsewhere: the bf16 matmuls did run.
+  Config fp32 = config;
+  fp32.apply_override("train.precision=fp32");
+  fp32.apply_override("train.output_dir=" + dir + "/fp32");
+  SASRec reference = load_checkpoint_model(train_model(fp32, load_event_log(fp32, nullptr)).best_checkpoint, torch::kCPU);
+  EXPECT_FALSE(torch::equal(trained->item_embedding(), reference->item_embedding()));
+  EXPECT_TRUE(torch::allclose(trained->item_embedding(), reference->item_embedding(), 0.05, 0.05));
+  EXPECT_THROW(config.apply_override("train.precision=fp16"), ConfigError);  // named with its choices
+  fs::remove_all(dir);
+}
+
 TEST(Training, ExcludingSeenItemsFromTheLossAlsoLearns) {
   expect_learns_with("exclude-seen", {"train.exclude_seen=true"});
   const auto dir = temp_folder("exclude-sampled");
@@ -798,6 +824,16 @@ TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
   const StreamSummary all_rows = run_stream(full, full_source, warm, {teacher, "", true, dir + "/full", "full"});
   EXPECT_GT(all_rows.overall.ndcg(10), frozen.overall.ndcg(10) * 1.1)
       << "full softmax " << all_rows.overall.ndcg(10) << " vs frozen " << frozen.overall.ndcg(10);
+
+  // Updates under bf16 autocast (train.precision=bf16; the ranking still scores in fp32) learn too.
+  Config bf16 = config;
+  bf16.apply_override("train.precision=bf16");
+  std::istringstream bf16_in(lines);
+  LineStreamSource bf16_source(bf16_in, LineFormat::Json);
+  const StreamSummary half = run_stream(bf16, bf16_source, warm, {teacher, "", true, dir + "/bf16", "bf16"});
+  EXPECT_GT(half.overall.ndcg(10), frozen.overall.ndcg(10) * 1.1)
+      << "bf16 " << half.overall.ndcg(10) << " vs frozen " << frozen.overall.ndcg(10);
+  EXPECT_NEAR(half.overall.ndcg(10), continual.overall.ndcg(10), 0.1 * continual.overall.ndcg(10));
   fs::remove_all(dir);
 }
 

@@ -70,12 +70,13 @@ case "${1:-}" in
     if has stream-bench; then  # issue 4/6: events/s and latency on the GPU, with the reference's step
       gen="data.format=generated generator.users=20000 generator.items=3416 generator.events_per_user=60 model.maxlen=200"
       run_stage bench-stream-3416 240 $B bench stream -c configs/demo.yaml $gen train.device=cuda train.ce_chunk=8192 \
-        stream.batch_size=1024 stream.max_wait_ms=100000 train.epochs=3 --python python3
+        train.precision=bf16 stream.batch_size=1024 stream.max_wait_ms=100000 train.epochs=3 --python python3
       # A catalog of about a million items (the generated log names ~1.6 M; the table holds those seen before
       # the cut): sparse embeddings and sampled softmax, the teacher alone, no publication.
       big="data.format=generated generator.users=50000 generator.items=3000000 generator.popularity_exponent=0.3 \
         generator.events_per_user=60 model.maxlen=200 train.loss=sampled train.sparse_embeddings=true stream.loss=sampled"
-      run_stage bench-stream-1m 180 $B bench stream -c configs/demo.yaml $big train.device=cuda stream.batch_size=1024 \
+      run_stage bench-stream-1m 180 $B bench stream -c configs/demo.yaml $big train.device=cuda train.precision=bf16 \
+        stream.batch_size=1024 \
         stream.max_wait_ms=100000 train.epochs=1 student.hidden=0 stream.publish_every=0 stream.publish_seconds=0 \
         --python python3
     fi
@@ -86,7 +87,7 @@ case "${1:-}" in
         --json "$out/ml1m-eval.json"
     fi
     if has distill && [[ -f .deps/data/ml-1m.txt ]]; then  # issue 5: large teacher, student with and without it
-      d="data.path=.deps/data/ml-1m.txt train.device=cuda train.ce_chunk=8192 train.log_every_seconds=60"
+      d="data.path=.deps/data/ml-1m.txt train.device=cuda train.precision=tf32 train.ce_chunk=8192 train.log_every_seconds=60"
       run_stage distill-teacher 420 $B train -c configs/ml1m-teacher-large.yaml $d train.output_dir=/tmp/kd/teacher
       run_stage distill-student 300 $B distill --teacher /tmp/kd/teacher/best.pt -c configs/ml1m-student.yaml $d \
         train.output_dir=/tmp/kd/student

@@ -68,6 +68,10 @@ const std::vector<KeySpec>& config_schema() {
       {"train.seed", K::Int, "42", "seed of initialisation, shuffling and dropout"},
       {"train.device", K::Choice, "auto", "auto: CUDA when a GPU is present, else CPU", {"auto", "cpu", "cuda"}},
       {"train.threads", K::Int, "0", "intra-op CPU threads (0: all cores)"},
+      {"train.precision", K::Choice, "fp32",
+       "fp32; tf32: fp32 weights, TF32 matmuls on a GPU; bf16: forward and loss under bfloat16 autocast, fp32 "
+       "weights and optimizer state (rankings are scored in fp32)",
+       {"fp32", "tf32", "bf16"}},
       {"train.output_dir", K::String, "runs/default", "where checkpoints and metrics go"},
       {"train.log_every_seconds", K::Float, "10", "progress line interval"},
       {"train.ce_chunk", K::Int, "256", "rows per chunk of the fused full-softmax cross-entropy"},

@@ -183,7 +183,11 @@ class StreamLearner {
  public:
   StreamLearner(const Config& config, const StreamRun& run, const std::vector<RawEvent>& warm_history,
                 EventSource& source)
-      : settings_(config), run_(run), source_(source), device_(select_device(config.get_string("train.device"))) {
+      : settings_(config),
+        run_(run),
+        source_(source),
+        device_(select_device(config.get_string("train.device"))),
+        bf16_(configure_precision(config.get_string("train.precision"))) {
     fs::create_directories(run.output_dir);
     const std::string& start = run.resume.empty() ? run.teacher : run.resume;
     if (start.empty()) throw std::runtime_error("stream: a teacher checkpoint (or a stream checkpoint to resume) is needed");
@@ -354,12 +358,18 @@ class StreamLearner {
     torch::NoGradGuard no_grad;
     model_->eval();
     out.known = items_.end_id();  // rows past the vocabulary are spare capacity
-    out.ranks = rank_targets(model_->score_all(model_->last_hidden(in.inputs)), in.targets, in.excluded, out.known);
+    // Under bf16 the forward runs in autocast and the scores in fp32: bf16 scores would tie.
+    auto last_hidden = [&](SASRec& m, const torch::Tensor& inputs) {
+      const Autocast autocast(device_, bf16_);
+      return m->last_hidden(inputs);
+    };
+    out.ranks = rank_targets(model_->score_all(last_hidden(model_, in.inputs).to(torch::kFloat)), in.targets,
+                             in.excluded, out.known);
     if (student_) {
       student_.model->eval();
       auto& s = student_.model;
-      out.student_ranks =
-          rank_targets(s->score_all(s->last_hidden(student_inputs(in.inputs))), in.targets, in.excluded, out.known);
+      out.student_ranks = rank_targets(s->score_all(last_hidden(s, student_inputs(in.inputs)).to(torch::kFloat)),
+                                       in.targets, in.excluded, out.known);
     }
   }
 
@@ -455,39 +465,43 @@ class StreamLearner {
     if (!settings_.exclude_seen) step.excluded = torch::Tensor();
     torch::manual_seed(settings_.seed * 1000003ULL + summary_.batches);  // same draws when resumed
     model_->train();
-    torch::Tensor hidden, target, excluded;  // excluded: items left out of each row's softmax (exclude_seen)
-    if (settings_.all_positions) {
-      // The user's recent sequence with the new item appended: every position predicts its next item.
-      const int64_t T = model_->options().maxlen;
-      std::vector<int64_t> inputs(examples.size() * T, 0), targets(examples.size() * T, 0);
-      std::vector<int32_t> seq;
-      for (size_t r = 0; r < examples.size(); ++r) {
-        const Example& e = examples[r];
-        const size_t n = std::min<size_t>(e.length, T);  // the newest T items and the new one
-        seq.assign(e.history + e.length - n, e.history + e.length);
-        seq.push_back(static_cast<int32_t>(e.item));
-        fill_training_row(seq.data(), seq.size(), T, &inputs[r * T], &targets[r * T]);
+    torch::Tensor loss;
+    {
+      const Autocast autocast(device_, bf16_);  // train.precision=bf16: the forward and the loss
+      torch::Tensor hidden, target, excluded;  // excluded: items left out of each row's softmax (exclude_seen)
+      if (settings_.all_positions) {
+        // The user's recent sequence with the new item appended: every position predicts its next item.
+        const int64_t T = model_->options().maxlen;
+        std::vector<int64_t> inputs(examples.size() * T, 0), targets(examples.size() * T, 0);
+        std::vector<int32_t> seq;
+        for (size_t r = 0; r < examples.size(); ++r) {
+          const Example& e = examples[r];
+          const size_t n = std::min<size_t>(e.length, T);  // the newest T items and the new one
+          seq.assign(e.history + e.length - n, e.history + e.length);
+          seq.push_back(static_cast<int32_t>(e.item));
+          fill_training_row(seq.data(), seq.size(), T, &inputs[r * T], &targets[r * T]);
+        }
+        const auto rows = static_cast<int64_t>(examples.size());
+        const std::vector<int64_t> target_positions = nonzero_positions(targets);
+        auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device_);
+        auto input_tensor = long_tensor(inputs, {rows, T}, device_), all_targets = long_tensor(targets, {rows * T}, device_);
+        hidden = model_->forward(input_tensor).reshape({rows * T, -1}).index_select(0, positions);
+        target = all_targets.index_select(0, positions);
+        if (settings_.exclude_seen) excluded = earlier_items(input_tensor, all_targets, positions);
+      } else {
+        target = step.targets;
+        hidden = model_->last_hidden(step.inputs);
+        excluded = step.excluded;
       }
-      const auto rows = static_cast<int64_t>(examples.size());
-      const std::vector<int64_t> target_positions = nonzero_positions(targets);
-      auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device_);
-      auto input_tensor = long_tensor(inputs, {rows, T}, device_), all_targets = long_tensor(targets, {rows * T}, device_);
-      hidden = model_->forward(input_tensor).reshape({rows * T, -1}).index_select(0, positions);
-      target = all_targets.index_select(0, positions);
-      if (settings_.exclude_seen) excluded = earlier_items(input_tensor, all_targets, positions);
-    } else {
-      target = step.targets;
-      hidden = model_->last_hidden(step.inputs);
-      excluded = step.excluded;
+      auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
+      auto log_q = torch::zeros({model_->options().num_items + 1}, hidden.options().dtype(torch::kFloat));  // uniform
+      // Full softmax: the output side gives the whole table a gradient, which the row-wise optimizer
+      // takes as every row touched (a small catalog's table is cheap to update whole).
+      loss = settings_.full_softmax
+                 ? full_softmax_cross_entropy(hidden, model_->item_embedding(), target, settings_.ce_chunk, excluded)
+                 : sampled_softmax_cross_entropy(hidden, model_->lookup_items(target), model_->lookup_items(negatives),
+                                                 target, negatives, log_q);
     }
-    auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
-    auto log_q = torch::zeros({model_->options().num_items + 1}, hidden.options());  // uniform draws
-    // Full softmax: the output side gives the whole table a gradient, which the row-wise optimizer
-    // takes as every row touched (a small catalog's table is cheap to update whole).
-    auto loss = settings_.full_softmax
-                    ? full_softmax_cross_entropy(hidden, model_->item_embedding(), target, settings_.ce_chunk, excluded)
-                    : sampled_softmax_cross_entropy(hidden, model_->lookup_items(target), model_->lookup_items(negatives),
-                                                    target, negatives, log_q);
     // Guard: a bad batch never reaches the weights (decided on the device; absorb() counts it).
     const auto skip = teacher_.step(loss, settings_.clip, settings_.lr, settings_.max_loss);
     auto student = student_ ? learn_student(step)
@@ -503,21 +517,25 @@ class StreamLearner {
   torch::Tensor learn_student(const StepInputs& step) {
     const auto& inputs = step.inputs;
     const auto& target = step.targets;
-    torch::Tensor teacher_hidden;
+    torch::Tensor loss;
     {
-      torch::NoGradGuard no_grad;
-      model_->eval();
-      teacher_hidden = model_->last_hidden(inputs);
+      const Autocast autocast(device_, bf16_);  // train.precision=bf16: the forwards and the loss
+      torch::Tensor teacher_hidden;
+      {
+        torch::NoGradGuard no_grad;
+        model_->eval();
+        teacher_hidden = model_->last_hidden(inputs);
+      }
+      auto& student = student_.model;
+      student->train();
+      const int64_t known = items_.end_id();
+      SampledCandidates sampled;
+      if (!settings_.full_softmax)
+        sampled = {torch::randint(1, known, {settings_.negatives}, target.options()),
+                   torch::zeros({student->options().num_items + 1}, teacher_hidden.options().dtype(torch::kFloat))};
+      loss = distillation_loss(distill_, student, model_, student->last_hidden(student_inputs(inputs)), teacher_hidden,
+                               target, known, settings_.full_softmax ? nullptr : &sampled, settings_.ce_chunk);
     }
-    auto& student = student_.model;
-    student->train();
-    const int64_t known = items_.end_id();
-    SampledCandidates sampled;
-    if (!settings_.full_softmax)
-      sampled = {torch::randint(1, known, {settings_.negatives}, target.options()),
-                 torch::zeros({student->options().num_items + 1}, teacher_hidden.options())};
-    auto loss = distillation_loss(distill_, student, model_, student->last_hidden(student_inputs(inputs)), teacher_hidden,
-                                  target, known, settings_.full_softmax ? nullptr : &sampled, settings_.ce_chunk);
     const auto skip = student_.step(loss, settings_.clip, settings_.lr, settings_.max_loss);
     return torch::stack({loss.detach().to(torch::kFloat), skip});
   }
@@ -758,6 +776,7 @@ class StreamLearner {
   std::chrono::steady_clock::time_point oldest_pending_;
   std::chrono::steady_clock::time_point last_checkpoint_ = std::chrono::steady_clock::now();
   torch::Device device_;
+  bool bf16_;  // train.precision=bf16
   CheckpointInfo info_;
   Trainable teacher_, student_;
   SASRec model_{nullptr};  // the teacher's model

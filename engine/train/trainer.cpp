@@ -65,6 +65,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                          const std::string& teacher_path) {
   configure_threads(config.get_int("train.threads"));
   const torch::Device device = select_device(config.get_string("train.device"));
+  const bool bf16 = configure_precision(config.get_string("train.precision"));
   const uint64_t seed = static_cast<uint64_t>(config.get_int("train.seed"));
   const int64_t epochs = config.get_int("train.epochs"), batch_size = config.get_int("train.batch_size");
   const int64_t patience = config.get_int("train.patience"), warmup = config.get_int("train.warmup_steps");
@@ -194,25 +195,28 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       auto positions = long_tensor(target_positions, {static_cast<int64_t>(target_positions.size())}, device);
       auto all_targets = long_tensor(batch.targets, {batch.rows * batch.length}, device);
       auto targets = all_targets.index_select(0, positions);
-      auto hidden = model->forward(inputs).reshape({batch.rows * batch.length, -1}).index_select(0, positions);
       torch::Tensor loss;
-      if (teacher) {
-        torch::Tensor teacher_hidden;
-        {
-          torch::NoGradGuard no_grad;
-          teacher_hidden = teacher->forward(inputs).reshape({batch.rows * batch.length, -1}).index_select(0, positions);
+      {
+        const Autocast autocast(device, bf16);  // train.precision=bf16: the forward and the loss
+        auto hidden = model->forward(inputs).reshape({batch.rows * batch.length, -1}).index_select(0, positions);
+        if (teacher) {
+          torch::Tensor teacher_hidden;
+          {
+            torch::NoGradGuard no_grad;
+            teacher_hidden = teacher->forward(inputs).reshape({batch.rows * batch.length, -1}).index_select(0, positions);
+          }
+          SampledCandidates candidates;
+          if (sampled) candidates = {sampler.sample(negatives, device), log_q};
+          loss = distillation_loss(distill, model, teacher, hidden, teacher_hidden, targets, log.num_items() + 1,
+                                   sampled ? &candidates : nullptr, chunk);
+        } else if (sampled) {
+          const auto drawn = sampler.sample(negatives, device);
+          loss = sampled_softmax_cross_entropy(hidden, model->lookup_items(targets), model->lookup_items(drawn), targets,
+                                               drawn, log_q);
+        } else {
+          const auto excluded = exclude_seen ? earlier_items(inputs, all_targets, positions) : torch::Tensor();
+          loss = full_softmax_cross_entropy(hidden, model->item_embedding(), targets, chunk, excluded);
         }
-        SampledCandidates candidates;
-        if (sampled) candidates = {sampler.sample(negatives, device), log_q};
-        loss = distillation_loss(distill, model, teacher, hidden, teacher_hidden, targets, log.num_items() + 1,
-                                 sampled ? &candidates : nullptr, chunk);
-      } else if (sampled) {
-        const auto drawn = sampler.sample(negatives, device);
-        loss = sampled_softmax_cross_entropy(hidden, model->lookup_items(targets), model->lookup_items(drawn), targets,
-                                             drawn, log_q);
-      } else {
-        const auto excluded = exclude_seen ? earlier_items(inputs, all_targets, positions) : torch::Tensor();
-        loss = full_softmax_cross_entropy(hidden, model->item_embedding(), targets, chunk, excluded);
       }
       optimizer->zero_grad();
       loss.backward();
