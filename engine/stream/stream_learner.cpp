@@ -77,7 +77,6 @@ struct StepInputs {
   torch::Tensor inputs;    // (B, maxlen) newest items, left-padded with 0
   torch::Tensor targets;   // (B)
   torch::Tensor excluded;  // (B, S) each row's history but its target, padded with 0 (ExcludedItems)
-  int64_t rows() const { return targets.size(0); }
 };
 
 constexpr size_t kMaxLatencySamples = 1 << 20;
