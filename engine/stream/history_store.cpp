@@ -30,17 +30,13 @@ void HistoryStore::settle() {
 
 std::vector<int64_t> HistoryStore::lengths() const {
   std::vector<int64_t> out;
-  for (const auto& h : histories_)
-    out.push_back(keep_ > 0 ? std::min<int64_t>(static_cast<int64_t>(h.size()), keep_) : static_cast<int64_t>(h.size()));
+  for (const auto& h : histories_) out.push_back(static_cast<int64_t>(kept(h.size())));
   return out;
 }
 
 std::vector<int64_t> HistoryStore::flat_items() const {
   std::vector<int64_t> out;
-  for (const auto& h : histories_) {
-    const auto kept = keep_ > 0 ? std::min<int64_t>(static_cast<int64_t>(h.size()), keep_) : static_cast<int64_t>(h.size());
-    out.insert(out.end(), h.end() - kept, h.end());
-  }
+  for (const auto& h : histories_) out.insert(out.end(), h.end() - static_cast<std::ptrdiff_t>(kept(h.size())), h.end());
   return out;
 }
 
@@ -52,7 +48,7 @@ HistoryStore HistoryStore::restore(int64_t keep, const std::string& users, const
   size_t at = 0;
   for (int64_t n : lengths) {
     if (n < 0 || at + n > items.size()) throw std::runtime_error("history store: corrupt lengths");
-    const int64_t kept = keep > 0 ? std::min(n, keep) : n;
+    const auto kept = static_cast<int64_t>(store.kept(static_cast<size_t>(n)));
     store.histories_.emplace_back(items.begin() + at + (n - kept), items.begin() + at + n);
     store.is_unsettled_.push_back(false);
     at += n;

@@ -7,6 +7,7 @@
 // between micro-batches), so an event's history is named by (slot, length at arrival), never copied.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -29,6 +30,8 @@ class HistoryStore {
   // Cuts every user pushed to since the last settle() to the newest `keep` items.
   void settle();
   size_t users() const { return histories_.size(); }
+  // How many of a history of n items are kept: the newest `keep` (all with keep 0).
+  size_t kept(size_t n) const { return keep_ > 0 ? std::min<size_t>(n, static_cast<size_t>(keep_)) : n; }
   int64_t keep() const { return keep_; }
   const IdMap& user_ids() const { return users_; }
 

@@ -589,7 +589,7 @@ class StreamLearner {
     std::vector<Example> batch;
     batch.reserve(pending_.size());
     for (const auto& p : pending_) {
-      const size_t n = settings_.history_keep > 0 ? std::min<size_t>(p.length, settings_.history_keep) : p.length;
+      const size_t n = store_.kept(p.length);
       batch.push_back({store_.history(p.slot).data() + (p.length - n), n, p.item});
     }
     const StepInputs in = step_inputs(batch, /*with_excluded=*/true);
