@@ -816,21 +816,21 @@ TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
   EXPECT_GT(continual.overall.ndcg(10), frozen.overall.ndcg(10) * 1.1)
       << "continual " << continual.overall.ndcg(10) << " vs frozen " << frozen.overall.ndcg(10);
 
+  // The same stream, continual, with one setting changed.
+  auto continual_with = [&](const std::string& setting, const std::string& label) {
+    Config changed = config;
+    changed.apply_override(setting);
+    std::istringstream in(lines);
+    LineStreamSource source(in, LineFormat::Json);
+    return run_stream(changed, source, warm, {teacher, "", true, dir + "/" + label, label});
+  };
   // The full-softmax update (every row of the table through the row-wise optimizer) learns too.
-  Config full = config;
-  full.apply_override("stream.loss=full");
-  std::istringstream full_in(lines);
-  LineStreamSource full_source(full_in, LineFormat::Json);
-  const StreamSummary all_rows = run_stream(full, full_source, warm, {teacher, "", true, dir + "/full", "full"});
+  const StreamSummary all_rows = continual_with("stream.loss=full", "full");
   EXPECT_GT(all_rows.overall.ndcg(10), frozen.overall.ndcg(10) * 1.1)
       << "full softmax " << all_rows.overall.ndcg(10) << " vs frozen " << frozen.overall.ndcg(10);
 
   // Updates under bf16 autocast (train.precision=bf16; the ranking still scores in fp32) learn too.
-  Config bf16 = config;
-  bf16.apply_override("train.precision=bf16");
-  std::istringstream bf16_in(lines);
-  LineStreamSource bf16_source(bf16_in, LineFormat::Json);
-  const StreamSummary half = run_stream(bf16, bf16_source, warm, {teacher, "", true, dir + "/bf16", "bf16"});
+  const StreamSummary half = continual_with("train.precision=bf16", "bf16");
   EXPECT_GT(half.overall.ndcg(10), frozen.overall.ndcg(10) * 1.1)
       << "bf16 " << half.overall.ndcg(10) << " vs frozen " << frozen.overall.ndcg(10);
   EXPECT_NEAR(half.overall.ndcg(10), continual.overall.ndcg(10), 0.1 * continual.overall.ndcg(10));
