@@ -21,9 +21,20 @@
 #endif
 #include "engine/stream/stream_learner.h"
 #include "engine/train/trainer.h"
+#include "engine/io/atomic_file.h"
+#include "engine/report/run_charts.h"
 
 namespace freshrec {
 namespace {
+
+// A run folder's charts (engine/report): a chart that cannot be drawn is reported, never fatal to the job.
+void write_charts(const std::string& dir) {
+  try {
+    for (const std::string& path : write_run_charts(dir)) std::printf("chart: %s\n", path.c_str());
+  } catch (const std::exception& e) {
+    spdlog::warn("charts of {} not written: {}", dir, e.what());
+  }
+}
 
 EventLog load_and_report(const Config& config) {
   ReadReport report;
@@ -79,6 +90,7 @@ int run_train_job(const Config& config, const std::string& resume_path, const st
                 static_cast<long long>(teacher->parameter_count()), 100.0 * s.test.ndcg(10) / teacher_test.ndcg(10));
   }
   std::printf("checkpoint: %s\n", s.best_checkpoint.c_str());
+  write_charts(config.get_string("train.output_dir"));
   return 0;
 }
 
@@ -214,6 +226,7 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
                   name.c_str(), static_cast<unsigned long long>(s.publications), s.publish_delay_p50_ms,
                   s.publish_delay_p99_ms);
   std::printf("checkpoint: %s\n", results.back().second.checkpoint.c_str());
+  write_charts(out.string());
   if (!reference_python.empty()) {
     // The same model step in PyTorch eager: the model's final shape, the stream's micro-batch.
     const auto info = read_checkpoint_info(results.back().second.checkpoint);
@@ -236,40 +249,6 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
                 device.c_str(), config.get_string("train.precision").c_str(), r.at("torch").get<std::string>().c_str(),
                 reference, results.back().first.c_str(), ours / reference);
   }
-  return 0;
-}
-
-int run_data_stats_job(const Config& config) {
-  ReadReport report;
-  const EventLog log = load_event_log(config, &report);
-  const UserSequences s = UserSequences::from_log(log);
-  std::vector<size_t> lengths;
-  for (const auto& seq : s.items) lengths.push_back(seq.size());
-  std::sort(lengths.begin(), lengths.end());
-  auto quantile = [&](double q) { return quantile_of_sorted(lengths, q); };
-  const double density = static_cast<double>(log.events.size()) / (static_cast<double>(log.num_users()) * log.num_items());
-  std::printf("%s\n", report.summary().c_str());
-  std::printf("users %d, items %d, events %zu, density %.4f%%\n", log.num_users(), log.num_items(), log.events.size(),
-              100.0 * density);
-  std::printf("events per user: min %zu, median %zu, p90 %zu, max %zu\n", lengths.front(), quantile(0.5),
-              quantile(0.9), lengths.back());
-  std::printf("users with a validation and test item (3+ events): %zu\n", s.evaluation_users().size());
-  if (!log.events.empty())
-    std::printf("timestamps: %lld .. %lld\n", static_cast<long long>(log.events.front().timestamp),
-                static_cast<long long>(log.events.back().timestamp));
-  return 0;
-}
-
-int run_data_generate_job(const Config& config, const std::string& path) {
-  Config generated = config;
-  generated.set("data.format", "generated", "data generate");
-  const EventLog log = load_event_log(generated, nullptr);
-  std::string text = "user,item,timestamp\n";
-  for (const auto& e : log.events)
-    text += log.users.external(e.user) + "," + log.items.external(e.item) + "," + std::to_string(e.timestamp) + "\n";
-  write_file_atomically(path, text);
-  std::printf("wrote %zu events (%d users, %d items) to %s\n", log.events.size(), log.num_users(), log.num_items(),
-              path.c_str());
   return 0;
 }
 

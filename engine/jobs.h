@@ -1,5 +1,6 @@
 // The jobs behind the command-line subcommands, with a torch-free interface so that the program's
-// front end compiles in seconds. Each prints its results and returns a process exit code.
+// front end compiles in seconds. Each prints its results and returns a process exit code. The data,
+// plot and config jobs are in data_jobs.cpp (no LibTorch); the rest in jobs.cpp and serving_jobs.cpp.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +25,20 @@ int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& 
 int run_data_stats_job(const Config& config);
 // `freshrec data generate`: write the generator's log as CSV (user,item,timestamp) to `path`.
 int run_data_generate_job(const Config& config, const std::string& path);
+// `freshrec data prepare`: the lines of data.path that pass the filters, in its own format (see
+// engine/data/prepare.h), written to `out`.
+struct DataPrepareJobOptions {
+  std::string out;
+  std::string users;  // "FIRST-LAST", empty: all
+  int64_t min_user_events = 0, min_item_events = 0;
+};
+int run_data_prepare_job(const Config& config, const DataPrepareJobOptions& options);
+
+// `freshrec plot`: stream.svg and training.svg of a run folder (engine/report/run_charts.h).
+int run_plot_job(const std::string& run_dir);
+
+// `freshrec config`: the resulting configuration as YAML, or (markdown) the reference of every key.
+int run_config_job(const Config& config, bool markdown);
 
 // `freshrec stream`: test-then-train over stream.source. Without a teacher (and not resuming) a
 // replayed log pre-trains one on its events before stream.pretrain_fraction, and with student.hidden

@@ -22,6 +22,7 @@
 #include <httplib.h>
 
 #include "engine/serve/server.h"
+#include "engine/io/atomic_file.h"
 #endif
 
 namespace freshrec {

@@ -14,43 +14,14 @@
 #include "engine/data/readers.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/metrics.h"
+#include "tests/test_support.h"
 
 namespace fs = std::filesystem;
 using namespace freshrec;
+using freshrec::testing_support::error_of;
+using freshrec::testing_support::TempDir;
 
 namespace {
-
-// A fresh folder per test, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() /
-            ("freshrec-test-" + std::to_string(::getpid()) + "-" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string write(const std::string& name, const std::string& text) const {
-    const auto p = path_ / name;
-    std::ofstream(p) << text;
-    return p.string();
-  }
-  fs::path path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-template <typename F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 ReaderOptions options_for(LogFormat format, bool strict = false) {
   ReaderOptions o;

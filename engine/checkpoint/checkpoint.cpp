@@ -1,11 +1,7 @@
 // Checkpoint files; see checkpoint.h.
 #include "engine/checkpoint/checkpoint.h"
+#include "engine/io/atomic_file.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -15,25 +11,6 @@ namespace freshrec {
 namespace {
 
 constexpr int kFormatVersion = 1;
-
-void fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw std::runtime_error(path + ": cannot open for fsync: " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw std::runtime_error(path + ": fsync failed: " + std::strerror(errno));
-}
-
-std::string temporary_path(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
-
-void commit(const std::string& tmp, const std::string& path) {
-  fsync_path(tmp);
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) throw std::runtime_error(path + ": rename from " + tmp + " failed: " + ec.message());
-  auto dir = std::filesystem::path(path).parent_path();
-  fsync_path(dir.empty() ? "." : dir.string());  // make the rename itself durable
-}
 
 std::string read_string(torch::serialize::InputArchive& archive, const std::string& key, const std::string& path) {
   c10::IValue value;
@@ -72,29 +49,6 @@ void write_training_state(torch::serialize::OutputArchive& archive, SASRec& mode
 }
 
 }  // namespace
-
-void save_atomically(const std::string& path, const std::function<void(const std::string& temporary)>& write) {
-  auto parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent);
-  const std::string tmp = temporary_path(path);
-  try {
-    write(tmp);
-  } catch (...) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    throw;
-  }
-  commit(tmp, path);
-}
-
-void write_file_atomically(const std::string& path, const std::string& contents) {
-  save_atomically(path, [&](const std::string& tmp) {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error(tmp + ": cannot write: " + std::strerror(errno));
-    out << contents;
-    if (!out.flush()) throw std::runtime_error(tmp + ": write failed");
-  });
-}
 
 SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items) {
   SASRecOptions o;

@@ -5,7 +5,6 @@
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
-#include <functional>
 #include <map>
 #include <string>
 
@@ -56,9 +55,5 @@ void unpack_student(const CheckpointInfo& info, SASRec& student, torch::optim::O
 // The model options a config asks for, with the item count of the data.
 SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items);
 
-// Writes `contents` to `path` atomically (temporary file in the same folder, fsync, rename).
-void write_file_atomically(const std::string& path, const std::string& contents);
-// The same for any writer: `write` fills the temporary file it is given, which then replaces `path`.
-void save_atomically(const std::string& path, const std::function<void(const std::string& temporary)>& write);
 
 }  // namespace freshrec

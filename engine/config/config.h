@@ -29,6 +29,20 @@ struct KeySpec {
 // The schema: every known key. Defined in schema.cpp.
 const std::vector<KeySpec>& config_schema();
 
+// The schema's sections, by key prefix ("stream.kafka" before "stream"), each with a title and a
+// paragraph for the reference (`freshrec config --markdown`). Every key belongs to one.
+struct ConfigSection {
+  std::string prefix;
+  std::string title;
+  std::string description;
+};
+const std::vector<ConfigSection>& config_sections();
+// The section a key belongs to: the longest prefix that matches it (nullptr when none does).
+const ConfigSection* config_section_of(const std::string& key);
+
+// The reference of every key as Markdown (docs/CONFIG.md is this text, checked by a test).
+std::string config_markdown();
+
 using ConfigValue = std::variant<long long, double, bool, std::string, std::vector<long long>>;
 
 class Config {

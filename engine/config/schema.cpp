@@ -1,5 +1,6 @@
-// The one list of configuration keys: name, type, default and what it does.
-// A key that is not here is rejected, so this list is also the reference of what can be set.
+// The one list of configuration keys (name, type, default, what it does) and of their sections.
+// A key that is not here is rejected, so this list is also the reference of what can be set:
+// `freshrec config --markdown` renders it as docs/CONFIG.md.
 #include "engine/config/config.h"
 
 namespace freshrec {
@@ -139,6 +140,39 @@ const std::vector<KeySpec>& config_schema() {
       {"eval.filter_seen", K::Bool, "true", "exclude items the user already interacted with from the ranking"},
   };
   return schema;
+}
+
+const std::vector<ConfigSection>& config_sections() {
+  static const std::vector<ConfigSection> sections = {
+      {"data", "data",
+       "Where the interaction log comes from: `data.format` picks the reader and `data.path` the file (plain or "
+       "gzipped). External ids are mapped to dense ids, and the maps travel in every checkpoint."},
+      {"data.csv", "data.csv", "Column layout for `data.format: csv` (any delimiter, columns by header name or 0-based index)."},
+      {"generator", "generator",
+       "The built-in seeded log (`data.format: generated`): users whose tastes drift across item clusters, and items "
+       "that only appear later in time. The same seed gives the same log."},
+      {"model", "model", "The SASRec model. A teacher and a student differ only in these keys."},
+      {"train", "train",
+       "Offline training (`freshrec train`, `freshrec distill`, and the teacher a replayed stream pre-trains): loss, "
+       "optimizer, schedule, device and precision."},
+      {"distill", "distill", "The distillation loss of a student learning from a frozen teacher (`freshrec distill`, and the stream's online student)."},
+      {"student", "student", "The student that `freshrec stream` distils from its teacher, trains online and publishes (when no `--student` checkpoint is given)."},
+      {"stream", "stream",
+       "Continual updates (`freshrec stream`): the source, micro-batches, the test-then-train update, checkpoints "
+       "and publication. See docs/STREAMING.md."},
+      {"stream.kafka", "stream.kafka", "The Kafka source (`stream.source: kafka`), read as a member of a consumer group through librdkafka."},
+      {"eval", "eval", "Full-ranking evaluation (`freshrec eval`, and validation during training)."},
+  };
+  return sections;
+}
+
+const ConfigSection* config_section_of(const std::string& key) {
+  const ConfigSection* best = nullptr;
+  for (const auto& section : config_sections())
+    if (key.compare(0, section.prefix.size() + 1, section.prefix + ".") == 0 &&
+        (!best || section.prefix.size() > best->prefix.size()))
+      best = &section;
+  return best;
 }
 
 }  // namespace freshrec

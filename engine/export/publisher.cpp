@@ -11,6 +11,7 @@
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/export/torchscript.h"
+#include "engine/io/atomic_file.h"
 
 namespace freshrec {
 namespace {

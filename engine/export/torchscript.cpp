@@ -8,6 +8,7 @@
 #include <torch/csrc/jit/frontend/sugared_value.h>
 
 #include "engine/checkpoint/checkpoint.h"
+#include "engine/io/atomic_file.h"
 
 namespace freshrec {
 namespace {

@@ -16,6 +16,7 @@
 #include "engine/train/distill.h"
 #include "engine/train/losses.h"
 #include "engine/train/sparse_adam.h"
+#include "engine/io/atomic_file.h"
 
 namespace freshrec {
 namespace {

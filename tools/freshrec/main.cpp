@@ -65,15 +65,39 @@ int main(int argc, char** argv) {
   eval->add_option("--json", json_out, "where to write the metrics (default: eval.json beside the checkpoint)");
   eval->add_option("overrides", eval_overrides, "key=value changes to the checkpoint's config, e.g. data.path=...");
 
-  auto* data = app.add_subcommand("data", "inspect or generate interaction logs");
+  auto* data = app.add_subcommand("data", "inspect, generate or prepare interaction logs");
   data->require_subcommand(1);
-  ConfigArgs stats_args, generate_args;
+  ConfigArgs stats_args, generate_args, prepare_args;
   auto* stats = data->add_subcommand("stats", "read a data set and print its statistics and reader problems");
   stats_args.attach(stats);
   std::string generate_out;
   auto* generate = data->add_subcommand("generate", "write the synthetic generator's log as CSV");
   generate_args.attach(generate);
   generate->add_option("--out,-o", generate_out, "output CSV file")->required();
+  freshrec::DataPrepareJobOptions prepare_options;
+  auto* prepare = data->add_subcommand(
+      "prepare", "write the lines of data.path that pass the filters, in its own format (gzipped when --out ends in .gz)");
+  prepare_args.attach(prepare);
+  prepare->add_option("--out,-o", prepare_options.out, "output file")->required();
+  prepare->add_option("--users", prepare_options.users, "keep users whose integer id is in FIRST-LAST, e.g. 1-2999");
+  prepare->add_option("--min-user-events", prepare_options.min_user_events,
+                      "keep users with at least this many events (counted before either minimum is applied)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  prepare->add_option("--min-item-events", prepare_options.min_item_events,
+                      "keep items with at least this many events (counted before either minimum is applied)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+
+  std::string plot_dir;
+  auto* plot = app.add_subcommand(
+      "plot", "draw a run folder's charts as SVG: stream.svg (rolling NDCG@10) and training.svg (loss, validation)");
+  plot->add_option("run_dir", plot_dir, "a stream's stream.output_dir or a training's train.output_dir")
+      ->required()->check(CLI::ExistingDirectory);
+
+  ConfigArgs config_args;
+  bool config_markdown = false;
+  auto* config_cmd = app.add_subcommand("config", "print the resulting configuration, or the reference of every key");
+  config_args.attach(config_cmd);
+  config_cmd->add_flag("--markdown", config_markdown, "print the reference of every key as Markdown (docs/CONFIG.md)");
 
   std::string export_checkpoint, export_out, export_publish;
   auto* export_cmd = app.add_subcommand(
@@ -230,6 +254,11 @@ int main(int argc, char** argv) {
     if (*bench_train) return freshrec::run_train_bench_job(train_bench);
     if (*bench_kernels) return freshrec::run_kernel_bench_job(kernel_bench);
     if (*stats) return with_config(stats_args, [](const freshrec::Config& c) { return freshrec::run_data_stats_job(c); });
+    if (*prepare)
+      return with_config(prepare_args, [&](const freshrec::Config& c) { return freshrec::run_data_prepare_job(c, prepare_options); });
+    if (*plot) return freshrec::run_plot_job(plot_dir);
+    if (*config_cmd)
+      return with_config(config_args, [&](const freshrec::Config& c) { return freshrec::run_config_job(c, config_markdown); });
     if (*generate)
       return with_config(generate_args, [&](const freshrec::Config& c) { return freshrec::run_data_generate_job(c, generate_out); });
   } catch (const std::exception& e) {

@@ -1,0 +1,133 @@
+// Subsets of interaction logs; see prepare.h.
+#include "engine/data/prepare.h"
+
+#include <zlib.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/io/atomic_file.h"
+
+namespace freshrec {
+namespace {
+
+bool blank(const std::string& line) { return line.find_first_not_of(" \t") == std::string::npos; }
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::optional<int64_t> parse_integer(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  size_t used = 0;
+  try {
+    const long long v = std::stoll(text, &used);
+    if (used == text.size()) return v;
+  } catch (const std::exception&) {
+  }
+  return std::nullopt;
+}
+
+void write_lines(const std::string& path, const std::vector<const std::string*>& lines) {
+  save_atomically(path, [&](const std::string& tmp) {
+    if (ends_with(path, ".gz")) {
+      gzFile out = gzopen(tmp.c_str(), "wb");
+      if (!out) throw DataError(tmp + ": cannot write: " + std::strerror(errno));
+      bool ok = true;
+      for (const std::string* line : lines) {
+        ok = ok && gzwrite(out, line->data(), static_cast<unsigned>(line->size())) == static_cast<int>(line->size());
+        ok = ok && gzputc(out, '\n') == '\n';
+      }
+      int status = Z_OK;
+      const std::string error = ok ? "" : gzerror(out, &status);
+      if (gzclose(out) != Z_OK || !ok) throw DataError(tmp + ": write failed" + (error.empty() ? "" : ": " + error));
+    } else {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      if (!out) throw DataError(tmp + ": cannot write: " + std::strerror(errno));
+      for (const std::string* line : lines) out << *line << '\n';
+      if (!out.flush()) throw DataError(tmp + ": write failed: " + std::strerror(errno));
+    }
+  });
+}
+
+}  // namespace
+
+std::pair<int64_t, int64_t> parse_id_range(const std::string& text) {
+  const size_t dash = text.find('-', 1);  // from 1: a leading '-' would be a sign
+  const auto first = dash == std::string::npos ? std::nullopt : parse_integer(text.substr(0, dash));
+  const auto last = dash == std::string::npos ? std::nullopt : parse_integer(text.substr(dash + 1));
+  if (!first || !last || *first > *last)
+    throw DataError("--users '" + text + "': expected FIRST-LAST, two integers with FIRST <= LAST (e.g. 1-2999)");
+  return {*first, *last};
+}
+
+PrepareReport prepare_log(const std::string& input, const ReaderOptions& reader, const PrepareOptions& options,
+                          const std::string& output) {
+  std::error_code ec;
+  if (std::filesystem::exists(output, ec) && std::filesystem::equivalent(input, output, ec))
+    throw DataError(output + ": the output would overwrite the input");
+  const std::vector<std::string> lines = read_lines(input);
+  LineParser parser(reader);
+  PrepareReport report;
+  size_t first_data = 0;
+  while (first_data < lines.size() && blank(lines[first_data])) ++first_data;
+  if (first_data == lines.size()) throw DataError(input + ": empty file: no events");
+  std::vector<const std::string*> kept;
+  if (parser.expects_header()) {
+    parser.read_header(lines[first_data], input + ":" + std::to_string(first_data + 1));
+    kept.push_back(&lines[first_data++]);
+  }
+  const size_t header_lines = kept.size();
+
+  struct Candidate {
+    const std::string* line;
+    std::string user, item;
+  };
+  std::vector<Candidate> candidates;
+  std::unordered_map<std::string, int64_t> user_events, item_events;
+  for (size_t i = first_data; i < lines.size(); ++i) {
+    if (blank(lines[i])) continue;
+    ++report.lines;
+    const std::string where = input + ":" + std::to_string(i + 1);
+    std::string reason, detail;
+    const auto raw = parser.parse(lines[i], reason, detail);
+    if (!raw) {
+      if (reader.strict) throw DataError(where + ": " + detail + ": '" + lines[i].substr(0, 120) + "'");
+      ++report.malformed;
+      continue;
+    }
+    if (reader.min_rating > 0 && raw->rating && *raw->rating < reader.min_rating) {
+      ++report.below_min_rating;
+      continue;
+    }
+    if (options.users) {
+      const auto user = parse_integer(raw->user);
+      if (!user) throw DataError(where + ": user id '" + raw->user + "' is not an integer, which --users needs");
+      if (*user < options.users->first || *user > options.users->second) {
+        ++report.outside_users;
+        continue;
+      }
+    }
+    ++user_events[raw->user], ++item_events[raw->item];
+    candidates.push_back({&lines[i], raw->user, raw->item});
+  }
+  for (const Candidate& c : candidates) {
+    if (user_events[c.user] < options.min_user_events) {
+      ++report.few_user_events;
+    } else if (item_events[c.item] < options.min_item_events) {
+      ++report.few_item_events;
+    } else {
+      kept.push_back(c.line);
+    }
+  }
+  report.kept = kept.size() - header_lines;
+  if (report.kept == 0) throw DataError(input + ": no event passes the filters; nothing written to " + output);
+  write_lines(output, kept);
+  return report;
+}
+
+}  // namespace freshrec
