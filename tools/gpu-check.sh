@@ -5,11 +5,11 @@
 #   there:  tools/gpu-check.sh run OUT [STAGE...]
 #                                           unpack them, build with the machine's PyTorch, then the stages
 #                                           (default: build tests kernels train-bench stream-bench ml1m;
-#                                           also: distill, the issue-5 ML-1M experiment); logs to OUT
+#                                           also: distill, the ML-1M distillation experiment); logs to OUT
 # Through the device tool: carry [".deps"]. One command may run 10 minutes, so split the default in two
 # calls on the same warm machine (the build stays): `bash tools/gpu-check.sh run $OUT build tests kernels
 # train-bench`, then `bash tools/gpu-check.sh run $OUT stream-bench ml1m` (each about 5 minutes);
-# `distill` needs a session of its own.
+# `distill` needs about 25 minutes of device time on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEBS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libgtest-dev libgmock-dev
@@ -30,7 +30,7 @@ case "${1:-}" in
   run)
     out=${2:?usage: $0 run OUT_DIR [STAGE...]}
     shift 2
-    # Stages, in order; the default fits one device session (about 15 minutes with the start).
+    # Stages, in order; the default fits about 15 minutes of device time, the start included.
     #   build tests kernels train-bench stream-bench ml1m distill serve
     stages=" ${*:-build tests kernels train-bench stream-bench ml1m} "
     has() { [[ "$stages" == *" $1 "* ]]; }
@@ -63,14 +63,14 @@ case "${1:-}" in
       run_stage tests-data 60 ./build-gpu/test_data
     fi
     has kernels && run_stage bench-kernels 120 $B bench kernels --device cuda
-    if has train-bench; then  # issue 6: ours beside the PyTorch-eager reference, same precision, one run each
+    if has train-bench; then  # ours beside the PyTorch-eager reference, same precision, one run each
       run_stage bench-train-h64-tf32 60 $B bench train --device cuda --precision tf32 --steps 50
       run_stage bench-train-h256-tf32 60 $B bench train --device cuda --hidden 256 --blocks 4 --heads 4 --precision tf32 --steps 50
       run_stage bench-train-h256-bf16 60 $B bench train --device cuda --hidden 256 --blocks 4 --heads 4 --precision bf16 --steps 50
       run_stage bench-train-100k-bf16 90 $B bench train --device cuda --items 100000 --hidden 256 --blocks 4 --heads 4 \
         --batch 64 --precision bf16 --steps 30
     fi
-    if has stream-bench; then  # issue 4/6: events/s and latency on the GPU, with the reference's step
+    if has stream-bench; then  # events/s and latency on the GPU, with the reference's step
       gen="data.format=generated generator.users=20000 generator.items=3416 generator.events_per_user=60 model.maxlen=200"
       run_stage bench-stream-3416 240 $B bench stream -c configs/demo.yaml $gen train.device=cuda train.ce_chunk=8192 \
         train.precision=bf16 stream.batch_size=1024 stream.max_wait_ms=100000 train.epochs=3 --python python3
@@ -84,7 +84,7 @@ case "${1:-}" in
         --python python3
     fi
     if has ml1m && [[ -f .deps/data/ml-1m.txt ]]; then
-      # Issue 6, CPU and GPU alike: the same 30-epoch run as on the CPU (README), compared by its validation
+      # The same 30-epoch run as on the CPU (docs/RESULTS.md), compared by its validation
       # NDCG@10 per epoch; bigger CE chunks on the GPU (few, large matmuls), the same arithmetic.
       run_stage ml1m-train 240 $B train -c configs/ml1m-sasrec.yaml train.device=cuda data.path=.deps/data/ml-1m.txt \
         train.epochs=30 train.ce_chunk=8192 train.output_dir=/tmp/freshrec-ml1m train.log_every_seconds=30
@@ -92,7 +92,7 @@ case "${1:-}" in
       run_stage ml1m-eval 60 $B eval --checkpoint /tmp/freshrec-ml1m/best.pt data.path=.deps/data/ml-1m.txt \
         --json "$out/ml1m-eval.json"
     fi
-    if has distill && [[ -f .deps/data/ml-1m.txt ]]; then  # issue 5: large teacher, student with and without it
+    if has distill && [[ -f .deps/data/ml-1m.txt ]]; then  # large teacher, student with and without it
       d="data.path=.deps/data/ml-1m.txt train.device=cuda train.precision=tf32 train.ce_chunk=8192 train.log_every_seconds=60"
       run_stage distill-teacher 420 $B train -c configs/ml1m-teacher-large.yaml $d train.output_dir=/tmp/kd/teacher
       run_stage distill-student 300 $B distill --teacher /tmp/kd/teacher/best.pt -c configs/ml1m-student.yaml $d \

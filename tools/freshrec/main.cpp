@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   std::string resume;
   auto* train = app.add_subcommand("train", "train a SASRec model on a leave-one-out split, keep the best checkpoint");
   train_args.attach(train);
-  train->add_option("--resume", resume, "continue from a last.pt of an earlier run with the same config")
+  train->add_option("--resume", resume, "continue from the last.pt of a run with the same config")
       ->check(CLI::ExistingFile);
 
   ConfigArgs distill_args;
@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   distill_args.attach(distill);
   distill->add_option("--teacher", distill_teacher, "teacher checkpoint trained on the same data (best.pt)")
       ->required()->check(CLI::ExistingFile);
-  distill->add_option("--resume", distill_resume, "continue from a last.pt of an earlier run with the same config")
+  distill->add_option("--resume", distill_resume, "continue from the last.pt of a run with the same config")
       ->check(CLI::ExistingFile);
 
   std::string checkpoint, json_out;
@@ -229,7 +229,7 @@ int main(int argc, char** argv) {
       });
     if (*bench_stream)
       return with_config(bench_stream_args, [&](freshrec::Config c) {
-        // A fresh output folder, so a benchmark never resumes or appends to an earlier run.
+        // A fresh output folder, so a benchmark never resumes or appends to another run.
         const std::string out = c.get_string("stream.output_dir") + "/bench-" + std::to_string(::getpid());
         c.set("stream.output_dir", out, "bench stream");
         // First the teacher alone (frozen vs continual, beside the reference's step), then, when the
