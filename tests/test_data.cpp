@@ -1,6 +1,7 @@
 // Torch-free tests: config validation, readers on good and bad input, the generator, the
 // leave-one-out split and batches, and the ranking metrics against hand-computed cases.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <zlib.h>
 
 #include <cmath>
@@ -11,6 +12,7 @@
 
 #include "engine/config/config.h"
 #include "engine/data/generator.h"
+#include "engine/data/ids.h"
 #include "engine/data/readers.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/metrics.h"
@@ -350,6 +352,100 @@ TEST(StreamSources, BadEventsGetReasons) {
   error.clear();
   parse_stream_line(R"({"user": "u1", "item": 2, "color": 1})", LineFormat::Json, error);
   EXPECT_NE(error.find("unknown field 'color'"), std::string::npos) << error;
+}
+
+TEST(StreamSources, AnyBytesBecomeAnEventOrALosslessDeadLetter) {
+  // Poison lines of each format (invalid UTF-8, a number beyond a double, ids with control characters
+  // or too long, a NaN timestamp, a NUL byte), then one good line. None may throw, only the good line
+  // is an event, and each dead letter keeps the line's bytes.
+  const std::vector<std::string> csv = {
+      "\xff\xfe,1,1700000000", "u1,\xc3\x28", "u1," + std::string(300, 'x'), "u1,i2,nan", "u1,i2,1e400",
+      std::string("u1,i\0,5", 7), "u1,\xc2\x85", "u1,i2,1700000000",
+  };
+  const std::vector<std::string> json = {
+      "{\"user\": 1e400, \"item\": 2}",
+      "{\"user\": \"a\\nb\", \"item\": 2}",
+      "{\"user\": \"a\\u0000b\", \"item\": 2}",
+      "{\"user\": \"u\", \"item\": \"\xff\"}",
+      "{\"user\": \"u\", \"item\": 2, \"timestamp\": 1e999}",
+      "\xff{}",
+      "{\"user\": \"u\", \"item\": 2, \"timestamp\": 1700000000}",
+  };
+  for (const auto& [lines, format] : {std::make_pair(csv, LineFormat::Csv), std::make_pair(json, LineFormat::Json)}) {
+    std::string text;
+    for (const auto& line : lines) text += line + "\n";
+    std::istringstream in(text);
+    LineStreamSource source(in, format);
+    size_t records = 0, events = 0;
+    while (auto r = source.next(-1)) {
+      ++records;
+      if (r->event) {
+        ++events;
+        EXPECT_EQ(r->position, lines.size() - 1);
+        continue;
+      }
+      const std::string line = dead_letter_json(*r);
+      const auto j = nlohmann::json::parse(line);  // valid JSON, whatever the bytes
+      EXPECT_EQ(j.at("position").get<uint64_t>(), r->position);
+      const std::string kept = j.contains("text_base64") ? base64_decode(j.at("text_base64").get<std::string>())
+                                                         : j.at("text").get<std::string>();
+      EXPECT_EQ(kept, r->text) << line;  // lossless
+      EXPECT_TRUE(is_valid_utf8(j.at("reason").get<std::string>())) << line;
+    }
+    EXPECT_EQ(records, lines.size());
+    EXPECT_EQ(events, 1u);
+  }
+}
+
+TEST(Ids, OneRuleAndSafeRenderings) {
+  for (const char* good : {"1193", "u-1", "Café", "a b", "[x]", "\"quoted\"", "日本"}) EXPECT_EQ(id_problem(good), "") << good;
+  EXPECT_NE(id_problem(""), "");
+  EXPECT_NE(id_problem("-3"), "");
+  EXPECT_NE(id_problem(" x"), "");
+  EXPECT_NE(id_problem("a\nb"), "");
+  EXPECT_NE(id_problem("a\x7f"), "");
+  EXPECT_NE(id_problem("\xc2\x85"), "");      // U+0085, a C1 control
+  EXPECT_NE(id_problem("\xc0\xaf"), "");      // overlong '/'
+  EXPECT_NE(id_problem("\xed\xa0\x80"), "");  // a surrogate
+  EXPECT_NE(id_problem(std::string(kMaxIdBytes + 1, 'x')), "");
+  EXPECT_EQ(id_problem(std::string(kMaxIdBytes, 'x')), "");
+  EXPECT_EQ(printable("ok\xff\n"), "ok\\xFF\\x0A");
+  EXPECT_TRUE(is_valid_utf8(printable("\xc3\x28\xf0\x28\x8c\xbc")));
+  std::string all;
+  for (int b = 0; b < 256; ++b) all += static_cast<char>(b);
+  for (size_t n = 0; n < 5; ++n) EXPECT_EQ(base64_decode(base64_encode(all.substr(0, 250 + n))), all.substr(0, 250 + n));
+  EXPECT_EQ(base64_encode("foob"), "Zm9vYg==");
+  EXPECT_THROW(base64_decode("abc"), std::invalid_argument);
+}
+
+TEST(Ids, IdMapsRoundTripAnyValidIdAndReadTheLineForm) {
+  IdMap map(1);
+  for (const char* id : {"1", "a,b", "[", "x\"y", "Café", "tab\tno"}) {
+    if (id_problem(id).empty()) map.intern(id);
+  }
+  const IdMap back = IdMap::deserialize(map.serialize(), 1);
+  ASSERT_EQ(back.size(), map.size());
+  for (int32_t i = map.first_id(); i < map.end_id(); ++i) EXPECT_EQ(back.external(i), map.external(i));
+  const IdMap legacy = IdMap::deserialize("10\n20\n30\n", 0);  // the one-id-a-line form
+  EXPECT_EQ(legacy.size(), 3u);
+  EXPECT_EQ(legacy.find("20"), 1);
+  EXPECT_NE(error_of([] { IdMap::deserialize(R"(["a", "a"])", 0); }).find("duplicate"), std::string::npos);
+  EXPECT_NE(error_of([] { IdMap::deserialize(R"(["a", 3])", 0); }).find("not a string"), std::string::npos);
+  EXPECT_NE(error_of([] { IdMap::deserialize(R"(["a\nb"])", 0); }).find("not a valid id"), std::string::npos);
+}
+
+TEST(Readers, BadBytesInIdsAreCountedWithPrintableMessages) {
+  TempDir dir;
+  const auto path = dir.write("log.csv", "user,item\nu1,i1\nu\xff,i2\nu2,i\x01x\nu3,i3\n");
+  ReaderOptions o = options_for(LogFormat::Csv);
+  ReadReport report;
+  const EventLog log = read_event_log(path, o, &report);
+  EXPECT_EQ(log.events.size(), 2u);
+  EXPECT_EQ(report.error_count(), 2u);
+  for (const auto& example : report.examples) {
+    EXPECT_TRUE(is_valid_utf8(example)) << example;
+    EXPECT_NE(example.find("is not a valid id"), std::string::npos) << example;
+  }
 }
 
 TEST(StreamSources, StdinLinesKeepPositionsAndSkip) {

@@ -1101,7 +1101,11 @@ TEST(Stream, SigkilledProcessResumesToTheSameModel) {
     for (size_t i = 0; i < log.events.size(); ++i) {
       const auto& e = log.events[i];
       text += log.users.external(e.user) + "," + log.items.external(e.item) + "," + std::to_string(e.timestamp) + "\n";
-      if (i % 400 == 0) text += "garbled,line,not-a-time\n";  // dead letters, which must not repeat
+      // Dead letters, which must not repeat: a bad timestamp, bytes that are not UTF-8, a control
+      // character in an id, a number beyond a double.
+      static const char* const kPoison[] = {"garbled,line,not-a-time\n", "u\xff\xfe,i\xc3\x28,5\n",
+                                            "u\x01,item,5\n", "u9,i9,1e400\n"};
+      if (i % 400 == 0) text += kPoison[(i / 400) % 4];
     }
     return text;
   }();
@@ -1157,6 +1161,12 @@ TEST(Stream, SigkilledProcessResumesToTheSameModel) {
   EXPECT_GT(whole.meta.at("dead_letters").get<size_t>(), 0u);
   EXPECT_EQ(lines(dir + "/killed/continual/dead_letters.jsonl"), whole.meta.at("dead_letters").get<size_t>());
   EXPECT_EQ(lines(dir + "/killed/continual/dead_letters.jsonl"), lines(dir + "/whole/continual/dead_letters.jsonl"));
+  auto text_of = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(text_of(dir + "/killed/continual/dead_letters.jsonl"), text_of(dir + "/whole/continual/dead_letters.jsonl"));
+  EXPECT_NE(text_of(dir + "/whole/continual/dead_letters.jsonl").find("\"text_base64\""), std::string::npos);
   expect_same_weights(dir + "/whole/continual/stream.pt", dir + "/killed/continual/stream.pt");
   fs::remove_all(dir);
 }

@@ -1,9 +1,13 @@
 // IdMap and EventLog helpers.
 #include "engine/data/event_log.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <sstream>
 #include <stdexcept>
+
+#include "engine/data/ids.h"
 
 namespace freshrec {
 
@@ -25,18 +29,28 @@ const std::string& IdMap::external(int32_t internal) const {
   return externals_[internal - first_id_];
 }
 
-std::string IdMap::serialize() const {
-  std::string out;
-  for (const auto& e : externals_) out += e + "\n";
-  return out;
-}
+std::string IdMap::serialize() const { return nlohmann::json(externals_).dump(); }
 
 IdMap IdMap::deserialize(const std::string& text, int32_t first_id) {
+  // A JSON array of strings; maps stored one id a line (before ids were stored as JSON) read too.
+  std::vector<std::string> ids;
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!text.empty() && text.front() == '[' && !j.is_discarded()) {
+    if (!j.is_array()) throw std::runtime_error("id map: not a JSON array of ids");
+    for (const auto& id : j) {
+      if (!id.is_string()) throw std::runtime_error("id map: an entry is not a string: " + id.dump());
+      ids.push_back(id.get<std::string>());
+    }
+  } else {
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) ids.push_back(line);
+  }
   IdMap map(first_id);
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    if (map.find(line) >= 0) throw std::runtime_error("id map: duplicate external id '" + line + "'");
-    map.intern(line);
+  for (const std::string& id : ids) {
+    if (const std::string problem = id_problem(id); !problem.empty())
+      throw std::runtime_error("id map: id '" + printable(id, 60) + "' is not a valid id: " + problem);
+    if (map.find(id) >= 0) throw std::runtime_error("id map: duplicate external id '" + printable(id, 60) + "'");
+    map.intern(id);
   }
   return map;
 }

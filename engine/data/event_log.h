@@ -23,7 +23,8 @@ class IdMap {
   int32_t first_id() const { return first_id_; }
   int32_t end_id() const { return first_id_ + static_cast<int32_t>(externals_.size()); }
 
-  // One external id per line, in internal-id order (ids must not contain newlines).
+  // The external ids in internal-id order as a JSON array of strings (any valid id round-trips);
+  // deserialize also reads the older one-id-a-line form, and checks every id (ids.h) and duplicates.
   std::string serialize() const;
   static IdMap deserialize(const std::string& text, int32_t first_id);
 

@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/data/ids.h"
 #include "engine/io/atomic_file.h"
 
 namespace freshrec {
@@ -96,7 +97,7 @@ PrepareReport prepare_log(const std::string& input, const ReaderOptions& reader,
     std::string reason, detail;
     const auto raw = parser.parse(lines[i], reason, detail);
     if (!raw) {
-      if (reader.strict) throw DataError(where + ": " + detail + ": '" + lines[i].substr(0, 120) + "'");
+      if (reader.strict) throw DataError(where + ": " + detail + ": '" + printable(lines[i]) + "'");
       ++report.malformed;
       continue;
     }

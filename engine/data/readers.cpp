@@ -12,6 +12,7 @@
 
 #include "engine/config/config.h"
 #include "engine/data/generator.h"
+#include "engine/data/ids.h"
 
 namespace freshrec {
 namespace {
@@ -43,6 +44,9 @@ std::string trim(const std::string& s) {
   if (b == std::string::npos) return "";
   return s.substr(b, s.find_last_not_of(ws) - b + 1);
 }
+
+// Timestamps become int64 seconds (or line orders): beyond this they would not fit.
+constexpr double kLargestTimestamp = 9.0e18;
 
 bool is_unsigned_integer(const std::string& s) {
   return !s.empty() && s.size() <= 18 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
@@ -249,7 +253,12 @@ std::optional<RawEvent> LineParser::parse(const std::string& line, std::string& 
     }
     if (numeric_ids && !is_unsigned_integer(*id)) {
       reason = std::string("non-numeric ") + what + " id";
-      detail = std::string(what) + " id '" + *id + "' is not a non-negative integer";
+      detail = std::string(what) + " id '" + printable(*id, 60) + "' is not a non-negative integer";
+      return std::nullopt;
+    }
+    if (const std::string problem = id_problem(*id); !problem.empty()) {
+      reason = std::string("bad ") + what + " id";
+      detail = std::string(what) + " id '" + printable(*id, 60) + "' is not a valid id: " + problem;
       return std::nullopt;
     }
   }
@@ -257,7 +266,12 @@ std::optional<RawEvent> LineParser::parse(const std::string& line, std::string& 
     event.timestamp = parse_number(trim(fields[time_col]));
     if (!event.timestamp) {
       reason = "bad timestamp";
-      detail = "timestamp '" + trim(fields[time_col]) + "' is not a number";
+      detail = "timestamp '" + printable(trim(fields[time_col]), 60) + "' is not a number";
+      return std::nullopt;
+    }
+    if (std::fabs(*event.timestamp) > kLargestTimestamp) {
+      reason = "bad timestamp";
+      detail = "timestamp '" + printable(trim(fields[time_col]), 60) + "' is out of range";
       return std::nullopt;
     }
   }
@@ -265,7 +279,7 @@ std::optional<RawEvent> LineParser::parse(const std::string& line, std::string& 
     event.rating = parse_number(trim(fields[rating_col]));
     if (!event.rating) {
       reason = "bad rating";
-      detail = "rating '" + trim(fields[rating_col]) + "' is not a number";
+      detail = "rating '" + printable(trim(fields[rating_col]), 60) + "' is not a number";
       return std::nullopt;
     }
   }
@@ -311,7 +325,7 @@ EventLog read_event_log(const std::string& path, const ReaderOptions& options, R
     std::string reason, detail;
     auto raw = parser.parse(lines[i], reason, detail);
     if (!raw) {
-      const std::string message = path + ":" + std::to_string(i + 1) + ": " + detail + ": '" + lines[i].substr(0, 120) + "'";
+      const std::string message = path + ":" + std::to_string(i + 1) + ": " + detail + ": '" + printable(lines[i]) + "'";
       if (options.strict) throw DataError(message);
       ++r.errors[reason];
       if (r.examples.size() < kMaxExamples) r.examples.push_back(message);

@@ -10,17 +10,22 @@
 #include <cmath>
 #include <iostream>
 
+#include "engine/data/ids.h"
+
 namespace freshrec {
 namespace {
 
 constexpr double kLatestTimestamp = 4102444800.0;  // 2100-01-01: later (or negative) is a unit error
 
-// Checks shared by every source: ids present and not negative, timestamps plausible (seconds).
+// Checks shared by every source: ids valid (ids.h; a leading '-' reads as a negative id), timestamps
+// plausible (seconds).
 bool valid_event(const RawEvent& e, std::string& error) {
   for (const auto* id : {&e.user, &e.item}) {
     const char* what = id == &e.user ? "user" : "item";
     if (id->empty()) return error = std::string("empty ") + what + " id", false;
-    if ((*id)[0] == '-') return error = std::string("negative ") + what + " id '" + *id + "'", false;
+    if ((*id)[0] == '-') return error = std::string("negative ") + what + " id '" + printable(*id, 60) + "'", false;
+    if (const std::string problem = id_problem(*id); !problem.empty())
+      return error = std::string(what) + " id '" + printable(*id, 60) + "' is not a valid id: " + problem, false;
   }
   if (e.timestamp && (*e.timestamp < 0 || *e.timestamp > kLatestTimestamp))
     return error = "timestamp " + std::to_string(static_cast<long long>(*e.timestamp)) +
@@ -39,6 +44,18 @@ std::string id_text(const nlohmann::json& v, const char* field, std::string& err
 
 }  // namespace
 
+std::string dead_letter_json(const StreamRecord& record) {
+  nlohmann::ordered_json j{{"origin", printable(record.origin)}, {"position", record.position},
+                           {"reason", printable(record.error, 400)}};
+  if (is_valid_utf8(record.text)) {
+    j["text"] = record.text;
+  } else {
+    j["text"] = printable(record.text, record.text.size() * 4);  // for reading; the bytes are below
+    j["text_base64"] = base64_encode(record.text);
+  }
+  return j.dump();
+}
+
 LineFormat parse_line_format(const std::string& name) {
   if (name == "csv") return LineFormat::Csv;
   if (name == "json") return LineFormat::Json;
@@ -51,7 +68,7 @@ std::optional<RawEvent> parse_stream_line(const std::string& line, LineFormat fo
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& x) {
+    } catch (const nlohmann::json::exception& x) {  // a syntax error, invalid UTF-8, a number out of range
       error = std::string("invalid JSON: ") + x.what();
       return std::nullopt;
     }

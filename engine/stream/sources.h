@@ -61,6 +61,11 @@ class ReplaySource : public EventSource {
   uint64_t next_ = 0;
 };
 
+// The dead-letter line (one JSON object) of a malformed record: origin, position, reason and the
+// record's bytes, losslessly: `text` when they are valid UTF-8; otherwise `text_base64` holds them and
+// `text` shows them with \xNN escapes. Never throws on any bytes.
+std::string dead_letter_json(const StreamRecord& record);
+
 enum class LineFormat { Csv, Json };
 LineFormat parse_line_format(const std::string& name);
 

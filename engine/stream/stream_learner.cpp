@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "engine/checkpoint/checkpoint.h"
+#include "engine/data/ids.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
 #include "engine/export/publisher.h"
@@ -261,10 +262,8 @@ class StreamLearner {
     if (pending_.empty()) oldest_pending_ = std::chrono::steady_clock::now();
     if (!record.event) {
       ++summary_.dead_letters;
-      dead_letters_ << nlohmann::json{{"position", record.position}, {"origin", record.origin},
-                                      {"reason", record.error}, {"text", record.text}}.dump()
-                    << "\n";
-      spdlog::debug("dead letter at {}: {}", record.origin, record.error);
+      dead_letters_ << dead_letter_json(record) << "\n";
+      spdlog::debug("dead letter at {}: {}", record.origin, printable(record.error));
     } else {
       bool new_user = false;
       const int32_t slot = store_.user_slot(record.event->user, &new_user);
