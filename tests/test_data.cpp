@@ -181,6 +181,32 @@ TEST(Readers, GzippedFile) {
   EXPECT_EQ(read_event_log(path, options_for(LogFormat::MovielensDat), nullptr).events.size(), 2u);
 }
 
+TEST(Readers, TruncatedOrCorruptCompressedFilesAreErrors) {
+  TempDir dir;
+  const auto path = (dir.path() / "ratings.dat.gz").string();
+  std::string text;
+  for (int i = 0; i < 20000; ++i) text += std::to_string(i % 97) + "::" + std::to_string(i % 31) + "::5::" + std::to_string(i) + "\n";
+  gzFile f = gzopen(path.c_str(), "wb");
+  gzwrite(f, text.data(), static_cast<unsigned>(text.size()));
+  gzclose(f);
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const auto truncated = dir.write("cut.dat.gz", bytes.substr(0, bytes.size() / 2));
+  for (bool strict : {false, true})
+    EXPECT_NE(error_of([&] { read_event_log(truncated, options_for(LogFormat::MovielensDat, strict), nullptr); })
+                  .find("cut.dat.gz: truncated compressed file"),
+              std::string::npos);
+  std::string flipped = bytes;
+  flipped[bytes.size() / 2] = static_cast<char>(flipped[bytes.size() / 2] ^ 0x5a);
+  const auto corrupt = dir.write("corrupt.dat.gz", flipped);
+  EXPECT_NE(error_of([&] { read_lines(corrupt); }).find("corrupt.dat.gz: read failed"), std::string::npos);
+  const auto no_trailer = dir.write("no-trailer.dat.gz", bytes.substr(0, bytes.size() - 4));  // the length field cut
+  EXPECT_NE(error_of([&] { read_lines(no_trailer); }).find("truncated"), std::string::npos);
+}
+
 TEST(Readers, BadLinesAreCountedWithFileAndLine) {
   TempDir dir;
   const auto path = dir.write("bad.dat", "1::10::5::100\nnot a line\n2::x::4::200\n3::11::4::soon\n4::12::4::300\n");

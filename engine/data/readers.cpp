@@ -71,8 +71,11 @@ std::vector<std::string> read_lines(const std::string& path) {
     data.append(buffer.data(), n);
   int status = 0;
   const char* message = gzerror(file, &status);
+  // zlib reports a compressed stream that ends early (a cut download, a full disk) as Z_BUF_ERROR.
+  const bool truncated = status == Z_BUF_ERROR && !gzdirect(file);
   const std::string error = status < 0 && status != Z_BUF_ERROR ? message : "";
   gzclose(file);
+  if (truncated) throw DataError(path + ": truncated compressed file: it ends before its end-of-stream marker");
   if (!error.empty()) throw DataError(path + ": read failed: " + error);
   std::vector<std::string> lines;
   size_t start = 0;
