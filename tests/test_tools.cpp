@@ -1,6 +1,9 @@
 // Torch-free tests of the tools around the engine: the configuration reference (docs/CONFIG.md must
-// be what the schema renders), run charts from metrics.jsonl / history.jsonl, and data preparation.
+// be what the schema renders), run charts from metrics.jsonl / history.jsonl, data preparation, and
+// durable writes.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -11,6 +14,7 @@
 #include "engine/config/config.h"
 #include "engine/data/prepare.h"
 #include "engine/data/readers.h"
+#include "engine/io/atomic_file.h"
 #include "engine/report/run_charts.h"
 #include "engine/report/svg_chart.h"
 #include "tests/test_support.h"
@@ -246,5 +250,36 @@ TEST(Prepare, BadInputIsAClearErrorAndWritesNothing) {
     EXPECT_NE(error_of([&] { parse_id_range(bad); }).find("expected FIRST-LAST"), std::string::npos) << bad;
   EXPECT_EQ(parse_id_range("-5-5"), (std::pair<int64_t, int64_t>(-5, 5)));
   for (const auto& entry : fs::directory_iterator(dir.path()))  // no temporary file left behind
+    EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
+}
+
+// ---- durable writes ----------------------------------------------------------------------------
+
+TEST(DurableWrites, AFailedWriteIsAnErrorNamingTheFileAndTheOldFileStays) {
+  TempDir dir;
+  const std::string path = (dir.path() / "state.json").string();
+  write_file_atomically(path, "old");
+  // A file-size limit fails write(2) as a full disk does (EFBIG instead of ENOSPC).
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
+  const auto previous_handler = signal(SIGXFSZ, SIG_IGN);
+  rlimit limit{4096, saved.rlim_max};
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  const std::string error = error_of([&] { write_file_atomically(path, std::string(100000, 'x')); });
+  const std::string streamed = error_of([&] {
+    save_atomically(path, [](std::ostream& out) {
+      for (int i = 0; i < 1000; ++i) out << std::string(1000, 'y');  // a writer that never checks its stream
+    });
+  });
+  setrlimit(RLIMIT_FSIZE, &saved);
+  signal(SIGXFSZ, previous_handler);
+  EXPECT_NE(error.find("state.json: cannot write: File too large"), std::string::npos) << error;
+  EXPECT_NE(streamed.find("state.json: cannot write: File too large"), std::string::npos) << streamed;
+  EXPECT_EQ(read_file(path), "old");
+  EXPECT_NE(error_of([&] { save_atomically(path, [](std::ostream&) { throw std::runtime_error("writer failed"); }); })
+                .find("writer failed"),
+            std::string::npos);
+  EXPECT_EQ(read_file(path), "old");
+  for (const auto& entry : fs::directory_iterator(dir.path()))
     EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
 }

@@ -78,7 +78,7 @@ void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optim
   for (const auto& [name, text] : info.texts) archive.write("text." + name, c10::IValue(text)), names += "t" + name + "\n";
   for (const auto& [name, tensor] : info.tensors) archive.write("tensor." + name, tensor.cpu()), names += "T" + name + "\n";
   archive.write("extra_names", c10::IValue(names));
-  save_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
+  save_atomically(path, [&](std::ostream& out) { archive.save_to(out); });
 }
 
 CheckpointInfo read_checkpoint_info(const std::string& path) {

@@ -3,10 +3,7 @@
 
 #include <zlib.h>
 
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <unordered_map>
 #include <vector>
 
@@ -33,24 +30,36 @@ std::optional<int64_t> parse_integer(const std::string& text) {
   return std::nullopt;
 }
 
+// Gzip (RFC 1952) of the lines, one deflate stream, written as it is made.
+void write_gzip(std::ostream& out, const std::vector<const std::string*>& lines) {
+  z_stream z{};
+  if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    throw DataError("gzip: cannot start the compressor");
+  std::vector<unsigned char> chunk(1 << 16);
+  auto feed = [&](const char* data, size_t size, int flush) {
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data));
+    z.avail_in = static_cast<uInt>(size);
+    do {
+      z.next_out = chunk.data();
+      z.avail_out = static_cast<uInt>(chunk.size());
+      deflate(&z, flush);
+      out.write(reinterpret_cast<const char*>(chunk.data()), static_cast<std::streamsize>(chunk.size() - z.avail_out));
+    } while (z.avail_out == 0 || (flush == Z_FINISH && z.avail_in > 0));
+  };
+  for (const std::string* line : lines) {
+    feed(line->data(), line->size(), Z_NO_FLUSH);
+    feed("\n", 1, Z_NO_FLUSH);
+  }
+  feed(nullptr, 0, Z_FINISH);
+  deflateEnd(&z);
+}
+
 void write_lines(const std::string& path, const std::vector<const std::string*>& lines) {
-  save_atomically(path, [&](const std::string& tmp) {
+  save_atomically(path, [&](std::ostream& out) {
     if (ends_with(path, ".gz")) {
-      gzFile out = gzopen(tmp.c_str(), "wb");
-      if (!out) throw DataError(tmp + ": cannot write: " + std::strerror(errno));
-      bool ok = true;
-      for (const std::string* line : lines) {
-        ok = ok && gzwrite(out, line->data(), static_cast<unsigned>(line->size())) == static_cast<int>(line->size());
-        ok = ok && gzputc(out, '\n') == '\n';
-      }
-      int status = Z_OK;
-      const std::string error = ok ? "" : gzerror(out, &status);
-      if (gzclose(out) != Z_OK || !ok) throw DataError(tmp + ": write failed" + (error.empty() ? "" : ": " + error));
+      write_gzip(out, lines);
     } else {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      if (!out) throw DataError(tmp + ": cannot write: " + std::strerror(errno));
       for (const std::string* line : lines) out << *line << '\n';
-      if (!out.flush()) throw DataError(tmp + ": write failed: " + std::strerror(errno));
     }
   });
 }

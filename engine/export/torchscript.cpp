@@ -218,7 +218,7 @@ torch::jit::Module export_torchscript(SASRec& model, const IdMap& items, const s
 }
 
 void save_torchscript(torch::jit::Module& module, const std::string& path) {
-  save_atomically(path, [&](const std::string& tmp) { module.save(tmp); });
+  save_atomically(path, [&](std::ostream& out) { module.save(out); });
 }
 
 torch::jit::Module load_torchscript(const std::string& path) {

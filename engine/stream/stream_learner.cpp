@@ -10,7 +10,9 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <deque>
 #include <optional>
 #include <cmath>
@@ -724,10 +726,15 @@ class StreamLearner {
 
   static uint64_t durable_size(std::ofstream& out, const fs::path& path) {
     out.flush();
-    if (!out) throw std::runtime_error(path.string() + ": write failed");
+    if (!out) throw std::runtime_error(path.string() + ": cannot write: " + std::strerror(errno));
     const int fd = ::open(path.c_str(), O_RDONLY);
-    if (fd >= 0) ::fsync(fd), ::close(fd);
-    return fs::exists(path) ? fs::file_size(path) : 0;
+    if (fd < 0 || ::fsync(fd) != 0) {
+      const int error = errno;
+      if (fd >= 0) ::close(fd);
+      throw std::runtime_error(path.string() + ": cannot make durable: " + std::strerror(error));
+    }
+    ::close(fd);
+    return fs::file_size(path);
   }
 
   static void truncate_to(const fs::path& path, uint64_t bytes) {

@@ -3,6 +3,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -254,6 +256,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     history << nlohmann::json{{"epoch", epoch}, {"step", step}, {"loss", train_loss}, {"seconds", seconds},
                               {"validation", nlohmann::json::parse(validation.to_json())}}.dump()
             << "\n" << std::flush;
+    if (!history) throw std::runtime_error((out_dir / "history.jsonl").string() + ": cannot write: " + std::strerror(errno));
     info.meta = {{"kind", teacher ? "distill" : "train"},
                  {"teacher", teacher_path},
                  {"epoch", epoch},
