@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -290,6 +291,16 @@ struct Served {
   void start() { port = server->start(); }
 };
 
+// Waits until `done` holds, at most `seconds`; false when the deadline passed first.
+bool wait_until(const std::function<bool()>& done, double seconds = 60) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
 }  // namespace
 
 TEST(Serve, HotReloadDropsNoRequest) {
@@ -321,14 +332,16 @@ TEST(Serve, HotReloadDropsNoRequest) {
       last_version = versions.back();
     }
   });
-  while (sent < 30) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // Behaviour, not timing: wait for the client to see version 2, then a few more requests (each wait
+  // with a deadline, so a broken server fails the test instead of hanging it).
+  const bool started = wait_until([&] { return sent >= 30; });
   publisher.publish(v2, items, "", {{"events", 200}});
-  // Behaviour, not timing: wait for the client to see version 2, then a few more requests.
-  while (last_version < 2 && !failed) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const bool reloaded = wait_until([&] { return last_version >= 2 || failed > 0; });
   const int seen = sent;
-  while (sent < seen + 20) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const bool went_on = wait_until([&] { return sent >= seen + 20; });
   stop = true;
   client.join();
+  ASSERT_TRUE(started && reloaded && went_on) << "sent " << sent << ", last version " << last_version;
   EXPECT_EQ(failed, 0);
   ASSERT_FALSE(versions.empty());
   EXPECT_EQ(versions.front(), 1);
@@ -343,6 +356,52 @@ TEST(Serve, HotReloadDropsNoRequest) {
   EXPECT_NE(metrics->body.find("freshrec_request_duration_seconds{quantile=\"0.99\"}"), std::string::npos);
   EXPECT_NE(metrics->body.find("freshrec_model_age_seconds"), std::string::npos);
   EXPECT_EQ(http.Get("/healthz")->status, 200);
+  s.server->stop();
+}
+
+TEST(Serve, VersionsOnlyGrowAndHealthTellsWhatTheServerRefuses) {
+  Served s("serve-versions");
+  const IdMap items = id_map(25, "", 1);
+  SASRec model = random_model(25, 8, 31);
+  {
+    Publisher publisher(s.dir);
+    publisher.publish(model, items, "", {});
+    publisher.publish(model, items, "", {});
+  }
+  // The manifest is lost: the next publication continues after the files present, never from 1.
+  fs::remove(fs::path(s.dir) / "manifest.json");
+  const auto first_file = fs::last_write_time(fs::path(s.dir) / "model-v000001.pt");
+  EXPECT_EQ(highest_published_version(s.dir), 2);
+  EXPECT_EQ(Publisher(s.dir).publish(model, items, "", {}), 3);
+  EXPECT_EQ(fs::last_write_time(fs::path(s.dir) / "model-v000001.pt"), first_file);
+  s.start();
+  ASSERT_EQ(s.server->model_version(), 3);
+  httplib::Client http("127.0.0.1", s.port);
+  auto health = [&] { return json_of(http.Get("/healthz")); };
+  auto metrics = [&] { return http.Get("/metrics")->body; };
+  EXPECT_EQ(health().at("status"), "ok");
+
+  // A manifest that names an older version is refused, and the server says so.
+  const std::string manifest = (fs::path(s.dir) / "manifest.json").string();
+  std::ofstream(manifest) << R"({"version": 2, "file": "model-v000002.pt"})";
+  ASSERT_TRUE(wait_until([&] { return health().at("status") == "degraded"; }, 30));
+  EXPECT_NE(health().at("problem").get<std::string>().find("refused"), std::string::npos);
+  EXPECT_NE(metrics().find("freshrec_manifest_version 2"), std::string::npos);
+  EXPECT_NE(metrics().find("freshrec_model_stale 1"), std::string::npos);
+  EXPECT_EQ(s.server->model_version(), 3);
+
+  // A newer version that cannot be loaded: counted, reported, and version 3 keeps serving.
+  std::ofstream(fs::path(s.dir) / "model-v000004.pt") << "not a model";
+  std::ofstream(manifest) << R"({"version": 4, "file": "model-v000004.pt"})";
+  ASSERT_TRUE(wait_until([&] { return metrics().find("freshrec_model_load_failures_total 1") != std::string::npos; }, 30));
+  EXPECT_EQ(health().at("problem"), "version 4 failed to load");
+  EXPECT_EQ(http.Post("/recommend", R"({"history": [1], "k": 2})", "application/json")->status, 200);
+
+  // The folder disappears.
+  fs::remove_all(s.dir);
+  ASSERT_TRUE(wait_until([&] { return health().value("problem", "") == "the models folder is missing"; }, 30));
+  const std::string text = http.Get("/healthz")->body;
+  EXPECT_EQ(text.find(s.dir), std::string::npos) << "no server path in answers: " << text;
   s.server->stop();
 }
 

@@ -1,7 +1,9 @@
 // Files under failure: a disk that fills (here a file-size limit, which fails write(2) the same way)
 // during a training save, an export or a stream checkpoint must give a clear error naming the file,
-// leave no temporary file and keep the previous file; never abort the process.
+// leave no temporary file and keep the previous file, never abort the process; a corrupt or cut
+// checkpoint is refused on load; a model with non-finite weights is never exported or published.
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -13,7 +15,13 @@
 #include <string>
 #include <vector>
 
+#include "engine/checkpoint/checkpoint.h"
+#include "engine/config/config.h"
+#include "engine/export/publisher.h"
+#include "engine/export/torchscript.h"
+
 namespace fs = std::filesystem;
+using namespace freshrec;
 
 namespace {
 
@@ -97,5 +105,97 @@ TEST(DurableWrites, AFullDiskStopsEveryJobWithAClearErrorAndKeepsThePreviousFile
   EXPECT_TRUE(stream.exited && stream.code == 1) << stream.output;
   EXPECT_NE(stream.output.find("stream.pt: cannot write"), std::string::npos) << stream.output;
   EXPECT_TRUE(temporaries(dir).empty()) << temporaries(dir).front();
+  fs::remove_all(dir);
+}
+
+namespace {
+
+SASRec small_model(int64_t items) {
+  torch::manual_seed(5);
+  SASRecOptions o;
+  o.num_items = items, o.hidden = 16, o.blocks = 1, o.heads = 1, o.maxlen = 8;
+  SASRec model(o);
+  model->eval();
+  return model;
+}
+
+IdMap items_of(int64_t n) {
+  IdMap items(1);
+  for (int64_t i = 1; i <= n; ++i) items.intern(std::to_string(i));
+  return items;
+}
+
+std::string bytes_of(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+}  // namespace
+
+TEST(Checkpoints, CorruptOrCutFilesAreRefusedOnLoad) {
+  const fs::path dir = fs::temp_directory_path() / ("freshrec-corrupt-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  SASRec model = small_model(2000);  // the item table is most of the file
+  CheckpointInfo info;
+  info.config_yaml = Config().to_yaml();
+  info.items = items_of(2000);
+  const std::string good = (dir / "good.pt").string();
+  save_checkpoint(good, model, nullptr, info);
+  EXPECT_EQ(read_checkpoint_info(good).items.size(), 2000u);
+  const std::string bytes = bytes_of(good);
+
+  std::string flipped = bytes;  // one bit in the middle of the file: inside the item table's data
+  flipped[bytes.size() / 2] = static_cast<char>(flipped[bytes.size() / 2] ^ 0x10);
+  std::ofstream((dir / "flipped.pt").string(), std::ios::binary) << flipped;
+  std::ofstream((dir / "cut.pt").string(), std::ios::binary) << bytes.substr(0, bytes.size() * 3 / 4);
+  for (const char* name : {"flipped.pt", "cut.pt"}) {
+    const std::string path = (dir / name).string();
+    std::string error;
+    try {
+      SASRec loaded = small_model(2000);
+      read_checkpoint_info(path);
+      load_checkpoint_weights(path, loaded);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    EXPECT_NE(error.find(path + ": corrupt or incomplete archive"), std::string::npos) << name << ": " << error;
+  }
+  EXPECT_NE([&] {
+    try {
+      load_torchscript((dir / "flipped.pt").string());
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  }().find("corrupt or incomplete archive"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(Checkpoints, NonFiniteWeightsAreNeverExportedOrPublished) {
+  const fs::path dir = fs::temp_directory_path() / ("freshrec-nonfinite-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  SASRec model = small_model(64);
+  const IdMap items = items_of(50);  // rows 51..64 are spare: never exported, so they may hold anything
+  {
+    torch::NoGradGuard no_grad;
+    model->named_parameters()["item_embedding"][60].fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+  EXPECT_NO_THROW(export_torchscript(model, items, "", {}));
+  {
+    torch::NoGradGuard no_grad;
+    model->named_parameters()["blocks.0.ffn_in.weight"][0][0] = std::numeric_limits<float>::infinity();
+  }
+  std::string error;
+  try {
+    export_torchscript(model, items, "", {});
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  EXPECT_NE(error.find("parameter 'blocks.0.ffn_in.weight' holds non-finite values"), std::string::npos) << error;
+  Publisher publisher(dir.string());
+  EXPECT_THROW(publisher.publish(model, items, "", {}), std::invalid_argument);
+  EXPECT_EQ(publisher.last_version(), 0);
+  EXPECT_TRUE(fs::is_empty(dir)) << "nothing may be written";
   fs::remove_all(dir);
 }

@@ -1,6 +1,7 @@
 // Checkpoint files; see checkpoint.h.
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/io/atomic_file.h"
+#include "engine/io/zip_check.h"
 
 #include <filesystem>
 #include <fstream>
@@ -21,6 +22,7 @@ std::string read_string(torch::serialize::InputArchive& archive, const std::stri
 
 torch::serialize::InputArchive open_archive(const std::string& path) {
   if (!std::filesystem::exists(path)) throw std::runtime_error(path + ": checkpoint not found");
+  check_archive_integrity(path);  // LibTorch's reader does not check the records' CRC-32s
   torch::serialize::InputArchive archive;
   try {
     archive.load_from(path);

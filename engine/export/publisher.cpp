@@ -49,10 +49,27 @@ std::optional<Manifest> Manifest::read(const std::string& dir) {
   return m;
 }
 
+int64_t highest_published_version(const std::string& dir) {
+  int64_t highest = 0;
+  if (auto manifest = Manifest::read(dir)) highest = manifest->version;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    long long version = 0;
+    int consumed = 0;
+    if (std::sscanf(name.c_str(), "model-v%lld.pt%n", &version, &consumed) == 1 &&
+        consumed == static_cast<int>(name.size()))
+      highest = std::max<int64_t>(highest, version);
+  }
+  return highest;
+}
+
 Publisher::Publisher(std::string dir, int64_t keep) : dir_(std::move(dir)), keep_(keep) {
   if (keep_ < 1) throw std::invalid_argument("publisher: keep must be at least 1, got " + std::to_string(keep_));
   fs::create_directories(dir_);
-  if (auto manifest = Manifest::read(dir_)) version_ = manifest->version;
+  // Versions only grow: a folder whose manifest was lost still holds its model files, and a server
+  // may be serving the highest of them.
+  version_ = highest_published_version(dir_);
 }
 
 int64_t Publisher::publish(SASRec& model, const IdMap& items, const std::string& config_yaml, nlohmann::json info) {

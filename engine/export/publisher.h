@@ -22,9 +22,13 @@ struct Manifest {
   static std::optional<Manifest> read(const std::string& dir);
 };
 
+// The highest version `dir` holds: its manifest's, or a model-vNNNNNN.pt file's if higher (0: none).
+int64_t highest_published_version(const std::string& dir);
+
 class Publisher {
  public:
-  // Continues the numbering of a manifest already in `dir`. keep: versions kept on disk (>= 1).
+  // Continues the numbering of `dir` (highest_published_version), so versions only grow.
+  // keep: versions kept on disk (>= 1).
   Publisher(std::string dir, int64_t keep = 5);
 
   // Exports `model` with `items` and `config_yaml` as the next version; `info` (events seen, source

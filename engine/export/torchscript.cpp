@@ -9,6 +9,7 @@
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/io/atomic_file.h"
+#include "engine/io/zip_check.h"
 
 namespace freshrec {
 namespace {
@@ -154,7 +155,14 @@ torch::jit::Module export_torchscript(SASRec& model, const IdMap& items, const s
     throw std::invalid_argument("export: the id map has " + std::to_string(vocabulary) + " items, the model " +
                                 std::to_string(o.num_items));
   std::map<std::string, torch::Tensor> p;
-  for (const auto& named : model->named_parameters()) p[named.key()] = named.value().detach().to(torch::kCPU, torch::kFloat);
+  for (const auto& named : model->named_parameters()) {
+    p[named.key()] = named.value().detach().to(torch::kCPU, torch::kFloat);
+    // Rows past the vocabulary (spare rows of a grown table) are never exported, so they may hold anything.
+    const auto exported = named.key() == "item_embedding" ? p[named.key()].narrow(0, 0, vocabulary + 1) : p[named.key()];
+    if (!torch::isfinite(exported).all().item<bool>())
+      throw std::invalid_argument("export: parameter '" + named.key() +
+                                  "' holds non-finite values (NaN or infinity); nothing was exported");
+  }
   auto stacked = [&](const std::string& name) {
     std::vector<torch::Tensor> per_block;
     for (int64_t b = 0; b < o.blocks; ++b) per_block.push_back(p.at("blocks." + std::to_string(b) + "." + name));
@@ -222,6 +230,7 @@ void save_torchscript(torch::jit::Module& module, const std::string& path) {
 }
 
 torch::jit::Module load_torchscript(const std::string& path) {
+  check_archive_integrity(path);
   try {
     auto module = torch::jit::load(path, torch::kCPU);
     module.eval();

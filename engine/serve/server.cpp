@@ -114,6 +114,13 @@ struct ModelServer::Impl {
   mutable std::mutex model_mutex;
   std::shared_ptr<const LoadedModel> current;
   int64_t failed_version = 0;  // a version that would not load: not retried until a newer one appears
+  // What the watcher saw last, for /healthz and /metrics: the manifest's version, and why the served
+  // model is not that version ("" when it is, or when nothing is published yet).
+  mutable std::mutex watch_mutex;
+  int64_t manifest_version = 0;
+  std::string watch_problem;
+  uint64_t load_failures = 0, manifest_errors = 0;
+  std::string last_manifest_error;  // the watcher's own: logged once
   RequestStats stats;
   Clock::time_point started = Clock::now();
 
@@ -122,17 +129,38 @@ struct ModelServer::Impl {
     return current;
   }
 
+  // Records what the watcher found; a new problem is logged once.
+  void report(int64_t version, const std::string& problem, bool manifest_error = false) {
+    std::lock_guard<std::mutex> lock(watch_mutex);
+    if (version > 0) manifest_version = version;
+    manifest_errors += manifest_error;
+    if (!problem.empty() && problem != watch_problem) spdlog::warn("models folder {}: {}", options.models_dir, problem);
+    watch_problem = problem;
+  }
+
   // Loads the manifest's version if it is newer than the one served; warm-up runs before the swap.
   void refresh() {
     std::optional<Manifest> manifest;
     try {
       manifest = Manifest::read(options.models_dir);
     } catch (const std::exception& e) {
-      spdlog::warn("{}", e.what());
-      return;
+      if (e.what() != last_manifest_error) spdlog::warn("{}", e.what());
+      last_manifest_error = e.what();
+      return report(0, "the manifest cannot be read (the server's log says why)", true);
     }
+    last_manifest_error.clear();
     const auto serving = model();
-    if (!manifest || (serving && manifest->version <= serving->version) || manifest->version == failed_version) return;
+    if (!manifest) {
+      std::error_code ec;
+      return report(0, fs::is_directory(options.models_dir, ec) ? (serving ? "the manifest is gone" : "")
+                                                                 : "the models folder is missing");
+    }
+    if (serving && manifest->version < serving->version)
+      return report(manifest->version, "the manifest names version " + std::to_string(manifest->version) +
+                                           ", older than the served " + std::to_string(serving->version) +
+                                           ": refused (versions only grow; restart the server to serve it)");
+    if (serving && manifest->version == serving->version) return report(manifest->version, "");
+    if (manifest->version == failed_version) return;  // reported when it failed
     const std::string path = (fs::path(options.models_dir) / manifest->file).string();
     try {
       auto loaded = std::make_shared<LoadedModel>();
@@ -147,9 +175,15 @@ struct ModelServer::Impl {
         current = loaded;
       }
       spdlog::info("serving {} (version {}, {} items)", path, loaded->version, loaded->model->num_items());
+      report(manifest->version, "");
     } catch (const std::exception& e) {
       failed_version = manifest->version;
       spdlog::error("cannot load version {}: {}", manifest->version, e.what());
+      {
+        std::lock_guard<std::mutex> lock(watch_mutex);
+        ++load_failures;
+      }
+      report(manifest->version, "version " + std::to_string(manifest->version) + " failed to load");
     }
   }
 
@@ -168,7 +202,7 @@ struct ModelServer::Impl {
 
   void recommend(const httplib::Request& req, httplib::Response& res) {
     const auto serving = model();
-    if (!serving) throw BadRequest{503, "no model is published in " + options.models_dir + " yet"};
+    if (!serving) throw BadRequest{503, "no model is published yet"};
     nlohmann::json body;
     try {
       body = nlohmann::json::parse(req.body);
@@ -243,6 +277,20 @@ struct ModelServer::Impl {
         << "# TYPE freshrec_model_age_seconds gauge\n"
         << "freshrec_model_age_seconds " << (serving ? std::max(0.0, unix_seconds() - serving->published_at) : 0.0)
         << "\n"
+        << "# HELP freshrec_manifest_version Version the folder's manifest names (0: none read yet).\n"
+        << "# TYPE freshrec_manifest_version gauge\n";
+    std::lock_guard<std::mutex> lock(watch_mutex);
+    out << "freshrec_manifest_version " << manifest_version << "\n"
+        << "# HELP freshrec_model_stale 1 when the served model is not the manifest's version (it failed to load, it is "
+           "older than the served one, or the manifest or folder is unreadable).\n"
+        << "# TYPE freshrec_model_stale gauge\n"
+        << "freshrec_model_stale " << (watch_problem.empty() ? 0 : 1) << "\n"
+        << "# HELP freshrec_model_load_failures_total Published versions that failed to load.\n"
+        << "# TYPE freshrec_model_load_failures_total counter\n"
+        << "freshrec_model_load_failures_total " << load_failures << "\n"
+        << "# HELP freshrec_manifest_errors_total Manifest reads that failed (malformed or unreadable).\n"
+        << "# TYPE freshrec_manifest_errors_total counter\n"
+        << "freshrec_manifest_errors_total " << manifest_errors << "\n"
         << "# HELP freshrec_uptime_seconds Seconds since the server started.\n"
         << "# TYPE freshrec_uptime_seconds gauge\n"
         << "freshrec_uptime_seconds " << std::chrono::duration<double>(Clock::now() - started).count() << "\n";
@@ -265,12 +313,17 @@ struct ModelServer::Impl {
       stats.record(res.status, std::chrono::duration<double>(Clock::now() - begun).count());
     });
     http.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+      // 503 without a model; 200 with one, "degraded" (and why) when it is not the manifest's version.
       const auto serving = model();
-      if (serving) {
-        reply_json(res, 200, {{"status", "ok"}, {"version", serving->version}});
-      } else {
-        reply_json(res, 503, {{"status", "no model yet"}, {"models_dir", options.models_dir}});
+      std::string problem;
+      {
+        std::lock_guard<std::mutex> lock(watch_mutex);
+        problem = watch_problem;
       }
+      nlohmann::json body = {{"status", !serving ? "no model yet" : problem.empty() ? "ok" : "degraded"},
+                             {"version", serving ? serving->version : 0}};
+      if (!problem.empty()) body["problem"] = problem;
+      reply_json(res, serving ? 200 : 503, body);
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       res.set_content(metrics(), "text/plain; version=0.0.4");

@@ -758,17 +758,28 @@ class StreamLearner {
       auto c = t.to(torch::kLong).contiguous();
       return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
     };
+    // Every stored item id must name a known item: a checkpoint that passed its CRC check can still
+    // come from another run's files.
+    const auto known = static_cast<int64_t>(items_.size());
+    auto check_items = [&](const std::vector<int64_t>& ids, int64_t lowest, const char* what) {
+      for (int64_t id : ids)
+        if (id < lowest || id > known)
+          throw std::runtime_error(path + ": " + what + " name item " + std::to_string(id) + ", outside the " +
+                                   std::to_string(known) + " items of its id map");
+      return ids;
+    };
     store_ = HistoryStore::restore(settings_.history_keep, info_.texts.at("history_users"),
                                    to_vector(info_.tensors.at("history_lengths")),
-                                   to_vector(info_.tensors.at("history_items")));
+                                   check_items(to_vector(info_.tensors.at("history_items")), 1, "the histories"));
     summary_.replayed = m.at("replayed");
     summary_.publications = m.value("publications", uint64_t{0});
     reservoir_.seen = m.at("reservoir_seen");
-    reservoir_.items = to_vector(info_.tensors.at("reservoir_items"));
+    reservoir_.items = check_items(to_vector(info_.tensors.at("reservoir_items")), 1, "the replay reservoir's targets");
     const auto lengths = to_vector(info_.tensors.at("reservoir_lengths"));
-    const auto flat = to_vector(info_.tensors.at("reservoir_histories"));
+    const auto flat = check_items(to_vector(info_.tensors.at("reservoir_histories")), 0, "the replay reservoir's histories");
     size_t at = 0;
     for (int64_t n : lengths) {
+      if (n < 0 || at + static_cast<size_t>(n) > flat.size()) throw std::runtime_error(path + ": corrupt replay reservoir");
       reservoir_.histories.emplace_back(flat.begin() + at, flat.begin() + at + n);
       at += n;
     }
