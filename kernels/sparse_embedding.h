@@ -33,8 +33,9 @@ struct RowwiseAdamOptions {
 std::tuple<at::Tensor, at::Tensor> embedding_backward_sparse(const at::Tensor& indices, const at::Tensor& grad_output,
                                                              int64_t num_rows, int64_t padding_idx = -1);
 
-// weight, exp_avg, exp_avg_sq: (num_rows, D) fp32; row_step: (num_rows) int64; rows: (U) int64, each
-// row once (as embedding_backward_sparse returns them: rows are updated in parallel);
+// weight, exp_avg, exp_avg_sq: (num_rows, D) fp32; row_step: (num_rows) int64; rows: (U) int64, any
+// strides, each row once (as embedding_backward_sparse returns them: rows are updated in parallel; the
+// CPU body checks it, on CUDA a repeated row is a data race, since checking would wait for the device);
 // row_grads: (U, D) fp32. `step` is the global step count including this one (>= 1).
 void rowwise_adam_(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq, at::Tensor& row_step,
                    const at::Tensor& rows, const at::Tensor& row_grads, int64_t step, const RowwiseAdamOptions& options);

@@ -226,6 +226,29 @@ TEST(RowwiseAdam, LazyRowsAndPerRowStep) {
   EXPECT_EQ(global.row_step[2].item<int64_t>(), 0);  // not counted without per_row_step
 }
 
+TEST(RowwiseAdam, StridedRowsAreReadInPlaceAndRepeatedRowsRefused) {
+  torch::manual_seed(4);
+  const auto grad = torch::randn({2, 8});
+  AdamState strided(10, 8), packed(10, 8);
+  packed.weight.copy_(strided.weight);
+  RowwiseAdamOptions o;
+  const auto every_other = torch::tensor({2, 9, 5, 7}, torch::kLong).slice(0, 0, 4, 2);  // {2, 5}, stride 2
+  ASSERT_FALSE(every_other.is_contiguous());
+  rowwise_adam_(strided.weight, strided.exp_avg, strided.exp_avg_sq, strided.row_step, every_other, grad, 1, o);
+  rowwise_adam_(packed.weight, packed.exp_avg, packed.exp_avg_sq, packed.row_step, torch::tensor({2, 5}), grad, 1, o);
+  EXPECT_TRUE(torch::equal(strided.weight, packed.weight));
+  EXPECT_TRUE(torch::equal(strided.exp_avg, packed.exp_avg));
+  const auto before = packed.weight.clone();
+  try {
+    rowwise_adam_(packed.weight, packed.exp_avg, packed.exp_avg_sq, packed.row_step, torch::tensor({3, 5, 3}),
+                  torch::randn({3, 8}), 2, o);
+    ADD_FAILURE() << "repeated rows were accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("row 3 appears more than once"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(torch::equal(packed.weight, before));
+}
+
 TEST(FusedBackwardAdam, EqualsSparseBackwardThenRowwiseAdamBitwise) {
   torch::manual_seed(5);
   const auto indices = skewed_indices(8192, 2000, 6);

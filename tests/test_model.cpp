@@ -23,6 +23,7 @@
 #include "engine/export/torchscript.h"
 #include "engine/runtime.h"
 #include "engine/train/dense_adam.h"
+#include "engine/train/learner.h"
 #include "engine/train/losses.h"
 #include "engine/train/sparse_adam.h"
 #include "engine/train/trainer.h"
@@ -723,6 +724,31 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   fs::remove_all(dir);
 }
 
+TEST(Stream, FullSoftmaxUpdatesLeaveTheReservedRowsAlone) {
+  const auto dir = temp_folder("stream-full");
+  Config config = stream_config(dir);
+  config.apply_override("train.loss=full");
+  config.apply_override("stream.loss=full");
+  config.apply_override("stream.grow_chunk=64");  // rows reserved ahead of the items that will use them
+  auto [source, cut, warm, teacher] =
+      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+  source.skip_to(cut);
+  const StreamSummary summary = run_stream(config, source, warm, StreamRun{teacher, "", true, dir + "/run", "run"});
+  const auto info = read_checkpoint_info(summary.checkpoint);
+  const int64_t known = static_cast<int64_t>(info.items.size());
+  Learner learner(load_checkpoint_model(summary.checkpoint, torch::kCPU), config, 1e-3);
+  load_checkpoint_optimizer(summary.checkpoint, *learner.dense, learner.sparse.get());
+  const int64_t rows = learner.model->options().num_items + 1;
+  ASSERT_GT(rows, known + 1) << "the test needs reserved rows";
+  for (const auto& buffer : learner.sparse->named_buffers()) {
+    if (buffer.key() != "exp_avg" && buffer.key() != "exp_avg_sq") continue;
+    const auto reserved = buffer.value().narrow(0, known + 1, rows - known - 1);
+    EXPECT_EQ(reserved.abs().max().item<float>(), 0.0f) << buffer.key() << ": a reserved row was updated";
+    EXPECT_GT(buffer.value().narrow(0, 1, known).abs().max().item<float>(), 0.0f) << buffer.key();
+  }
+  fs::remove_all(dir);
+}
+
 TEST(Stream, StudentLearnsOnlinePublishesAndResumesExactly) {
   const auto dir = temp_folder("stream-student");
   const Config config = stream_config(dir);
@@ -917,6 +943,39 @@ TEST(Stream, MicroBatchesNeverWaitForTheDeviceOnAGpu) {
   EXPECT_GT(s.overall.ndcg(10), 0.0);
   fs::remove_all(dir);
 #endif
+}
+
+TEST(Learner, NonFiniteGradientsUnderAFiniteLossSkipTheStep) {
+  torch::manual_seed(2);
+  SASRecOptions o;
+  o.num_items = 30, o.hidden = 16, o.blocks = 1, o.heads = 1, o.maxlen = 6, o.dropout = 0;
+  Learner learner(SASRec(o), Config(), 1e-2);
+  const auto items = torch::randint(1, 31, {4, 6}, torch::kLong);
+  auto snapshot = [&] {
+    std::vector<torch::Tensor> state;
+    for (const auto& p : learner.model->parameters()) state.push_back(p.detach().clone());
+    for (const auto& b : learner.sparse->named_buffers())  // the moments; the step count advances by design
+      if (b.key() != "step") state.push_back(b.value().detach().clone());
+    return state;
+  };
+  auto same = [](const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+    for (size_t i = 0; i < a.size(); ++i)
+      if (!torch::equal(a[i], b[i])) return false;
+    return true;
+  };
+  // sqrt at 0: a finite loss (0) whose gradient is inf * 0 = NaN everywhere, the item table included.
+  const auto before = snapshot();
+  const auto out = learner.model->forward(items);
+  const auto poisoned = torch::sqrt(out.sum() * 0);
+  ASSERT_TRUE(std::isfinite(poisoned.item<double>()));
+  EXPECT_EQ(learner.step(poisoned, /*clip=*/1.0, 1e-2, /*max_loss=*/50).item<float>(), 1.0f);
+  EXPECT_TRUE(same(before, snapshot())) << "a skipped step must change no weight and no moment";
+  const auto again = learner.model->forward(items);  // and without clipping, where no norm is needed
+  EXPECT_EQ(learner.step(torch::sqrt(again.sum() * 0), /*clip=*/0, 1e-2, 50).item<float>(), 1.0f);
+  EXPECT_TRUE(same(before, snapshot()));
+  const auto good = learner.model->forward(items).pow(2).mean();
+  EXPECT_EQ(learner.step(good, 1.0, 1e-2, 50).item<float>(), 0.0f);
+  EXPECT_FALSE(same(before, snapshot()));
 }
 
 TEST(Stream, EmptyBatchesAndTheLossGuardLeaveTheModelAlone) {

@@ -29,6 +29,7 @@
 #include "engine/stream/history_store.h"
 #include "engine/train/dense_adam.h"
 #include "engine/train/distill.h"
+#include "engine/train/learner.h"
 #include "engine/train/losses.h"
 #include "engine/train/sparse_adam.h"
 
@@ -101,43 +102,6 @@ struct Reservoir {
   uint64_t seen = 0;
 };
 
-// A model with its optimizers: LibTorch Adam for the dense parameters, the fused row-wise Adam for
-// the item table. The stream's teacher is one, its student another.
-struct Trainable {
-  SASRec model{nullptr};
-  std::unique_ptr<FusedAdam> dense;
-  SparseRowAdam sparse{nullptr};
-
-  Trainable() = default;
-  Trainable(SASRec m, const Config& config, double lr) : model(std::move(m)) {
-    const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
-    dense = std::make_unique<FusedAdam>(model->dense_parameters(), torch::optim::AdamOptions(lr).betas({beta1, beta2}));
-    ops::RowwiseAdamOptions o;
-    o.lr = lr, o.beta1 = beta1, o.beta2 = beta2;
-    o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";
-    sparse = SparseRowAdam(model->item_embedding(), o, /*padding_idx=*/0);
-    model->set_sparse_gradients(&sparse->gradients());
-  }
-  explicit operator bool() const { return static_cast<bool>(model); }
-  void grow(int64_t rows) {
-    model->grow_items(rows);
-    sparse->grow_to_weight();
-  }
-  // Backward, clipping of the dense parameters, both optimizer steps, guarded on the device: when the
-  // loss is not finite or above max_loss, weights and moments stay as they were (the step counts
-  // still advance). Returns the guard's flag (float32 scalar, 1: skipped) without reading it back.
-  torch::Tensor step(const torch::Tensor& loss, double clip, double lr, double max_loss) {
-    const auto value = loss.detach();
-    const auto skip = value.isfinite().logical_and(value <= max_loss).logical_not().to(torch::kFloat);
-    dense->zero_grad();
-    loss.backward();
-    if (clip > 0) clip_grad_norm(dense->param_groups()[0].params(), clip);
-    dense->step_unless(skip);
-    sparse->step(lr, skip);
-    return skip;
-  }
-};
-
 struct Settings {
   int64_t batch_size, window, history_keep, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity, ce_chunk;
   int64_t publish_every, publish_keep;
@@ -194,7 +158,7 @@ class StreamLearner {
     const std::string& start = run.resume.empty() ? run.teacher : run.resume;
     if (start.empty()) throw std::runtime_error("stream: a teacher checkpoint (or a stream checkpoint to resume) is needed");
     info_ = read_checkpoint_info(start);
-    teacher_ = Trainable(load_checkpoint_model(start, device_), config, settings_.lr);
+    teacher_ = Learner(load_checkpoint_model(start, device_), config, settings_.lr);
     model_ = teacher_.model;
     model_->set_dropout(update_dropout(config, model_->options().dropout));
     items_ = info_.items;
@@ -207,7 +171,7 @@ class StreamLearner {
     // The student: from the stream checkpoint when resuming, else from --student.
     if (!run.resume.empty() && has_student(info_)) {
       student_config_ = student_config_yaml(info_);
-      student_ = Trainable(student_model(info_), config, settings_.lr);
+      student_ = Learner(student_model(info_), config, settings_.lr);
       student_.model->to(device_);
       unpack_student(info_, student_.model, student_.dense.get(), student_.sparse.get());
     } else if (run.resume.empty() && !run.student.empty()) {
@@ -217,7 +181,7 @@ class StreamLearner {
                                  std::to_string(student_info.items.size()) + " vs " + std::to_string(items_.size()) +
                                  "); distil it from this teacher");
       student_config_ = student_info.config_yaml;
-      student_ = Trainable(load_checkpoint_model(run.student, device_), config, settings_.lr);
+      student_ = Learner(load_checkpoint_model(run.student, device_), config, settings_.lr);
       if (student_.model->options().maxlen > model_->options().maxlen)
         throw std::runtime_error(run.student + ": the student's maxlen exceeds the teacher's");
       if (student_.model->options().num_items < model_->options().num_items) {  // the teacher's spare rows
@@ -495,10 +459,13 @@ class StreamLearner {
       }
       auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
       auto log_q = torch::zeros({model_->options().num_items + 1}, hidden.options().dtype(torch::kFloat));  // uniform
-      // Full softmax: the output side gives the whole table a gradient, which the row-wise optimizer
-      // takes as every row touched (a small catalog's table is cheap to update whole).
+      // Full softmax over the known items (the padding row and the rows reserved for items yet to come
+      // are not candidates, as in the ranking): the output side gives the table a gradient, which the
+      // row-wise optimizer takes as every row touched (a small catalog's table is cheap to update whole;
+      // the reserved rows' gradient is zero, so their weights and moments stay as they are).
       loss = settings_.full_softmax
-                 ? full_softmax_cross_entropy(hidden, model_->item_embedding(), target, settings_.ce_chunk, excluded)
+                 ? full_softmax_cross_entropy(hidden, model_->item_embedding().narrow(0, 0, items_.end_id()), target,
+                                              settings_.ce_chunk, excluded)
                  : sampled_softmax_cross_entropy(hidden, model_->lookup_items(target), model_->lookup_items(negatives),
                                                  target, negatives, log_q);
     }
@@ -557,7 +524,7 @@ class StreamLearner {
     } else {
       info["model"] = "teacher";
     }
-    Trainable& published = student_ ? student_ : teacher_;
+    Learner& published = student_ ? student_ : teacher_;
     published.model->eval();
     publisher_->publish(published.model, items_, student_ ? student_config_ : info_.config_yaml, info);
     ++summary_.publications;
@@ -794,7 +761,7 @@ class StreamLearner {
   torch::Device device_;
   bool bf16_;  // train.precision=bf16
   CheckpointInfo info_;
-  Trainable teacher_, student_;
+  Learner teacher_, student_;
   SASRec model_{nullptr};  // the teacher's model
   std::string student_config_;
   DistillOptions distill_;

@@ -101,14 +101,29 @@ void FusedAdamT<Base>::fused_step(const std::optional<torch::Tensor>& found_inf)
 template class FusedAdamT<torch::optim::Adam>;
 template class FusedAdamT<torch::optim::AdamW>;
 
-torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
-  TORCH_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be positive, got ", max_norm);
+namespace {
+
+std::vector<torch::Tensor> gradients_of(const std::vector<torch::Tensor>& params) {
   std::vector<torch::Tensor> grads;
   for (const auto& p : params)
     if (p.grad().defined()) grads.push_back(p.grad());
+  return grads;
+}
+
+torch::Tensor norm_of(const std::vector<torch::Tensor>& grads) { return torch::stack(at::_foreach_norm(grads, 2)).norm(); }
+
+}  // namespace
+
+torch::Tensor gradient_norm(const std::vector<torch::Tensor>& params) {
+  const auto grads = gradients_of(params);
+  return grads.empty() ? torch::Tensor() : norm_of(grads);
+}
+
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+  TORCH_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be positive, got ", max_norm);
+  const auto grads = gradients_of(params);
   if (grads.empty()) return {};
-  const auto norms = at::_foreach_norm(grads, 2);
-  const auto total = torch::stack(norms).norm();
+  const auto total = norm_of(grads);
   // Same coefficient as torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6), at most 1.
   const auto coefficient = (max_norm / (total + 1e-6)).clamp_max(1.0);
   at::_foreach_mul_(grads, coefficient);

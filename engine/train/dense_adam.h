@@ -48,5 +48,7 @@ using FusedAdamW = FusedAdamT<torch::optim::AdamW>;
 // `max_norm`, as torch.nn.utils.clip_grad_norm_ does, with multi-tensor ops. Returns the norm before
 // clipping as a scalar tensor on the gradients' device (undefined when no parameter has a gradient).
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+// The global L2 norm of the gradients of `params`, the same way, without scaling them.
+torch::Tensor gradient_norm(const std::vector<torch::Tensor>& params);
 
 }  // namespace freshrec

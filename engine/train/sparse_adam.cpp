@@ -32,6 +32,14 @@ void SparseRowAdamImpl::step(double lr, const std::optional<torch::Tensor>& skip
                                 step_.item<int64_t>(), options, /*check_indices=*/false, skip);
 }
 
+torch::Tensor SparseRowAdamImpl::gradients_finite() const {
+  std::vector<torch::Tensor> all_finite;
+  for (const auto& g : gradients_.grad_outputs) all_finite.push_back(g.isfinite().all());
+  if (weight_.grad().defined()) all_finite.push_back(weight_.grad().isfinite().all());
+  if (all_finite.empty()) return torch::ones({}, weight_.options().dtype(torch::kBool));
+  return torch::stack(all_finite).all();
+}
+
 void SparseRowAdamImpl::grow_to_weight() {
   const int64_t rows = weight_.size(0), old = exp_avg_.size(0);
   if (rows <= old) return;

@@ -23,6 +23,9 @@ class SparseRowAdamImpl : public torch::nn::Module {
   // the gradients are cleared and nothing else changes, but the step counter still advances (the
   // host keeps it without reading the flag back).
   void step(double lr, const std::optional<torch::Tensor>& skip = std::nullopt);
+  // Whether every collected gradient (and the table's dense .grad, if any) is finite: a bool scalar on
+  // the table's device, not read back.
+  torch::Tensor gradients_finite() const;
   int64_t steps_taken() const { return step_.item<int64_t>(); }
   // Follows the table after it grew (SASRec::grow_items): new rows start with zero moments.
   void grow_to_weight();

@@ -71,7 +71,15 @@ void rowwise_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_a
                                            step, lr, beta1, beta2, eps, weight_decay, decoupled, /*float_gradients=*/true);
   if (rows.numel() == 0) return;
   const auto grads = row_grads.contiguous();
-  const int64_t* r = rows.data_ptr<int64_t>();
+  const auto rows_c = rows.contiguous();  // a strided view would be read out of place
+  // Rows are updated in parallel: a repeated row would be a data race and a double update.
+  const auto sorted = std::get<0>(at::sort(rows_c));
+  if (rows_c.numel() > 1) {
+    const auto repeated = (sorted.narrow(0, 1, sorted.numel() - 1) == sorted.narrow(0, 0, sorted.numel() - 1)).nonzero();
+    TORCH_CHECK(repeated.numel() == 0, "rowwise_adam_: row ", repeated.numel() ? sorted[repeated[0][0]].item<int64_t>() : 0,
+                " appears more than once; rows must be distinct (as embedding_backward_sparse returns them)");
+  }
+  const int64_t* r = rows_c.data_ptr<int64_t>();
   const float* g = grads.data_ptr<float>();
   float *w = weight.data_ptr<float>(), *m = exp_avg.data_ptr<float>(), *v = exp_avg_sq.data_ptr<float>();
   int64_t* steps = row_step.data_ptr<int64_t>();

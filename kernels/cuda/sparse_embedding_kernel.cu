@@ -142,11 +142,12 @@ void rowwise_adam_cuda(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_
   const int64_t U = rows.numel();
   if (U == 0) return;
   const auto grads = row_grads.contiguous();
+  const auto rows_c = rows.contiguous();  // a strided view would be read out of place
   // Each row is its own one-piece segment.
   const auto first_piece = at::arange(U + 1, rows.options());
   const auto count = at::full({}, U, rows.options());
   segment_adam_kernel<<<grid_for(U), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      grads.data_ptr<float>(), first_piece.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), count.data_ptr<int64_t>(),
+      grads.data_ptr<float>(), first_piece.data_ptr<int64_t>(), rows_c.data_ptr<int64_t>(), count.data_ptr<int64_t>(),
       weight.size(0), D, weight.data_ptr<float>(), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(),
       row_step.data_ptr<int64_t>(), step, a, per_row_step, /*skip=*/nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
