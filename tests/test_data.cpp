@@ -88,6 +88,35 @@ TEST(Config, OverrideErrorsNameTheKey) {
   EXPECT_NE(error_of([&] { c.apply_override("data.strict=maybe"); }).find("true or false"), std::string::npos);
 }
 
+TEST(Config, EveryNumberHasARangeAndValuesOutsideItAreRefused) {
+  for (const KeySpec& spec : config_schema()) {
+    if (spec.type != KeyType::Int && spec.type != KeyType::Float && spec.type != KeyType::IntList) continue;
+    EXPECT_TRUE(std::isfinite(spec.min) && std::isfinite(spec.max) && spec.min <= spec.max) << spec.name;
+  }
+  Config c;  // every default lies in its range (the constructor checks them)
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {"model.maxlen=1000000000000", "model.maxlen: '1000000000000' is not within 1 to 65536"},
+      {"stream.grow_chunk=100000000000", "stream.grow_chunk"},
+      {"train.lr=-1", "train.lr: '-1' is not within 0 to 10"},
+      {"train.beta1=2", "train.beta1"},
+      {"train.ce_chunk=0", "train.ce_chunk"},
+      {"model.dropout=1", "model.dropout"},
+      {"eval.ks=[0, 10]", "eval.ks"},
+      {"eval.ks=5,0", "eval.ks"},
+      {"generator.users=-5", "generator.users"},
+  };
+  for (const auto& [assignment, message] : refused)
+    EXPECT_NE(error_of([&] { c.apply_override(assignment); }).find(message), std::string::npos) << assignment;
+  EXPECT_EQ(c.get_int("model.maxlen"), 200);  // a refused value changes nothing
+  c.apply_override("model.maxlen=65536");
+  EXPECT_EQ(c.get_int("model.maxlen"), 65536);
+  c.apply_override("data.csv.header=false");
+  c.apply_override("data.format=csv");
+  c.apply_override("data.csv.user=2147483647");
+  EXPECT_NE(error_of([&] { ReaderOptions::from_config(c); }).find("data.csv.user: column index 2147483647 is not within"),
+            std::string::npos);
+}
+
 TEST(Config, YamlRoundTrip) {
   Config c;
   c.apply_override("model.hidden=48");

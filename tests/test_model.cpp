@@ -532,8 +532,7 @@ TEST(Training, PlateauGoesBackToTheBestWithASmallerRate) {
   EXPECT_DOUBLE_EQ(meta.at("lr_scale").get<double>(), std::pow(0.5, static_cast<double>(done)));
   EXPECT_GE(longer.best_validation.ndcg(10), stopped.best_validation.ndcg(10));
 
-  decaying.apply_override("train.lr_decay=0");
-  EXPECT_THROW(train_model(decaying, log), ConfigError);
+  EXPECT_THROW(decaying.apply_override("train.lr_decay=0"), ConfigError);  // outside the key's range
   fs::remove_all(dir);
 }
 
@@ -892,7 +891,8 @@ TEST(Stream, RankingFiltersEverySeenItemAndBadSettingsAreRefused) {
   // A dropout rate outside [0, 1) (other than -1, the model's own) is refused.
   {
     Config c = config;
-    c.apply_override("stream.dropout=1.5");
+    EXPECT_THROW(c.apply_override("stream.dropout=1.5"), ConfigError);  // outside the key's range
+    c.apply_override("stream.dropout=-0.5");  // in range, but neither -1 nor a rate
     ReplaySource replay = setup.source;
     EXPECT_THROW(run_stream(c, replay, setup.warm, {setup.teacher, "", true, dir + "/dropout", "dropout"}), ConfigError);
   }

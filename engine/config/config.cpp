@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iomanip>
 #include <sstream>
 
 namespace freshrec {
@@ -40,6 +41,19 @@ std::string join(const std::vector<std::string>& parts, const std::string& sep) 
   throw ConfigError(origin + ": " + spec.name + ": '" + text + "' is not " + expected);
 }
 
+std::string bound_text(double v) {
+  std::ostringstream out;
+  out << std::setprecision(15) << v;
+  return out.str();
+}
+
+template <typename T>
+T within_range(const KeySpec& spec, T value, const std::string& text, const std::string& origin) {
+  if (static_cast<double>(value) < spec.min || static_cast<double>(value) > spec.max)
+    bad_value(spec, text, origin, "within " + bound_text(spec.min) + " to " + bound_text(spec.max));
+  return value;
+}
+
 ConfigValue parse_value(const KeySpec& spec, const YAML::Node& node, const std::string& origin) {
   const std::string text = node.IsScalar() ? node.Scalar() : YAML::Dump(node);
   try {
@@ -49,14 +63,14 @@ ConfigValue parse_value(const KeySpec& spec, const YAML::Node& node, const std::
         size_t used = 0;
         long long v = std::stoll(text, &used);
         if (used != text.size()) bad_value(spec, text, origin, "an integer");
-        return v;
+        return within_range(spec, v, text, origin);
       }
       case KeyType::Float: {
         if (!node.IsScalar()) bad_value(spec, text, origin, "a number");
         size_t used = 0;
         double v = std::stod(text, &used);
         if (used != text.size() || !std::isfinite(v)) bad_value(spec, text, origin, "a finite number");
-        return v;
+        return within_range(spec, v, text, origin);
       }
       case KeyType::Bool: {
         if (text == "true" || text == "yes" || text == "on" || text == "1") return true;
@@ -75,13 +89,13 @@ ConfigValue parse_value(const KeySpec& spec, const YAML::Node& node, const std::
         std::vector<long long> list;
         if (node.IsSequence()) {
           for (const auto& item : node) list.push_back(std::get<long long>(parse_value(
-              KeySpec{spec.name, KeyType::Int, "", "", {}}, item, origin)));
+              KeySpec{spec.name, KeyType::Int, "", "", {}, spec.min, spec.max}, item, origin)));
         } else if (node.IsScalar()) {  // "1,5,10" from a command line
           std::stringstream ss(text);
           std::string part;
           while (std::getline(ss, part, ',')) {
             size_t used = 0;
-            list.push_back(std::stoll(part, &used));
+            list.push_back(within_range(spec, std::stoll(part, &used), text, origin));
             if (used != part.size()) bad_value(spec, text, origin, "a list of integers");
           }
         } else {

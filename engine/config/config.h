@@ -3,6 +3,7 @@
 // the key, the value and where it came from (file:line or the command line).
 #pragma once
 
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -24,6 +25,10 @@ struct KeySpec {
   std::string default_value;         // written as in YAML
   std::string help;
   std::vector<std::string> choices;  // KeyType::Choice only
+  // Int, Float and IntList (each element): the allowed range, both ends included. Every numeric key
+  // has one, so no value can ask for an allocation or a setting the engine cannot take.
+  double min = -std::numeric_limits<double>::infinity();
+  double max = std::numeric_limits<double>::infinity();
 };
 
 // The schema: every known key. Defined in schema.cpp.

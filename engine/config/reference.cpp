@@ -1,5 +1,6 @@
 // The configuration reference as Markdown, rendered from the schema so that it cannot drift from it
 // (`freshrec config --markdown`; docs/CONFIG.md is its output, checked by a test).
+#include <iomanip>
 #include <sstream>
 
 #include "engine/config/config.h"
@@ -7,13 +8,21 @@
 namespace freshrec {
 namespace {
 
+std::string number(double v) {
+  std::ostringstream out;
+  out << std::setprecision(15) << v;
+  return out.str();
+}
+
+std::string range(const KeySpec& spec) { return ", " + number(spec.min) + " to " + number(spec.max); }
+
 std::string type_name(const KeySpec& spec) {
   switch (spec.type) {
-    case KeyType::Int: return "integer";
-    case KeyType::Float: return "number";
+    case KeyType::Int: return "integer" + range(spec);
+    case KeyType::Float: return "number" + range(spec);
     case KeyType::Bool: return "true / false";
     case KeyType::String: return "string";
-    case KeyType::IntList: return "list of integers";
+    case KeyType::IntList: return "list of integers" + range(spec);
     case KeyType::Choice: {
       std::string out;
       for (size_t i = 0; i < spec.choices.size(); ++i) out += (i ? " \\| " : "") + ("`" + spec.choices[i] + "`");

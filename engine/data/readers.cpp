@@ -45,6 +45,9 @@ std::string trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(ws) - b + 1);
 }
 
+// The largest 0-based column index a header-less CSV layout may name.
+constexpr int kMaxColumn = 1023;
+
 // Timestamps become int64 seconds (or line orders): beyond this they would not fit.
 constexpr double kLargestTimestamp = 9.0e18;
 
@@ -144,6 +147,9 @@ ReaderOptions ReaderOptions::from_config(const Config& config) {
       if (!v.empty() && !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }))
         throw ConfigError(config.origin(key) + ": " + key + ": '" + v +
                           "' is not a column index, and data.csv.header is false");
+      if (v.size() > 4 || (!v.empty() && std::stoi(v) > kMaxColumn))
+        throw ConfigError(config.origin(key) + ": " + key + ": column index " + v + " is not within 0 to " +
+                          std::to_string(kMaxColumn));
     }
   }
   return o;
