@@ -720,6 +720,27 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   EXPECT_GT(full.replayed, 0u);
   EXPECT_EQ(rest.replayed, full.replayed);
   expect_same_weights(full.checkpoint, rest.checkpoint);
+  // The metrics cover the whole stream after a resume too: the summary, and every metrics line (the
+  // window cut by the crash included), but for wall-clock seconds.
+  EXPECT_EQ(rest.overall.count(), full.overall.count());
+  EXPECT_EQ(rest.overall.ndcg(10), full.overall.ndcg(10));
+  EXPECT_EQ(rest.overall.hit_rate(10), full.overall.hit_rate(10));
+  EXPECT_EQ(rest.overall.mrr(), full.overall.mrr());
+  auto metrics_lines = [](const std::string& path) {
+    std::vector<nlohmann::json> lines;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line);
+      j.erase("seconds");
+      j.erase("label");
+      lines.push_back(j);
+    }
+    return lines;
+  };
+  const auto whole_lines = metrics_lines(dir + "/whole/metrics.jsonl");
+  const auto resumed_lines = metrics_lines(dir + "/crashed/metrics.jsonl");
+  ASSERT_EQ(resumed_lines.size(), whole_lines.size());
+  for (size_t i = 0; i < whole_lines.size(); ++i) EXPECT_EQ(resumed_lines[i], whole_lines[i]) << "metrics line " << i;
   fs::remove_all(dir);
 }
 

@@ -39,6 +39,26 @@ double RankingMetrics::hit_rate(long long k) const { return count_ ? hits_.at(k)
 double RankingMetrics::ndcg(long long k) const { return count_ ? ndcg_.at(k) / count_ : 0.0; }
 double RankingMetrics::mrr() const { return count_ ? reciprocal_rank_ / count_ : 0.0; }
 
+std::string RankingMetrics::state() const {
+  nlohmann::json j{{"ks", ks_}, {"count", count_}, {"reciprocal_rank", reciprocal_rank_}};
+  for (auto k : ks_) j["hits"].push_back(hits_.at(k)), j["ndcg"].push_back(ndcg_.at(k));
+  return j.dump();  // doubles are written with enough digits to read back exactly
+}
+
+RankingMetrics RankingMetrics::from_state(const std::string& text) {
+  try {
+    const auto j = nlohmann::json::parse(text);
+    RankingMetrics m(j.at("ks").get<std::vector<long long>>());
+    m.count_ = j.at("count").get<size_t>();
+    m.reciprocal_rank_ = j.at("reciprocal_rank").get<double>();
+    for (size_t i = 0; i < m.ks_.size(); ++i)
+      m.hits_[m.ks_[i]] = j.at("hits").at(i).get<double>(), m.ndcg_[m.ks_[i]] = j.at("ndcg").at(i).get<double>();
+    return m;
+  } catch (const nlohmann::json::exception& e) {
+    throw std::invalid_argument(std::string("metrics: malformed saved state: ") + e.what());
+  }
+}
+
 std::string RankingMetrics::to_json() const {
   nlohmann::ordered_json j;
   j["users"] = count_;

@@ -24,6 +24,10 @@ class RankingMetrics {
 
   // {"users": n, "HR@10": ..., "NDCG@10": ..., "MRR": ...}
   std::string to_json() const;
+  // The exact running sums, as JSON text, and back (for checkpoints: a restored object continues as
+  // the saved one would have). from_state throws std::invalid_argument on a malformed state.
+  std::string state() const;
+  static RankingMetrics from_state(const std::string& state);
 
  private:
   std::vector<long long> ks_;

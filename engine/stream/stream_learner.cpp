@@ -641,6 +641,73 @@ class StreamLearner {
     student_window_ = RankingMetrics({10});
   }
 
+  // Every counter that the summary, the metrics lines, the latency quantiles and the manifest report:
+  // the one list that save() writes and restore() reads, so a resumed run reports what an
+  // uninterrupted one would. (Wall-clock seconds and the arrival times of events not yet published
+  // are not kept: they do not survive a process.)
+  template <typename Visit>
+  void visit_counters(Visit&& visit) {
+    visit("events", summary_.events);
+    visit("scored", summary_.scored);
+    visit("cold_items", summary_.cold_items);
+    visit("new_users", summary_.new_users);
+    visit("new_items", summary_.new_items);
+    visit("dead_letters", summary_.dead_letters);
+    visit("batches", summary_.batches);
+    visit("skipped_batches", summary_.skipped_batches);
+    visit("replayed", summary_.replayed);
+    visit("publications", summary_.publications);
+    visit("events_since_publish", events_since_publish_);
+    visit("last_loss", last_loss_);
+    visit("last_student_loss", last_student_loss_);
+    visit("overall", summary_.overall);
+    visit("student_overall", summary_.student_overall);
+    visit("window", window_);
+    visit("student_window", student_window_);
+    visit("latencies_ms", latencies_ms_);
+    visit("publish_delays_ms", publish_delays_ms_);
+  }
+
+  // Counters into a checkpoint: numbers and metrics in its meta, samples as tensors.
+  struct CounterWriter {
+    nlohmann::json& meta;
+    std::map<std::string, torch::Tensor>& tensors;
+    void operator()(const char* name, uint64_t value) { meta[name] = value; }
+    void operator()(const char* name, int64_t value) { meta[name] = value; }
+    void operator()(const char* name, double value) { meta[name] = value; }  // NaN is written as null
+    void operator()(const char* name, const RankingMetrics& metrics) { meta[name] = nlohmann::json::parse(metrics.state()); }
+    void operator()(const char* name, const std::vector<double>& samples) {
+      tensors[std::string("counter.") + name] = torch::tensor(samples, torch::kDouble);
+    }
+  };
+
+  // And back; a checkpoint written by a build that kept fewer counters leaves the others at zero.
+  struct CounterReader {
+    const nlohmann::json& meta;
+    const std::map<std::string, torch::Tensor>& tensors;
+    const std::string& path;
+    template <typename Integer>
+    void operator()(const char* name, Integer& value) {
+      value = meta.value(name, Integer{0});
+    }
+    void operator()(const char* name, double& value) {
+      const auto found = meta.find(name);
+      value = found != meta.end() && found->is_number() ? found->get<double>() : std::numeric_limits<double>::quiet_NaN();
+    }
+    void operator()(const char* name, RankingMetrics& metrics) {
+      if (!meta.contains(name)) return;
+      metrics = RankingMetrics::from_state(meta.at(name).dump());
+      if (metrics.ks() != std::vector<long long>{10})
+        throw std::runtime_error(path + ": saved metrics '" + name + "' have other cut-offs");
+    }
+    void operator()(const char* name, std::vector<double>& samples) {
+      const auto found = tensors.find(std::string("counter.") + name);
+      if (found == tensors.end()) return;
+      const auto values = found->second.to(torch::kDouble).contiguous();
+      samples.assign(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
+    }
+  };
+
   // Everything needed to continue at exactly the next event, written atomically. Checkpoints are
   // taken only between micro-batches, so every event before the saved position has been applied.
   void save() {
@@ -658,15 +725,8 @@ class StreamLearner {
                  {"dead_letter_bytes", dead_letter_bytes},
                  {"metrics_bytes", metrics_bytes},
                  {"source_position", position},
-                 {"events", summary_.events},
-                 {"scored", summary_.scored},
-                 {"cold_items", summary_.cold_items},
-                 {"new_users", summary_.new_users},
-                 {"new_items", summary_.new_items},
-                 {"dead_letters", summary_.dead_letters},
-                 {"batches", summary_.batches},
-                 {"skipped_batches", summary_.skipped_batches},
                  {"learn", run_.learn}};
+    visit_counters(CounterWriter{info.meta, info.tensors});
     info.texts["history_users"] = store_.serialize_users();
     info.tensors["history_lengths"] = torch::tensor(store_.lengths(), torch::kLong);
     info.tensors["history_items"] = torch::tensor(store_.flat_items(), torch::kLong);
@@ -679,11 +739,7 @@ class StreamLearner {
     info.tensors["reservoir_histories"] = torch::tensor(flat, torch::kLong);
     info.tensors["reservoir_items"] = torch::tensor(reservoir_.items, torch::kLong);
     info.meta["reservoir_seen"] = reservoir_.seen;
-    info.meta["replayed"] = summary_.replayed;
-    if (student_) {
-      pack_student(info, student_.model, student_config_, student_.dense.get(), student_.sparse.get());
-      info.meta["publications"] = summary_.publications;
-    }
+    if (student_) pack_student(info, student_.model, student_config_, student_.dense.get(), student_.sparse.get());
     save_checkpoint((fs::path(run_.output_dir) / "stream.pt").string(), model_, teacher_.dense.get(), info,
                     teacher_.sparse.get());
     source_.checkpointed(position);
@@ -713,14 +769,7 @@ class StreamLearner {
     const auto& m = info_.meta;
     if (m.value("kind", "") != "stream") throw std::runtime_error(path + ": not a stream checkpoint (kind is not 'stream')");
     saved_position_ = m.at("source_position").get<std::string>();
-    summary_.events = m.at("events");
-    summary_.scored = m.at("scored");
-    summary_.cold_items = m.at("cold_items");
-    summary_.new_users = m.at("new_users");
-    summary_.new_items = m.at("new_items");
-    summary_.dead_letters = m.at("dead_letters");
-    summary_.batches = m.at("batches");
-    summary_.skipped_batches = m.at("skipped_batches");
+    visit_counters(CounterReader{m, info_.tensors, path});
     auto to_vector = [](const torch::Tensor& t) {
       auto c = t.to(torch::kLong).contiguous();
       return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
@@ -738,8 +787,6 @@ class StreamLearner {
     store_ = HistoryStore::restore(settings_.history_keep, info_.texts.at("history_users"),
                                    to_vector(info_.tensors.at("history_lengths")),
                                    check_items(to_vector(info_.tensors.at("history_items")), 1, "the histories"));
-    summary_.replayed = m.at("replayed");
-    summary_.publications = m.value("publications", uint64_t{0});
     reservoir_.seen = m.at("reservoir_seen");
     reservoir_.items = check_items(to_vector(info_.tensors.at("reservoir_items")), 1, "the replay reservoir's targets");
     const auto lengths = to_vector(info_.tensors.at("reservoir_lengths"));
