@@ -517,8 +517,43 @@ TEST(StreamSources, StdinLinesKeepPositionsAndSkip) {
   source.next();
   EXPECT_FALSE(source.next());
   EXPECT_TRUE(source.finished());
-  EXPECT_EQ(source.position(), "4");
+  EXPECT_EQ(source.position().substr(0, 2), "4:");
   EXPECT_THROW(source.seek("x"), DataError);
+}
+
+TEST(StreamSources, StdinResumeChecksThatTheProducerReplayedFromTheStart) {
+  const std::string sent = "u1,a,10\nu2,b,20\n\nu3,c,30\nu4,d,40\n";
+  std::istringstream first(sent);
+  LineStreamSource before(first, LineFormat::Csv);
+  before.next(), before.next(), before.next();  // three events consumed, then a checkpoint
+  const std::string saved = before.position();
+  EXPECT_EQ(saved.substr(0, 2), "3:");
+
+  std::istringstream again(sent);  // the contract: the same input from its start
+  LineStreamSource replayed(again, LineFormat::Csv);
+  replayed.seek(saved);
+  auto r = replayed.next();
+  ASSERT_TRUE(r && r->event);
+  EXPECT_EQ(r->event->user, "u4");
+
+  std::istringstream unread("u4,d,40\nu5,e,50\nu6,f,60\n");  // only the unread lines, then new ones
+  LineStreamSource resent(unread, LineFormat::Csv);
+  EXPECT_NE(error_of([&] { resent.seek(saved); }).find("not the ones the checkpoint consumed"), std::string::npos);
+
+  std::istringstream changed("u1,a,10\nu2,X,20\nu3,c,30\nu4,d,40\n");  // same count, other lines
+  LineStreamSource altered(changed, LineFormat::Csv);
+  EXPECT_THROW(altered.seek(saved), DataError);
+
+  std::istringstream shorter("u1,a,10\n");  // ends before the saved position: a warning, nothing new
+  LineStreamSource cut(shorter, LineFormat::Csv);
+  EXPECT_NO_THROW(cut.seek(saved));
+  EXPECT_TRUE(cut.finished());
+  EXPECT_FALSE(cut.next());
+
+  std::istringstream legacy(sent);  // a bare count, as checkpoints without a digest hold
+  LineStreamSource old(legacy, LineFormat::Csv);
+  old.seek("3");
+  EXPECT_EQ(old.next()->event->user, "u4");
 }
 
 TEST(StreamSources, ReplayIsInTimeOrderWithQuantileCut) {

@@ -12,6 +12,10 @@
 
 #include "engine/data/ids.h"
 
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
 namespace freshrec {
 namespace {
 
@@ -43,6 +47,12 @@ std::string id_text(const nlohmann::json& v, const char* field, std::string& err
 }
 
 }  // namespace
+
+uint64_t chain_digest(uint64_t digest, const std::string& line) {
+  // FNV-1a, 64 bits, over the line and a separator: any change to any consumed line changes it.
+  for (const char c : line) digest = (digest ^ static_cast<uint8_t>(c)) * 0x100000001b3ULL;
+  return (digest ^ 0x0a) * 0x100000001b3ULL;
+}
 
 std::string dead_letter_json(const StreamRecord& record) {
   nlohmann::ordered_json j{{"origin", printable(record.origin)}, {"position", record.position},
@@ -202,6 +212,7 @@ std::optional<StreamRecord> LineStreamSource::next(int wait_ms) {
     StreamRecord r;
     r.position = position_++;
     r.origin = name_ + ":" + std::to_string(r.position + 1);
+    digest_ = chain_digest(digest_, line);
     r.text = line;
     r.event = parse_stream_line(line, format_, r.error);
     return r;
@@ -210,10 +221,36 @@ std::optional<StreamRecord> LineStreamSource::next(int wait_ms) {
   return std::nullopt;
 }
 
+std::string LineStreamSource::position() const {
+  char digest[17];
+  std::snprintf(digest, sizeof digest, "%016llx", static_cast<unsigned long long>(digest_));
+  return std::to_string(position_) + ":" + digest;
+}
+
 void LineStreamSource::seek(const std::string& text) {
-  const uint64_t position = parse_position(text, name_.c_str());
+  // "COUNT:DIGEST"; a bare count (checkpoints that kept no digest) skips unchecked.
+  const size_t colon = text.find(':');
+  const uint64_t position = parse_position(text.substr(0, colon), name_.c_str());
   while (position_ < position && next(-1)) {
   }
+  if (position_ < position) {
+    spdlog::warn("{}: the input ended after {} of the {} lines the checkpoint consumed: nothing new to learn from "
+                 "(send the same input again from its start, then the new lines)",
+                 name_, position_, position);
+    return;
+  }
+  if (colon == std::string::npos) {
+    spdlog::warn("{}: the checkpoint keeps no digest of its input; its first {} lines are skipped unchecked", name_,
+                 position);
+    return;
+  }
+  const std::string expected = text.substr(colon + 1);
+  const std::string found = this->position().substr(this->position().find(':') + 1);
+  if (found != expected)
+    throw DataError(name_ + ": the first " + std::to_string(position) +
+                    " lines of this input are not the ones the checkpoint consumed (digest " + found + ", saved " +
+                    expected + "): on --resume, send the same input again from its start; the checkpoint skips what "
+                    "it has applied");
 }
 
 }  // namespace freshrec

@@ -72,23 +72,30 @@ LineFormat parse_line_format(const std::string& name);
 // Parses one CSV or JSON line into an event; on failure sets `error` and returns nullopt.
 std::optional<RawEvent> parse_stream_line(const std::string& line, LineFormat format, std::string& error);
 
-// Lines from an input stream (standard input), one event per line, in arrival order. Its position
-// counts the events read; on resume the producer is expected to send the same lines again, and the
-// ones before the checkpoint are skipped.
+// A running digest of the lines a source consumed (FNV-1a over each line and a separator).
+uint64_t chain_digest(uint64_t digest, const std::string& line);
+
+// Lines from an input stream (standard input), one event per line, in arrival order. The contract
+// on resume: the producer sends the same input again from its start; the lines the checkpoint
+// consumed are read and skipped. Its position is "COUNT:DIGEST", the count of non-blank lines read and
+// a digest of all of them, so seek() can tell a producer that did not replay from the start (an
+// error) from one whose input ended early (a warning: nothing new).
 class LineStreamSource : public EventSource {
  public:
   LineStreamSource(std::istream& in, LineFormat format, std::string name = "stdin")
       : in_(in), format_(format), name_(std::move(name)) {}
   std::optional<StreamRecord> next(int wait_ms = 0) override;
   bool finished() const override { return finished_; }
-  std::string position() const override { return std::to_string(position_); }
+  std::string position() const override;
   void seek(const std::string& position) override;
 
  private:
+  static constexpr uint64_t kDigestSeed = 0xcbf29ce484222325ULL;  // FNV-1a's offset basis
   std::istream& in_;
   LineFormat format_;
   std::string name_;
   uint64_t position_ = 0;
+  uint64_t digest_ = kDigestSeed;
   bool finished_ = false;
 };
 
