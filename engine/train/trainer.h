@@ -22,7 +22,7 @@ struct TrainSummary {
   int64_t parameters = 0;
 };
 
-// Trains on `log` as the config says; resume_path (optional) is a last.pt written by an earlier run
+// Trains on `log` as the config says; resume_path (optional) is a last.pt written by a run
 // with the same config and data. With teacher_path (a checkpoint trained on the same data), the model
 // is a student distilled from that frozen teacher (distill.* keys, engine/train/distill.h). Writes
 // best.pt, last.pt, history.jsonl and test.json to train.output_dir.
