@@ -2,7 +2,8 @@
 # The README's two commands on a fresh Debian 12 machine, as root; both idempotent.
 #   tools/quickstart.sh run    install what is missing, build, run the main job: pre-train a teacher on
 #                              generated data, stream the rest through it frozen and continual (configs/demo.yaml)
-#   tools/quickstart.sh test   install what is missing, build, run the whole test suite (ctest)
+#   tools/quickstart.sh test   install what is missing, build, run the whole test suite (ctest), then the
+#                              torch-free tests under AddressSanitizer and UBSan (tools/sanitize-check.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +56,7 @@ case "${1:-}" in
   test)
     install_system_packages; install_torch; build
     ctest --test-dir build --output-on-failure -j 1
+    bash tools/sanitize-check.sh
     ;;
   *)
     echo "usage: $0 run|test" >&2; exit 2 ;;
