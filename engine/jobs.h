@@ -63,7 +63,8 @@ int run_recommend_job(const std::string& model, const std::string& history, cons
 // when a new version appears; runs until SIGINT or SIGTERM.
 struct ServeJobOptions {
   std::string models_dir;
-  std::string host = "0.0.0.0";
+  std::string host = "127.0.0.1";
+  std::string token_file;  // a file holding the bearer token (first line); empty: no token
   int port = 8080;
   int threads = 8;
   int poll_ms = 500;

@@ -176,12 +176,21 @@ int run_serve_job(const ServeJobOptions& o) {
   ServeOptions options;
   options.models_dir = o.models_dir, options.host = o.host, options.port = o.port, options.threads = o.threads;
   options.poll_ms = o.poll_ms, options.max_history = o.max_history, options.max_batch = o.max_batch;
+  if (!o.token_file.empty()) {
+    std::ifstream in(o.token_file);
+    if (!in) throw std::runtime_error(o.token_file + ": cannot read the token file");
+    std::getline(in, options.token);
+    while (!options.token.empty() && (options.token.back() == '\r' || options.token.back() == ' '))
+      options.token.pop_back();
+    if (options.token.size() < 16)
+      throw std::runtime_error(o.token_file + ": the token must be at least 16 characters on the file's first line");
+  }
   ModelServer server(options);
   const int port = server.start();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  spdlog::info("listening on {}:{} (POST /recommend, GET /healthz, GET /metrics), models from {}", o.host, port,
-               o.models_dir);
+  spdlog::info("listening on {}:{} (POST /recommend, GET /healthz, GET /metrics{}), models from {}", o.host, port,
+               options.token.empty() ? "" : "; bearer token required but for /healthz", o.models_dir);
   std::printf("listening on port %d\n", port);
   std::fflush(stdout);
   while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));

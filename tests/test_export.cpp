@@ -405,6 +405,33 @@ TEST(Serve, VersionsOnlyGrowAndHealthTellsWhatTheServerRefuses) {
   s.server->stop();
 }
 
+TEST(Serve, LoopbackByDefaultAndABearerTokenWhenGiven) {
+  EXPECT_EQ(ServeOptions{}.host, "127.0.0.1");
+  ServeOptions bad;
+  bad.models_dir = "x", bad.port = 70000;
+  EXPECT_THROW(ModelServer{bad}, std::invalid_argument);  // not wrapped to another port
+
+  const std::string dir = temp_folder("serve-token");
+  SASRec model = random_model(25, 8, 41);
+  Publisher(dir).publish(model, id_map(25, "", 1), "", {});
+  ServeOptions o;
+  o.models_dir = dir, o.port = 0, o.poll_ms = 20, o.token = "s3cret-token-0123456789";
+  ModelServer server(o);
+  const int port = server.start();
+  httplib::Client http("127.0.0.1", port);
+  const std::string body = R"({"history": [1, 8], "k": 2})";
+  EXPECT_EQ(http.Post("/recommend", body, "application/json")->status, 401);
+  EXPECT_EQ(http.Get("/metrics")->status, 401);
+  httplib::Headers wrong = {{"Authorization", "Bearer s3cret-token-0123456780"}};
+  EXPECT_EQ(http.Post("/recommend", wrong, body, "application/json")->status, 401);
+  httplib::Headers right = {{"Authorization", "Bearer s3cret-token-0123456789"}};
+  EXPECT_EQ(http.Post("/recommend", right, body, "application/json")->status, 200);
+  EXPECT_EQ(http.Get("/metrics", right)->status, 200);
+  EXPECT_EQ(http.Get("/healthz")->status, 200);  // open to load balancers
+  server.stop();
+  fs::remove_all(dir);
+}
+
 TEST(Serve, BadRequestsGetClearClientErrors) {
   Served s("serve-bad", /*max_history=*/50);
   s.start();

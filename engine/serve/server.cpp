@@ -195,6 +195,15 @@ struct ModelServer::Impl {
     }
   }
 
+  // "Bearer <token>", compared in time independent of where it differs.
+  bool authorized(const std::string& header) const {
+    const std::string expected = "Bearer " + options.token;
+    if (header.size() != expected.size()) return false;
+    unsigned char difference = 0;
+    for (size_t i = 0; i < header.size(); ++i) difference |= static_cast<unsigned char>(header[i] ^ expected[i]);
+    return difference == 0;
+  }
+
   static void reply_json(httplib::Response& res, int status, const nlohmann::json& body) {
     res.status = status;
     res.set_content(body.dump(), "application/json");
@@ -307,8 +316,8 @@ struct ModelServer::Impl {
       } catch (const std::invalid_argument& e) {
         reply_json(res, 400, {{"error", e.what()}});
       } catch (const std::exception& e) {
-        spdlog::error("request failed: {}", e.what());
-        reply_json(res, 500, {{"error", std::string("internal error: ") + e.what()}});
+        spdlog::error("request failed: {}", e.what());  // the details stay in the log, never in the answer
+        reply_json(res, 500, {{"error", "internal error (the server's log says more)"}});
       }
       stats.record(res.status, std::chrono::duration<double>(Clock::now() - begun).count());
     });
@@ -337,6 +346,15 @@ struct ModelServer::Impl {
       if (req.path == "/recommend") stats.record(res.status, 0.0);
     });
     http.set_payload_max_length(options.max_body_bytes);
+    if (!options.token.empty()) {
+      http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+        if (req.path == "/healthz" || authorized(req.get_header_value("Authorization"))) return httplib::Server::HandlerResponse::Unhandled;
+        res.set_header("WWW-Authenticate", "Bearer");
+        reply_json(res, 401, {{"error", "missing or wrong bearer token"}});
+        if (req.path == "/recommend") stats.record(401, 0.0);
+        return httplib::Server::HandlerResponse::Handled;
+      });
+    }
     const int threads = std::max(1, options.threads);
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   }
@@ -345,6 +363,8 @@ struct ModelServer::Impl {
 ModelServer::ModelServer(ServeOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->options = std::move(options);
   if (impl_->options.models_dir.empty()) throw std::invalid_argument("serve: --models needs a folder");
+  if (impl_->options.port < 0 || impl_->options.port > 65535)
+    throw std::invalid_argument("serve: port " + std::to_string(impl_->options.port) + " is not within 0 to 65535");
   impl_->routes();
 }
 

@@ -6,7 +6,7 @@
 //   POST /recommend  {"history": [ids...], "k": 10, "exclude_seen": true}
 //                    or {"histories": [[ids...], ...], "k": 10} for a batch
 //        -> {"version": 3, "items": [{"id": 12, "score": 4.1}, ...]}   (batch: "results": [[...], ...])
-//   GET  /healthz    200 once a model is loaded, else 503
+//   GET  /healthz    200 once a model is loaded (status ok, or degraded with the reason), else 503
 //   GET  /metrics    Prometheus text: requests by status, latency quantiles, model version and age
 // Bad requests get a 4xx and {"error": "..."} saying what is wrong and where.
 #pragma once
@@ -19,8 +19,11 @@ namespace freshrec {
 
 struct ServeOptions {
   std::string models_dir;
-  std::string host = "0.0.0.0";
-  int port = 8080;              // 0: any free port (start() returns it)
+  std::string host = "127.0.0.1";  // loopback unless an address is given (0.0.0.0: every interface)
+  int port = 8080;              // 0: any free port (start() returns it); at most 65535
+  // When not empty, POST /recommend and GET /metrics need "Authorization: Bearer <token>" (401 without);
+  // /healthz stays open for load balancers.
+  std::string token;
   int threads = 8;              // request worker threads
   int poll_ms = 500;            // how often the manifest is checked
   int64_t max_history = 10000;  // items per history (the model reads only its newest maxlen)

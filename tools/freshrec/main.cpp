@@ -121,8 +121,13 @@ int main(int argc, char** argv) {
   freshrec::ServeJobOptions serve_options;
   auto* serve = app.add_subcommand("serve", "HTTP recommendations from the newest published model, with hot reload");
   serve->add_option("--models", serve_options.models_dir, "publication folder (manifest.json + model files)")->required();
-  serve->add_option("--port", serve_options.port, "TCP port (0: any free one)")->capture_default_str();
-  serve->add_option("--host", serve_options.host, "address to listen on")->capture_default_str();
+  serve->add_option("--port", serve_options.port, "TCP port (0: any free one)")
+      ->capture_default_str()->check(CLI::Range(0, 65535));
+  serve->add_option("--host", serve_options.host, "address to listen on (0.0.0.0: every interface)")
+      ->capture_default_str();
+  serve->add_option("--token-file", serve_options.token_file,
+                    "file whose first line is a bearer token that /recommend and /metrics then require")
+      ->check(CLI::ExistingFile);
   serve->add_option("--threads", serve_options.threads, "request worker threads")->capture_default_str();
   serve->add_option("--poll-ms", serve_options.poll_ms, "how often the manifest is checked")->capture_default_str();
   serve->add_option("--max-history", serve_options.max_history, "longest history accepted")->capture_default_str();
