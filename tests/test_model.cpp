@@ -741,6 +741,10 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   const auto resumed_lines = metrics_lines(dir + "/crashed/metrics.jsonl");
   ASSERT_EQ(resumed_lines.size(), whole_lines.size());
   for (size_t i = 0; i < whole_lines.size(); ++i) EXPECT_EQ(resumed_lines[i], whole_lines[i]) << "metrics line " << i;
+  // A fresh start in a used folder begins its files anew: no line of the earlier run stays.
+  source.skip_to(cut);
+  run_stream(checkpointing, source, warm, whole);
+  EXPECT_EQ(metrics_lines(dir + "/whole/metrics.jsonl"), whole_lines);
   fs::remove_all(dir);
 }
 

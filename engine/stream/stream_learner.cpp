@@ -209,13 +209,17 @@ class StreamLearner {
       store_.settle();
       summary_.new_items = 0;
     }
-    // On resume, drop what was written after the checkpoint: those records come again.
+    // On resume, drop what was written after the checkpoint: those records come again. A fresh
+    // start begins both files anew, so they never mix two runs.
     const auto metrics_path = fs::path(run.output_dir) / "metrics.jsonl";
     const auto dead_path = fs::path(run.output_dir) / "dead_letters.jsonl";
-    if (!run.resume.empty()) {
-      truncate_to(metrics_path, info_.meta.value("metrics_bytes", uint64_t{0}));
-      truncate_to(dead_path, info_.meta.value("dead_letter_bytes", uint64_t{0}));
-    }
+    const uint64_t metrics_kept = run.resume.empty() ? 0 : info_.meta.value("metrics_bytes", uint64_t{0});
+    const uint64_t dead_kept = run.resume.empty() ? 0 : info_.meta.value("dead_letter_bytes", uint64_t{0});
+    if (run.resume.empty() && (fs::exists(metrics_path) || fs::exists(run.output_dir + "/stream.pt")))
+      spdlog::warn("{}: a fresh start replaces the earlier run's stream.pt, metrics.jsonl and dead_letters.jsonl "
+                   "(--resume continues it instead)", run.output_dir);
+    truncate_to(metrics_path, metrics_kept);
+    truncate_to(dead_path, dead_kept);
     metrics_.open(metrics_path, std::ios::app);
     dead_letters_.open(dead_path, std::ios::app);
   }
