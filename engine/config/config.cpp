@@ -41,16 +41,10 @@ std::string join(const std::vector<std::string>& parts, const std::string& sep) 
   throw ConfigError(origin + ": " + spec.name + ": '" + text + "' is not " + expected);
 }
 
-std::string bound_text(double v) {
-  std::ostringstream out;
-  out << std::setprecision(15) << v;
-  return out.str();
-}
-
 template <typename T>
 T within_range(const KeySpec& spec, T value, const std::string& text, const std::string& origin) {
   if (static_cast<double>(value) < spec.min || static_cast<double>(value) > spec.max)
-    bad_value(spec, text, origin, "within " + bound_text(spec.min) + " to " + bound_text(spec.max));
+    bad_value(spec, text, origin, "within " + range_text(spec));
   return value;
 }
 
@@ -126,6 +120,12 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
 }
 
 }  // namespace
+
+std::string range_text(const KeySpec& spec) {
+  std::ostringstream out;
+  out << std::setprecision(15) << spec.min << " to " << spec.max;
+  return out.str();
+}
 
 std::string closest_key(const std::string& unknown) {
   std::string best;

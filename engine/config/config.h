@@ -24,7 +24,7 @@ struct KeySpec {
   KeyType type;
   std::string default_value;         // written as in YAML
   std::string help;
-  std::vector<std::string> choices;  // KeyType::Choice only
+  std::vector<std::string> choices = {};  // KeyType::Choice only
   // Int, Float and IntList (each element): the allowed range, both ends included. Every numeric key
   // has one, so no value can ask for an allocation or a setting the engine cannot take.
   double min = -std::numeric_limits<double>::infinity();
@@ -82,6 +82,9 @@ class Config {
   std::map<std::string, ConfigValue> values_;
   std::map<std::string, std::string> origins_;
 };
+
+// A numeric key's range as text, "1 to 65536", for messages and the reference.
+std::string range_text(const KeySpec& spec);
 
 // Closest known key to a misspelt one ("" if none is close): for "did you mean" messages.
 std::string closest_key(const std::string& unknown);

@@ -1,6 +1,5 @@
 // The configuration reference as Markdown, rendered from the schema so that it cannot drift from it
 // (`freshrec config --markdown`; docs/CONFIG.md is its output, checked by a test).
-#include <iomanip>
 #include <sstream>
 
 #include "engine/config/config.h"
@@ -8,13 +7,7 @@
 namespace freshrec {
 namespace {
 
-std::string number(double v) {
-  std::ostringstream out;
-  out << std::setprecision(15) << v;
-  return out.str();
-}
-
-std::string range(const KeySpec& spec) { return ", " + number(spec.min) + " to " + number(spec.max); }
+std::string range(const KeySpec& spec) { return ", " + range_text(spec); }
 
 std::string type_name(const KeySpec& spec) {
   switch (spec.type) {

@@ -34,8 +34,9 @@ std::string IdMap::serialize() const { return nlohmann::json(externals_).dump();
 IdMap IdMap::deserialize(const std::string& text, int32_t first_id) {
   // A JSON array of strings; maps stored one id a line (before ids were stored as JSON) read too.
   std::vector<std::string> ids;
-  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (!text.empty() && text.front() == '[' && !j.is_discarded()) {
+  const bool json = !text.empty() && text.front() == '[';
+  const nlohmann::json j = json ? nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false) : nlohmann::json();
+  if (json && !j.is_discarded()) {
     if (!j.is_array()) throw std::runtime_error("id map: not a JSON array of ids");
     for (const auto& id : j) {
       if (!id.is_string()) throw std::runtime_error("id map: an entry is not a string: " + id.dump());

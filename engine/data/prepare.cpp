@@ -13,8 +13,6 @@
 namespace freshrec {
 namespace {
 
-bool blank(const std::string& line) { return line.find_first_not_of(" \t") == std::string::npos; }
-
 bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -83,14 +81,10 @@ PrepareReport prepare_log(const std::string& input, const ReaderOptions& reader,
   const std::vector<std::string> lines = read_lines(input);
   LineParser parser(reader);
   PrepareReport report;
-  size_t first_data = 0;
-  while (first_data < lines.size() && blank(lines[first_data])) ++first_data;
-  if (first_data == lines.size()) throw DataError(input + ": empty file: no events");
+  // The same lines the reader takes (prepare keeps what read_event_log would read).
+  const size_t first_data = skip_to_data(lines, parser, input);
   std::vector<const std::string*> kept;
-  if (parser.expects_header()) {
-    parser.read_header(lines[first_data], input + ":" + std::to_string(first_data + 1));
-    kept.push_back(&lines[first_data++]);
-  }
+  if (parser.expects_header()) kept.push_back(&lines[first_data - 1]);  // the header stays
   const size_t header_lines = kept.size();
 
   struct Candidate {
@@ -100,7 +94,7 @@ PrepareReport prepare_log(const std::string& input, const ReaderOptions& reader,
   std::vector<Candidate> candidates;
   std::unordered_map<std::string, int64_t> user_events, item_events;
   for (size_t i = first_data; i < lines.size(); ++i) {
-    if (blank(lines[i])) continue;
+    if (is_blank_line(lines[i])) continue;
     ++report.lines;
     const std::string where = input + ":" + std::to_string(i + 1);
     std::string reason, detail;

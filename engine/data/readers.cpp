@@ -312,6 +312,16 @@ EventLog event_log_from(const std::vector<RawEvent>& events) {
   return log;
 }
 
+bool is_blank_line(const std::string& line) { return trim(line).empty(); }
+
+size_t skip_to_data(const std::vector<std::string>& lines, LineParser& parser, const std::string& path) {
+  size_t first = 0;
+  while (first < lines.size() && is_blank_line(lines[first])) ++first;
+  if (first == lines.size()) throw DataError(path + ": empty file: no events");
+  if (parser.expects_header()) parser.read_header(lines[first], path + ":" + std::to_string(first + 1)), ++first;
+  return first;
+}
+
 EventLog read_event_log(const std::string& path, const ReaderOptions& options, ReadReport* report) {
   ReadReport local;
   ReadReport& r = report ? *report : local;
@@ -320,16 +330,8 @@ EventLog read_event_log(const std::string& path, const ReaderOptions& options, R
   const auto lines = read_lines(path);
   LineParser parser(options);
   EventLog log;
-  size_t first_data = 0;
-  // Skip leading blank lines before the header.
-  while (first_data < lines.size() && trim(lines[first_data]).empty()) ++first_data;
-  if (first_data == lines.size()) throw DataError(path + ": empty file: no events");
-  if (parser.expects_header()) {
-    parser.read_header(lines[first_data], path + ":" + std::to_string(first_data + 1));
-    ++first_data;
-  }
-  for (size_t i = first_data; i < lines.size(); ++i) {
-    if (trim(lines[i]).empty()) continue;
+  for (size_t i = skip_to_data(lines, parser, path); i < lines.size(); ++i) {
+    if (is_blank_line(lines[i])) continue;
     ++r.lines;
     std::string reason, detail;
     auto raw = parser.parse(lines[i], reason, detail);

@@ -81,6 +81,12 @@ EventLog event_log_from(const std::vector<RawEvent>& events);
 // All lines of a plain or gzipped file (trailing \r removed).
 std::vector<std::string> read_lines(const std::string& path);
 
+// Whether a line holds only spaces, tabs or line ends: not an event, wherever it stands.
+bool is_blank_line(const std::string& line);
+// Where a file's data lines start: after its leading blank lines and, when the format has one, the
+// header, which `parser` reads. Throws DataError naming `path` when the file has only blank lines.
+size_t skip_to_data(const std::vector<std::string>& lines, LineParser& parser, const std::string& path);
+
 // Reads a whole file into an event log (ids interned, sorted by time). Throws DataError when the
 // file is missing or empty, a header lacks a column, or (strict) at the first malformed line.
 EventLog read_event_log(const std::string& path, const ReaderOptions& options, ReadReport* report);

@@ -245,7 +245,8 @@ void LineStreamSource::seek(const std::string& text) {
     return;
   }
   const std::string expected = text.substr(colon + 1);
-  const std::string found = this->position().substr(this->position().find(':') + 1);
+  const std::string now = this->position();
+  const std::string found = now.substr(now.find(':') + 1);
   if (found != expected)
     throw DataError(name_ + ": the first " + std::to_string(position) +
                     " lines of this input are not the ones the checkpoint consumed (digest " + found + ", saved " +
