@@ -130,6 +130,38 @@ TEST(Config, YamlRoundTrip) {
   EXPECT_EQ(back.get_string("data.path"), "some file.txt");
 }
 
+// A map of further settings (librdkafka's): dotted names stay whole, from YAML and the command line;
+// anything but a map of single values is refused naming the key; secrets never reach stored YAML.
+TEST(Config, StringMapsKeepDottedNamesAndRedactSecrets) {
+  const Config c = Config::from_yaml_string(
+      "stream:\n  kafka:\n    properties:\n      session.timeout.ms: 6000\n      sasl.password: hunter2\n"
+      "      security.protocol: SASL_SSL\n",
+      "k.yaml");
+  const StringMap& p = c.get_string_map("stream.kafka.properties");
+  ASSERT_EQ(p.size(), 3u);
+  EXPECT_EQ(p.at("session.timeout.ms"), "6000");
+  EXPECT_EQ(p.at("sasl.password"), "hunter2");
+  const std::string stored = c.to_yaml();
+  EXPECT_EQ(stored.find("hunter2"), std::string::npos);
+  EXPECT_NE(stored.find("<redacted>"), std::string::npos);
+  const Config back = Config::from_yaml_string(stored);
+  EXPECT_EQ(back.get_string_map("stream.kafka.properties").at("security.protocol"), "SASL_SSL");
+
+  Config o;
+  o.apply_override("stream.kafka.properties={heartbeat.interval.ms: 500, client.id: a b}");
+  EXPECT_EQ(o.get_string_map("stream.kafka.properties").at("client.id"), "a b");
+  EXPECT_TRUE(Config().get_string_map("stream.kafka.properties").empty());
+  for (const char* bad : {"stream.kafka.properties=5", "stream.kafka.properties=[a, b]",
+                          "stream.kafka.properties={a: [1, 2]}", "stream.kafka.properties={a: {b: c}}"}) {
+    try {
+      Config().apply_override(bad);
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("stream.kafka.properties"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // ---- readers -----------------------------------------------------------------------------------
 
 TEST(Readers, SasrecFormat) {

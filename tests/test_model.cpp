@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
+#include <atomic>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -1058,6 +1059,7 @@ class MockKafka {
     if (!cluster_) throw std::runtime_error("cannot start the mock Kafka cluster");
   }
   ~MockKafka() {
+    producer_.reset();
     rd_kafka_mock_cluster_destroy(cluster_);
     rd_kafka_destroy(handle_);
   }
@@ -1070,24 +1072,30 @@ class MockKafka {
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     rd_kafka_mock_broker_set_up(cluster_, id);
   }
-  void produce(const std::string& topic, const std::vector<std::string>& messages) {
-    std::string error;
-    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
-    conf->set("bootstrap.servers", bootstraps(), error);
-    std::unique_ptr<RdKafka::Producer> producer(RdKafka::Producer::create(conf.get(), error));
-    for (size_t i = 0; i < messages.size(); ++i) {
-      auto& m = messages[i];
-      while (producer->produce(topic, static_cast<int32_t>(i % 2), RdKafka::Producer::RK_MSG_COPY,
-                               const_cast<char*>(m.data()), m.size(), nullptr, 0, 0, nullptr) ==
-             RdKafka::ERR__QUEUE_FULL)
-        producer->poll(10);
+  // Messages [first, last) of `messages`, message i to partition i % 2.
+  void produce(const std::string& topic, const std::vector<std::string>& messages, size_t first = 0,
+               size_t last = std::string::npos) {
+    if (!producer_) {
+      std::string error;
+      std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+      conf->set("bootstrap.servers", bootstraps(), error);
+      producer_.reset(RdKafka::Producer::create(conf.get(), error));
+      if (!producer_) throw std::runtime_error("mock Kafka: " + error);
     }
-    if (producer->flush(10000) != RdKafka::ERR_NO_ERROR) throw std::runtime_error("mock Kafka: messages not delivered");
+    for (size_t i = first; i < std::min(last, messages.size()); ++i) {
+      auto& m = messages[i];
+      while (producer_->produce(topic, static_cast<int32_t>(i % 2), RdKafka::Producer::RK_MSG_COPY,
+                                const_cast<char*>(m.data()), m.size(), nullptr, 0, 0, nullptr) ==
+             RdKafka::ERR__QUEUE_FULL)
+        producer_->poll(10);
+    }
+    if (producer_->flush(10000) != RdKafka::ERR_NO_ERROR) throw std::runtime_error("mock Kafka: messages not delivered");
   }
 
  private:
   rd_kafka_t* handle_;
   rd_kafka_mock_cluster_t* cluster_;
+  std::unique_ptr<RdKafka::Producer> producer_;
 };
 
 }  // namespace
@@ -1145,15 +1153,16 @@ TEST(Stream, KafkaSourceSurvivesABrokerRestartAndResumesExactlyOnce) {
 
 namespace {
 
-// Runs `freshrec` with args; kills it with SIGKILL as soon as `kill_now()` says so (polled every
-// 10 ms). Returns true when it ran to the end with exit status 0.
-bool run_freshrec(const std::vector<std::string>& args, const std::function<bool()>& kill_now) {
+// Runs `freshrec` with args, its output appended to `log`; kills it with SIGKILL as soon as
+// `kill_now()` says so (polled every 10 ms). Returns true when it ran to the end with exit status 0.
+bool run_freshrec(const std::vector<std::string>& args, const std::function<bool()>& kill_now,
+                  const std::string& log = "/dev/null") {
   const pid_t pid = fork();
   if (pid == 0) {
     std::vector<char*> argv{const_cast<char*>(FRESHREC_BINARY)};
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
-    if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr)) _exit(126);
+    if (!freopen(log.c_str(), "a", stdout) || !freopen(log.c_str(), "a", stderr)) _exit(126);
     execv(FRESHREC_BINARY, argv.data());
     _exit(127);
   }
@@ -1254,3 +1263,118 @@ TEST(Stream, SigkilledProcessResumesToTheSameModel) {
   expect_same_weights(dir + "/whole/continual/stream.pt", dir + "/killed/continual/stream.pt");
   fs::remove_all(dir);
 }
+
+#ifdef FRESHREC_WITH_KAFKA
+namespace {
+
+// The freshrec process consuming a topic while a second member joins its consumer group and leaves it
+// (two real rebalances: partitions revoked and assigned again, under the group's `assignment`
+// strategy), then killed with SIGKILL and resumed: every message is applied exactly once.
+void expect_kafka_rebalances_and_a_sigkill_apply_every_message_once(const std::string& assignment) {
+  const auto dir = temp_folder("kafka-kill");
+  Config config = stream_config(dir);
+  config.apply_override("generator.users=200");
+  config.apply_override("train.epochs=1");
+  const auto [replay, cut, warm, teacher] =
+      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.5);
+  std::vector<std::string> messages;
+  for (uint64_t p = cut; p < replay.records().size(); ++p) messages.push_back(replay.records()[p].text);
+  ASSERT_GT(messages.size(), 1000u);
+
+  MockKafka kafka(1);
+  kafka.create_topic("events", 2);
+  config.apply_override("stream.source=kafka");
+  config.apply_override("stream.line_format=csv");
+  config.apply_override("stream.kafka.brokers=" + kafka.bootstraps());
+  config.apply_override("stream.kafka.topic=events");
+  config.apply_override("stream.kafka.group=rebalanced");
+  // A killed member holds its partitions until its session times out: keep that short here.
+  config.apply_override("stream.kafka.properties={session.timeout.ms: 6000, heartbeat.interval.ms: 500, "
+                        "partition.assignment.strategy: " + assignment + "}");
+  config.apply_override("stream.checkpoint_every=100");  // most moments have events read but not yet checkpointed
+  config.apply_override("stream.max_wait_ms=50");
+  config.apply_override("stream.output_dir=" + dir + "/run");
+  std::ofstream(dir + "/config.yaml") << config.to_yaml();
+  const std::string checkpoint = dir + "/run/continual/stream.pt";
+  auto stamp = [&] { return fs::exists(checkpoint) ? fs::last_write_time(checkpoint) : fs::file_time_type{}; };
+
+  // A second member of the group: joins, holds what the group assigns it for a while, leaves. It
+  // commits nothing.
+  std::atomic<int> intruder_partitions{-1};
+  std::atomic<bool> intruder_done{false};
+  auto intruder = [&] {
+    std::string error;
+    std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+    conf->set("bootstrap.servers", kafka.bootstraps(), error);
+    conf->set("group.id", "rebalanced", error);
+    conf->set("enable.auto.commit", "false", error);
+    conf->set("session.timeout.ms", "6000", error);
+    conf->set("heartbeat.interval.ms", "500", error);
+    conf->set("partition.assignment.strategy", assignment, error);
+    std::unique_ptr<RdKafka::KafkaConsumer> member(RdKafka::KafkaConsumer::create(conf.get(), error));
+    member->subscribe({"events"});
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    std::vector<RdKafka::TopicPartition*> held;
+    while (held.empty() && std::chrono::steady_clock::now() < deadline) {
+      delete member->consume(100);
+      member->assignment(held);
+    }
+    intruder_partitions = static_cast<int>(held.size());
+    RdKafka::TopicPartition::destroy(held);
+    for (int i = 0; i < 15; ++i) delete member->consume(100);
+    member->close();
+    intruder_done = true;
+  };
+
+  // First run: messages trickle in (20 every 50 ms, so the consumer is always in the middle of them);
+  // once it has checkpointed, the second member joins and leaves; the last 30% wait until it has
+  // left; after the next checkpoint the process is killed.
+  const size_t hold_back = messages.size() * 7 / 10;
+  size_t produced = 0;
+  std::thread intruder_thread;
+  auto next_batch = std::chrono::steady_clock::now();
+  std::optional<fs::file_time_type> stamp_after_intruder;
+  const bool finished = run_freshrec(
+      {"--log-level", "warn", "stream", "--config", dir + "/config.yaml", "--teacher", teacher,
+       "stream.kafka.idle_exit_ms=120000"},
+      [&] {
+        if (std::chrono::steady_clock::now() >= next_batch && (intruder_done || produced < hold_back)) {
+          const size_t until = std::min(messages.size(), intruder_done ? produced + 20 : std::min(hold_back, produced + 20));
+          kafka.produce("events", messages, produced, until);
+          produced = until;
+          next_batch = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+        }
+        if (!intruder_thread.joinable() && fs::exists(checkpoint)) intruder_thread = std::thread(intruder);
+        if (intruder_done && !stamp_after_intruder) stamp_after_intruder = stamp();
+        return stamp_after_intruder && produced > hold_back && stamp() != *stamp_after_intruder;
+      },
+      dir + "/first.log");
+  if (intruder_thread.joinable()) intruder_thread.join();
+  ASSERT_FALSE(finished) << "the first run was to be killed";
+  EXPECT_GT(intruder_partitions.load(), 0) << "the second member never got a partition: no rebalance happened";
+  kafka.produce("events", messages, produced);
+
+  // Second run: resumes from the checkpoint and reads to the end.
+  ASSERT_TRUE(run_freshrec({"--log-level", "warn", "stream", "--config", dir + "/config.yaml", "--resume",
+                            "stream.kafka.idle_exit_ms=4000"},
+                           [] { return false; }, dir + "/second.log"))
+      << std::ifstream(dir + "/second.log").rdbuf();
+  const auto info = read_checkpoint_info(checkpoint);
+  EXPECT_EQ(info.meta.at("events").get<size_t>(), messages.size());  // none lost, none twice
+  const auto position = nlohmann::json::parse(info.meta.at("source_position").get<std::string>());
+  EXPECT_EQ(position.at("0").get<size_t>(), (messages.size() + 1) / 2);
+  EXPECT_EQ(position.at("1").get<size_t>(), messages.size() / 2);
+  EXPECT_EQ(info.tensors.at("history_lengths").sum().item<int64_t>(), static_cast<int64_t>(messages.size()));
+  fs::remove_all(dir);
+}
+
+}  // namespace
+
+TEST(Stream, KafkaRebalancesAndASigkillApplyEveryMessageOnce) {
+  expect_kafka_rebalances_and_a_sigkill_apply_every_message_once("range");  // eager: all revoked, then assigned
+}
+
+TEST(Stream, KafkaCooperativeRebalancesAndASigkillApplyEveryMessageOnce) {
+  expect_kafka_rebalances_and_a_sigkill_apply_every_message_once("cooperative-sticky");  // incremental
+}
+#endif

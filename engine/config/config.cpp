@@ -98,6 +98,17 @@ ConfigValue parse_value(const KeySpec& spec, const YAML::Node& node, const std::
         if (list.empty()) bad_value(spec, text, origin, "a non-empty list of integers");
         return list;
       }
+      case KeyType::StringMap: {
+        StringMap map;
+        if (node.IsNull()) return map;
+        if (!node.IsMap()) bad_value(spec, text, origin, "a map of name: value");
+        for (const auto& kv : node) {
+          if (!kv.first.IsScalar() || !kv.second.IsScalar() || kv.first.Scalar().empty())
+            bad_value(spec, text, origin, "a map of name: value (each value one string)");
+          map[kv.first.Scalar()] = kv.second.Scalar();
+        }
+        return map;
+      }
     }
   } catch (const std::logic_error&) {  // stoll/stod failures
     bad_value(spec, text, origin, spec.type == KeyType::Int ? "an integer" : "a number");
@@ -245,6 +256,18 @@ const std::string& Config::get_string(const std::string& key) const {
 const std::vector<long long>& Config::get_int_list(const std::string& key) const {
   return std::get<std::vector<long long>>(value(key, KeyType::IntList));
 }
+const StringMap& Config::get_string_map(const std::string& key) const {
+  return std::get<StringMap>(value(key, KeyType::StringMap));
+}
+
+namespace {
+bool names_a_secret(std::string name) {
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (const char* word : {"password", "secret", "jaas", "key", "token", "credential"})
+    if (name.find(word) != std::string::npos) return true;
+  return false;
+}
+}  // namespace
 
 std::string Config::origin(const std::string& key) const {
   auto it = origins_.find(key);
@@ -276,6 +299,11 @@ std::string Config::to_yaml() const {
         out << YAML::Flow << YAML::BeginSeq;
         for (auto i : x) out << i;
         out << YAML::EndSeq;
+      } else if constexpr (std::is_same_v<T, StringMap>) {
+        out << YAML::BeginMap;
+        for (const auto& [name, text] : x)
+          out << YAML::Key << name << YAML::Value << YAML::DoubleQuoted << (names_a_secret(name) ? "<redacted>" : text);
+        out << YAML::EndMap;
       } else if constexpr (std::is_same_v<T, std::string>) {
         out << YAML::DoubleQuoted << x;
       } else if constexpr (std::is_same_v<T, double>) {

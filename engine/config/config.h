@@ -17,7 +17,7 @@ class ConfigError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class KeyType { Int, Float, Bool, String, Choice, IntList };
+enum class KeyType { Int, Float, Bool, String, Choice, IntList, StringMap };
 
 struct KeySpec {
   std::string name;
@@ -48,7 +48,8 @@ const ConfigSection* config_section_of(const std::string& key);
 // The reference of every key as Markdown (docs/CONFIG.md is this text, checked by a test).
 std::string config_markdown();
 
-using ConfigValue = std::variant<long long, double, bool, std::string, std::vector<long long>>;
+using StringMap = std::map<std::string, std::string>;
+using ConfigValue = std::variant<long long, double, bool, std::string, std::vector<long long>, StringMap>;
 
 class Config {
  public:
@@ -69,8 +70,10 @@ class Config {
   bool get_bool(const std::string& key) const;
   const std::string& get_string(const std::string& key) const;  // String and Choice keys
   const std::vector<long long>& get_int_list(const std::string& key) const;
+  const StringMap& get_string_map(const std::string& key) const;
 
-  // Nested YAML with every key, for checkpoints and `--print-config`.
+  // Nested YAML with every key, for checkpoints and `--print-config`. Values of a StringMap entry
+  // whose name says it is a secret (password, secret, jaas, key) are written as "<redacted>".
   std::string to_yaml() const;
   // Where a key's value came from: "default", "file.yaml:12", "command line".
   std::string origin(const std::string& key) const;

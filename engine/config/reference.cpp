@@ -16,6 +16,7 @@ std::string type_name(const KeySpec& spec) {
     case KeyType::Bool: return "true / false";
     case KeyType::String: return "string";
     case KeyType::IntList: return "list of integers" + range(spec);
+    case KeyType::StringMap: return "map of name: value";
     case KeyType::Choice: {
       std::string out;
       for (size_t i = 0; i < spec.choices.size(); ++i) out += (i ? " \\| " : "") + ("`" + spec.choices[i] + "`");

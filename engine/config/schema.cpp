@@ -102,6 +102,9 @@ const std::vector<KeySpec>& config_schema() {
       {"stream.kafka.brokers", K::String, "", "bootstrap servers, host:port[,host:port]"},
       {"stream.kafka.topic", K::String, "", "topic to consume"},
       {"stream.kafka.group", K::String, "freshrec", "consumer group id"},
+      {"stream.kafka.properties", K::StringMap, "{}",
+       "further librdkafka settings, e.g. {security.protocol: SASL_SSL, session.timeout.ms: 10000}; values of names "
+       "with password, secret, jaas, key, token or credential are not stored in checkpoints"},
       {"stream.kafka.idle_exit_ms", K::Int, "0", "end the stream after this long without a message (0: never)", {}, 0, 31536000000},
       {"stream.pretrain_fraction", K::Float, "0.8",
        "replay: events before this time quantile pre-train the teacher and fill the histories", {}, 0, 1},

@@ -18,33 +18,56 @@ KafkaOptions KafkaOptions::from_config(const Config& config) {
   o.group = config.get_string("stream.kafka.group");
   o.format = parse_line_format(config.get_string("stream.line_format"));
   o.idle_exit_ms = static_cast<int>(config.get_int("stream.kafka.idle_exit_ms"));
+  o.properties = config.get_string_map("stream.kafka.properties");
+  for (const auto& [key, value] : o.properties)
+    if (key == "group.id" || key == "bootstrap.servers" || key == "enable.auto.commit" || key == "enable.auto.offset.store")
+      throw ConfigError(config.origin("stream.kafka.properties") + ": stream.kafka.properties: '" + key +
+                        "' is set by freshrec (" +
+                        (key == "group.id" ? "use stream.kafka.group" : key == "bootstrap.servers" ? "use stream.kafka.brokers" : "offsets are committed with checkpoints") + ")");
   if (o.brokers.empty() || o.topic.empty())
     throw ConfigError("stream.source=kafka needs stream.kafka.brokers and stream.kafka.topic");
   return o;
 }
 
-// On assignment, partitions start at the checkpoint's offsets (else at the group's committed
-// offsets, else at the beginning).
+// Where an assigned partition starts: where this model stopped reading it (its own next offset,
+// kept across revocations, or the checkpoint's after a resume); a partition it never read starts at
+// the group's committed offset (else at the beginning). So a rebalance (a member joining or leaving, a
+// session timeout) never makes the model read an event twice or skip one. Both the eager and the
+// cooperative (incremental) protocols are handled.
 class KafkaSource::Rebalance : public RdKafka::RebalanceCb {
  public:
   explicit Rebalance(KafkaSource& source) : source_(source) {}
   void rebalance_cb(RdKafka::KafkaConsumer* consumer, RdKafka::ErrorCode err,
                     std::vector<RdKafka::TopicPartition*>& partitions) override {
+    const bool incremental = consumer->rebalance_protocol() == "COOPERATIVE";
     if (err == RdKafka::ERR__ASSIGN_PARTITIONS) {
       for (auto* p : partitions) {
-        auto it = source_.resume_offsets_.find(p->partition());
-        if (it != source_.resume_offsets_.end()) p->set_offset(it->second);
+        auto it = source_.next_offsets_.find(p->partition());
+        if (it != source_.next_offsets_.end()) p->set_offset(it->second);
+        source_.assigned_partitions_.insert(p->partition());
       }
-      consumer->assign(partitions);
+      if (incremental) report(consumer->incremental_assign(partitions), "assign");
+      else report(consumer->assign(partitions), "assign");
       source_.last_message_ = std::chrono::steady_clock::now();  // idle time counts from the assignment
       source_.assigned_ = true;
       spdlog::info("kafka: assigned {} partition(s) of {}", partitions.size(), source_.options_.topic);
     } else {
-      consumer->unassign();
+      for (auto* p : partitions) source_.assigned_partitions_.erase(p->partition());
+      if (incremental) report(consumer->incremental_unassign(partitions), "unassign");
+      else report(consumer->unassign(), "unassign");
+      spdlog::info("kafka: {} partition(s) of {} revoked", partitions.size(), source_.options_.topic);
     }
   }
 
  private:
+  static void report(RdKafka::Error* error, const char* what) {
+    if (!error) return;
+    spdlog::error("kafka: {} failed: {}", what, error->str());
+    delete error;
+  }
+  static void report(RdKafka::ErrorCode code, const char* what) {
+    if (code != RdKafka::ERR_NO_ERROR) spdlog::error("kafka: {} failed: {}", what, RdKafka::err2str(code));
+  }
   KafkaSource& source_;
 };
 
@@ -53,7 +76,7 @@ KafkaSource::KafkaSource(const KafkaOptions& options) : options_(options), rebal
   std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
   auto set = [&](const std::string& key, const std::string& value) {
     if (conf->set(key, value, error) != RdKafka::Conf::CONF_OK)
-      throw std::runtime_error("kafka: cannot set " + key + "=" + value + ": " + error);
+      throw ConfigError("kafka: cannot set " + key + ": " + error);
   };
   set("bootstrap.servers", options.brokers);
   set("group.id", options.group);
@@ -118,16 +141,30 @@ void KafkaSource::seek(const std::string& position) {
   } catch (const nlohmann::json::parse_error&) {
     throw DataError("kafka: checkpoint position '" + position + "' is not a partition -> offset map");
   }
+  if (!j.is_object()) throw DataError("kafka: checkpoint position '" + position + "' is not a partition -> offset map");
+  std::map<int32_t, int64_t> offsets;
   for (const auto& [partition, offset] : j.items()) {
-    resume_offsets_[std::stoi(partition)] = offset.get<int64_t>();
-    next_offsets_[std::stoi(partition)] = offset.get<int64_t>();
+    size_t used = 0;
+    int partition_number = -1;
+    try {
+      partition_number = std::stoi(partition, &used);
+    } catch (const std::logic_error&) {
+    }
+    if (used != partition.size() || partition_number < 0 || !offset.is_number_integer() || offset.get<int64_t>() < 0)
+      throw DataError("kafka: checkpoint position '" + position + "': '" + partition + "': " + offset.dump() +
+                      " is not a partition and its next offset");
+    offsets[partition_number] = offset.get<int64_t>();
   }
+  next_offsets_ = std::move(offsets);
 }
 
 void KafkaSource::checkpointed(const std::string&) {
+  // Only the partitions this member holds: a partition another member holds now is that member's to
+  // commit (this model's own offset for it stays in its checkpoint).
   std::vector<RdKafka::TopicPartition*> offsets;
   for (const auto& [partition, offset] : next_offsets_)
-    offsets.push_back(RdKafka::TopicPartition::create(options_.topic, partition, offset));
+    if (assigned_partitions_.count(partition)) offsets.push_back(RdKafka::TopicPartition::create(options_.topic, partition, offset));
+  if (offsets.empty()) return;
   const auto err = consumer_->commitSync(offsets);
   RdKafka::TopicPartition::destroy(offsets);
   // The checkpoint is the source of truth on resume, so a failed commit only costs re-reading.

@@ -1,11 +1,15 @@
-// A Kafka topic as a stream source, through librdkafka, as a member of a consumer group. Offsets are
-// committed only when a checkpoint that holds them is durable, and on resume the consumer starts at
-// the checkpoint's offsets, so no event is lost or applied twice.
+// A Kafka topic as a stream source, through librdkafka, as a member of a consumer group. The model's
+// position is its own next offset in each partition, saved in its checkpoints; the group's committed
+// offsets follow (committed only once a checkpoint holding them is durable). On resume, and on every
+// assignment a rebalance brings, a partition continues at the model's own next offset, so no event
+// is lost or applied twice. One model per consumer group: a partition held by another member is not
+// read by this one meanwhile.
 #pragma once
 
 #include <chrono>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "engine/stream/sources.h"
@@ -44,8 +48,10 @@ class KafkaSource : public EventSource {
   KafkaOptions options_;
   std::unique_ptr<Rebalance> rebalance_;
   std::unique_ptr<RdKafka::KafkaConsumer> consumer_;
-  std::map<int32_t, int64_t> next_offsets_;  // partition -> next offset to read
-  std::map<int32_t, int64_t> resume_offsets_;  // from a checkpoint, applied when partitions are assigned
+  // partition -> next offset this model reads there: after the last record returned, or from the
+  // checkpoint it resumed from. Kept for partitions currently held by another group member.
+  std::map<int32_t, int64_t> next_offsets_;
+  std::set<int32_t> assigned_partitions_;
   uint64_t sequence_ = 0;
   bool assigned_ = false;
   std::chrono::steady_clock::time_point last_message_ = std::chrono::steady_clock::now();
