@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/config/config.h"
+#include "engine/serve/http_server.h"
 
 namespace freshrec {
 
@@ -63,13 +64,12 @@ int run_recommend_job(const std::string& model, const std::string& history, cons
 // when a new version appears; runs until SIGINT or SIGTERM.
 struct ServeJobOptions {
   std::string models_dir;
-  std::string host = "127.0.0.1";
   std::string token_file;  // a file holding the bearer token (first line); empty: no token
-  int port = 8080;
-  int threads = 8;
+  HttpLimits http;         // address, port, workers and the transport's limits
   int poll_ms = 500;
   int64_t max_history = 10000;
   int64_t max_batch = 256;
+  int64_t max_k = 1000;
 };
 int run_serve_job(const ServeJobOptions& options);
 

@@ -19,7 +19,6 @@
 #include "engine/jobs.h"
 #include "engine/runtime.h"
 #ifdef FRESHREC_WITH_HTTP
-#include <httplib.h>
 
 #include "engine/serve/server.h"
 #include "engine/io/atomic_file.h"
@@ -149,18 +148,18 @@ int run_serve_bench_job(const std::string& model_path, int64_t requests, int64_t
   std::filesystem::copy_file(model_path, dir / "model.pt", std::filesystem::copy_options::overwrite_existing);
   write_file_atomically((dir / "manifest.json").string(), nlohmann::json{{"version", 1}, {"file", "model.pt"}}.dump());
   ServeOptions options;
-  options.models_dir = dir.string(), options.host = "127.0.0.1", options.port = 0, options.threads = 2;
+  options.models_dir = dir.string(), options.http.host = "127.0.0.1", options.http.port = 0, options.http.workers = 2;
   ModelServer server(options);
   const int port = server.start();
-  httplib::Client client("127.0.0.1", port);
+  HttpClient client("127.0.0.1", port);
   std::vector<double> http;
   for (int64_t i = 0; i < requests + warmup; ++i) {
     const std::string body =
         nlohmann::json{{"history", histories[static_cast<size_t>(i % requests)]}, {"k", k}}.dump();
     const auto begun = std::chrono::steady_clock::now();
-    auto r = client.Post("/recommend", body, "application/json");
+    auto r = client.post("/recommend", body);
     if (!r || r->status != 200)
-      throw std::runtime_error("bench serve: request failed: " + (r ? r->body : httplib::to_string(r.error())));
+      throw std::runtime_error("bench serve: request failed: " + (r ? r->body : client.last_error()));
     if (i >= warmup) http.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begun).count());
   }
   server.stop();
@@ -174,8 +173,8 @@ int run_serve_bench_job(const std::string& model_path, int64_t requests, int64_t
 int run_serve_job(const ServeJobOptions& o) {
 #ifdef FRESHREC_WITH_HTTP
   ServeOptions options;
-  options.models_dir = o.models_dir, options.host = o.host, options.port = o.port, options.threads = o.threads;
-  options.poll_ms = o.poll_ms, options.max_history = o.max_history, options.max_batch = o.max_batch;
+  options.models_dir = o.models_dir, options.http = o.http;
+  options.poll_ms = o.poll_ms, options.max_history = o.max_history, options.max_batch = o.max_batch, options.max_k = o.max_k;
   if (!o.token_file.empty()) {
     std::ifstream in(o.token_file);
     if (!in) throw std::runtime_error(o.token_file + ": cannot read the token file");
@@ -189,7 +188,7 @@ int run_serve_job(const ServeJobOptions& o) {
   const int port = server.start();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  spdlog::info("listening on {}:{} (POST /recommend, GET /healthz, GET /metrics{}), models from {}", o.host, port,
+  spdlog::info("listening on {}:{} (POST /recommend, GET /healthz, GET /metrics{}), models from {}", o.http.host, port,
                options.token.empty() ? "" : "; bearer token required but for /healthz", o.models_dir);
   std::printf("listening on port %d\n", port);
   std::fflush(stdout);
@@ -199,7 +198,7 @@ int run_serve_job(const ServeJobOptions& o) {
   return 0;
 #else
   (void)o;
-  throw std::runtime_error("serve: this build has no HTTP server (cpp-httplib was not found at build time)");
+  throw std::runtime_error("serve: this build has no HTTP server (the Boost headers were not found at build time)");
 #endif
 }
 

@@ -267,8 +267,6 @@ TEST(Export, RunsInAProgramThatLinksOnlyLibTorch) {
 
 // ---- serving ---------------------------------------------------------------------------------------
 #ifdef FRESHREC_WITH_HTTP
-#include <httplib.h>
-
 #include <atomic>
 #include <thread>
 
@@ -277,7 +275,7 @@ TEST(Export, RunsInAProgramThatLinksOnlyLibTorch) {
 
 namespace {
 
-nlohmann::json json_of(const httplib::Result& r) { return nlohmann::json::parse(r->body); }
+nlohmann::json json_of(const std::optional<HttpReply>& r) { return nlohmann::json::parse(r->body); }
 
 struct Served {
   std::string dir;
@@ -285,7 +283,7 @@ struct Served {
   int port = 0;
   Served(const std::string& name, int64_t max_history = 10000) : dir(temp_folder(name)) {
     ServeOptions o;
-    o.models_dir = dir, o.host = "127.0.0.1", o.port = 0, o.threads = 4, o.poll_ms = 20, o.max_history = max_history;
+    o.models_dir = dir, o.http.host = "127.0.0.1", o.http.port = 0, o.http.workers = 4, o.poll_ms = 20, o.max_history = max_history;
     server = std::make_unique<ModelServer>(o);
   }
   void start() { port = server->start(); }
@@ -318,9 +316,9 @@ TEST(Serve, HotReloadDropsNoRequest) {
   std::atomic<int64_t> last_version{0};
   std::vector<int64_t> versions;
   std::thread client([&] {
-    httplib::Client http("127.0.0.1", s.port);
+    HttpClient http("127.0.0.1", s.port);
     while (!stop) {
-      auto r = http.Post("/recommend", R"({"history": [1, 8, 15], "k": 5})", "application/json");
+      auto r = http.post("/recommend", R"({"history": [1, 8, 15], "k": 5})");
       ++sent;
       if (!r || r->status != 200) {
         ++failed;
@@ -348,14 +346,14 @@ TEST(Serve, HotReloadDropsNoRequest) {
   EXPECT_EQ(versions.back(), 2);
   EXPECT_TRUE(std::is_sorted(versions.begin(), versions.end()));  // never back to an old version
 
-  httplib::Client http("127.0.0.1", s.port);
-  const auto metrics = http.Get("/metrics");
+  HttpClient http("127.0.0.1", s.port);
+  const auto metrics = http.get("/metrics");
   ASSERT_TRUE(metrics);
   EXPECT_NE(metrics->body.find("freshrec_model_version 2"), std::string::npos) << metrics->body;
   EXPECT_NE(metrics->body.find("freshrec_requests_total{code=\"200\"}"), std::string::npos) << metrics->body;
   EXPECT_NE(metrics->body.find("freshrec_request_duration_seconds{quantile=\"0.99\"}"), std::string::npos);
   EXPECT_NE(metrics->body.find("freshrec_model_age_seconds"), std::string::npos);
-  EXPECT_EQ(http.Get("/healthz")->status, 200);
+  EXPECT_EQ(http.get("/healthz")->status, 200);
   s.server->stop();
 }
 
@@ -376,9 +374,9 @@ TEST(Serve, VersionsOnlyGrowAndHealthTellsWhatTheServerRefuses) {
   EXPECT_EQ(fs::last_write_time(fs::path(s.dir) / "model-v000001.pt"), first_file);
   s.start();
   ASSERT_EQ(s.server->model_version(), 3);
-  httplib::Client http("127.0.0.1", s.port);
-  auto health = [&] { return json_of(http.Get("/healthz")); };
-  auto metrics = [&] { return http.Get("/metrics")->body; };
+  HttpClient http("127.0.0.1", s.port);
+  auto health = [&] { return json_of(http.get("/healthz")); };
+  auto metrics = [&] { return http.get("/metrics")->body; };
   EXPECT_EQ(health().at("status"), "ok");
 
   // A manifest that names an older version is refused, and the server says so.
@@ -395,39 +393,39 @@ TEST(Serve, VersionsOnlyGrowAndHealthTellsWhatTheServerRefuses) {
   std::ofstream(manifest) << R"({"version": 4, "file": "model-v000004.pt"})";
   ASSERT_TRUE(wait_until([&] { return metrics().find("freshrec_model_load_failures_total 1") != std::string::npos; }, 30));
   EXPECT_EQ(health().at("problem"), "version 4 failed to load");
-  EXPECT_EQ(http.Post("/recommend", R"({"history": [1], "k": 2})", "application/json")->status, 200);
+  EXPECT_EQ(http.post("/recommend", R"({"history": [1], "k": 2})")->status, 200);
 
   // The folder disappears.
   fs::remove_all(s.dir);
   ASSERT_TRUE(wait_until([&] { return health().value("problem", "") == "the models folder is missing"; }, 30));
-  const std::string text = http.Get("/healthz")->body;
+  const std::string text = http.get("/healthz")->body;
   EXPECT_EQ(text.find(s.dir), std::string::npos) << "no server path in answers: " << text;
   s.server->stop();
 }
 
 TEST(Serve, LoopbackByDefaultAndABearerTokenWhenGiven) {
-  EXPECT_EQ(ServeOptions{}.host, "127.0.0.1");
+  EXPECT_EQ(ServeOptions{}.http.host, "127.0.0.1");
   ServeOptions bad;
-  bad.models_dir = "x", bad.port = 70000;
+  bad.models_dir = "x", bad.http.port = 70000;
   EXPECT_THROW(ModelServer{bad}, std::invalid_argument);  // not wrapped to another port
 
   const std::string dir = temp_folder("serve-token");
   SASRec model = random_model(25, 8, 41);
   Publisher(dir).publish(model, id_map(25, "", 1), "", {});
   ServeOptions o;
-  o.models_dir = dir, o.port = 0, o.poll_ms = 20, o.token = "s3cret-token-0123456789";
+  o.models_dir = dir, o.http.port = 0, o.poll_ms = 20, o.token = "s3cret-token-0123456789";
   ModelServer server(o);
   const int port = server.start();
-  httplib::Client http("127.0.0.1", port);
+  HttpClient http("127.0.0.1", port);
   const std::string body = R"({"history": [1, 8], "k": 2})";
-  EXPECT_EQ(http.Post("/recommend", body, "application/json")->status, 401);
-  EXPECT_EQ(http.Get("/metrics")->status, 401);
-  httplib::Headers wrong = {{"Authorization", "Bearer s3cret-token-0123456780"}};
-  EXPECT_EQ(http.Post("/recommend", wrong, body, "application/json")->status, 401);
-  httplib::Headers right = {{"Authorization", "Bearer s3cret-token-0123456789"}};
-  EXPECT_EQ(http.Post("/recommend", right, body, "application/json")->status, 200);
-  EXPECT_EQ(http.Get("/metrics", right)->status, 200);
-  EXPECT_EQ(http.Get("/healthz")->status, 200);  // open to load balancers
+  EXPECT_EQ(http.post("/recommend", body)->status, 401);
+  EXPECT_EQ(http.get("/metrics")->status, 401);
+  HttpClient::Headers wrong = {{"Authorization", "Bearer s3cret-token-0123456780"}};
+  EXPECT_EQ(http.post("/recommend", body, wrong)->status, 401);
+  HttpClient::Headers right = {{"Authorization", "Bearer s3cret-token-0123456789"}};
+  EXPECT_EQ(http.post("/recommend", body, right)->status, 200);
+  EXPECT_EQ(http.get("/metrics", right)->status, 200);
+  EXPECT_EQ(http.get("/healthz")->status, 200);  // open to load balancers
   server.stop();
   fs::remove_all(dir);
 }
@@ -435,10 +433,10 @@ TEST(Serve, LoopbackByDefaultAndABearerTokenWhenGiven) {
 TEST(Serve, BadRequestsGetClearClientErrors) {
   Served s("serve-bad", /*max_history=*/50);
   s.start();
-  httplib::Client http("127.0.0.1", s.port);
+  HttpClient http("127.0.0.1", s.port);
   // Nothing published yet: 503, not a crash.
-  EXPECT_EQ(http.Get("/healthz")->status, 503);
-  EXPECT_EQ(http.Post("/recommend", R"({"history": [1], "k": 1})", "application/json")->status, 503);
+  EXPECT_EQ(http.get("/healthz")->status, 503);
+  EXPECT_EQ(http.post("/recommend", R"({"history": [1], "k": 1})")->status, 503);
 
   Publisher publisher(s.dir);
   SASRec model = random_model(20, 8, 5);
@@ -446,7 +444,7 @@ TEST(Serve, BadRequestsGetClearClientErrors) {
   while (s.server->model_version() != 1) std::this_thread::sleep_for(std::chrono::milliseconds(5));
 
   auto expect_error = [&](const std::string& body, int status, const std::string& words) {
-    auto r = http.Post("/recommend", body, "application/json");
+    auto r = http.post("/recommend", body);
     ASSERT_TRUE(r) << body;
     EXPECT_EQ(r->status, status) << body << " -> " << r->body;
     const auto error = json_of(r).at("error").get<std::string>();
@@ -467,19 +465,20 @@ TEST(Serve, BadRequestsGetClearClientErrors) {
   std::string oversized = R"({"history": [)";
   for (int i = 0; i < 51; ++i) oversized += (i ? ",1" : "1");
   expect_error(oversized + "]}", 413, "at most 50");
-  auto missing = http.Get("/nope");
+  auto missing = http.get("/nope");
   ASSERT_TRUE(missing);
   EXPECT_EQ(missing->status, 404);
   EXPECT_NE(json_of(missing).at("error").get<std::string>().find("no such endpoint"), std::string::npos);
 
-  // And a good request still works, batch form included; ids keep their integer type.
-  auto good = http.Post("/recommend", R"({"histories": [[1, 8], ["15"]], "k": 4})", "application/json");
+  // And a good request still works, batch form included; ids are answered as strings, whatever their
+  // form in the request.
+  auto good = http.post("/recommend", R"({"histories": [[1, 8], ["15"]], "k": 4})");
   ASSERT_EQ(good->status, 200) << good->body;
   const auto body = json_of(good);
   ASSERT_EQ(body.at("results").size(), 2u);
   EXPECT_EQ(body.at("results")[0].size(), 4u);
-  EXPECT_TRUE(body.at("results")[0][0].at("id").is_number_integer());
-  const auto metrics = http.Get("/metrics")->body;
+  EXPECT_TRUE(body.at("results")[0][0].at("id").is_string());
+  const auto metrics = http.get("/metrics")->body;
   EXPECT_NE(metrics.find("freshrec_requests_total{code=\"400\"} 12"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("freshrec_requests_total{code=\"413\"} 1"), std::string::npos) << metrics;
   s.server->stop();

@@ -1,7 +1,6 @@
 // HTTP model server; see server.h.
 #include "engine/serve/server.h"
 
-#include <httplib.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -18,6 +17,7 @@
 #include "engine/eval/metrics.h"
 #include "engine/export/publisher.h"
 #include "engine/export/torchscript.h"
+#include "engine/serve/http_server.h"
 
 namespace freshrec {
 namespace {
@@ -106,8 +106,8 @@ std::vector<std::string> parse_history(const nlohmann::json& v, const std::strin
 
 struct ModelServer::Impl {
   ServeOptions options;
-  httplib::Server http;
-  std::thread listener, watcher;
+  std::unique_ptr<HttpServer> http;
+  std::thread watcher;
   std::atomic<bool> stopping{false};
   std::mutex wake_mutex;
   std::condition_variable wake;
@@ -204,12 +204,13 @@ struct ModelServer::Impl {
     return difference == 0;
   }
 
-  static void reply_json(httplib::Response& res, int status, const nlohmann::json& body) {
-    res.status = status;
-    res.set_content(body.dump(), "application/json");
+  // Never throws on text that is not UTF-8 (a parser's message quoting a request's bytes, say): such
+  // bytes are written as U+FFFD.
+  static HttpResponse json_response(int status, const nlohmann::json& body) {
+    return {status, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "application/json", {}};
   }
 
-  void recommend(const httplib::Request& req, httplib::Response& res) {
+  HttpResponse recommend(const HttpRequest& req) {
     const auto serving = model();
     if (!serving) throw BadRequest{503, "no model is published yet"};
     nlohmann::json body;
@@ -255,13 +256,11 @@ struct ModelServer::Impl {
                                     (batch ? "histories[" + std::to_string(r) + "]" : std::string("history")) + "[" +
                                     std::to_string(j) + "] (model version " + std::to_string(serving->version) + ")"};
     const auto results = serving->model->recommend(histories, k, exclude_seen);
-    const bool integer_ids = serving->model->integer_ids();  // then ids go out as JSON numbers
+    // Ids go out as JSON strings, whatever they look like, so a model's answers never change type
+    // when its catalogue grows.
     auto items = [&](const ExportedModel::Recommendation& r) {
       nlohmann::json list = nlohmann::json::array();
-      for (size_t j = 0; j < r.ids.size(); ++j) {
-        const nlohmann::json id = integer_ids ? nlohmann::json(std::stoll(r.ids[j])) : nlohmann::json(r.ids[j]);
-        list.push_back({{"id", id}, {"score", r.scores[j]}});
-      }
+      for (size_t j = 0; j < r.ids.size(); ++j) list.push_back({{"id", r.ids[j]}, {"score", r.scores[j]}});
       return list;
     };
     nlohmann::json out = {{"version", serving->version}};
@@ -271,8 +270,36 @@ struct ModelServer::Impl {
     } else {
       out["items"] = items(results[0]);
     }
-    res.set_header("X-Model-Version", std::to_string(serving->version));
-    reply_json(res, 200, out);
+    HttpResponse response = json_response(200, out);
+    response.headers.emplace_back("X-Model-Version", std::to_string(serving->version));
+    return response;
+  }
+
+  // What the HTTP transport refused or cut (see http_server.h).
+  std::string transport_metrics() const {
+    const HttpCounters c = http->counters();
+    std::ostringstream out;
+    out << "# HELP freshrec_http_connections_total Connections accepted.\n"
+        << "# TYPE freshrec_http_connections_total counter\n"
+        << "freshrec_http_connections_total " << c.connections << "\n"
+        << "# HELP freshrec_http_open_connections Connections open now.\n"
+        << "# TYPE freshrec_http_open_connections gauge\n"
+        << "freshrec_http_open_connections " << c.open_connections << "\n"
+        << "# HELP freshrec_http_queued_requests Requests waiting for a worker now.\n"
+        << "# TYPE freshrec_http_queued_requests gauge\n"
+        << "freshrec_http_queued_requests " << c.queued << "\n"
+        << "# HELP freshrec_http_refused_total Answered 503 by the transport: over the connection limit, or the queue full.\n"
+        << "# TYPE freshrec_http_refused_total counter\n"
+        << "freshrec_http_refused_total{reason=\"connections\"} " << c.refused_connections << "\n"
+        << "freshrec_http_refused_total{reason=\"queue\"} " << c.refused_queue_full << "\n"
+        << "# HELP freshrec_http_timeouts_total Connections closed at a deadline (header, request or write).\n"
+        << "# TYPE freshrec_http_timeouts_total counter\n"
+        << "freshrec_http_timeouts_total " << c.timeouts << "\n"
+        << "# HELP freshrec_http_rejected_total Requests the transport refused: body over the limit (413), or malformed (400, 415, 431).\n"
+        << "# TYPE freshrec_http_rejected_total counter\n"
+        << "freshrec_http_rejected_total{reason=\"too_large\"} " << c.bodies_too_large << "\n"
+        << "freshrec_http_rejected_total{reason=\"malformed\"} " << c.malformed << "\n";
+    return out.str();
   }
 
   std::string metrics() const {
@@ -300,28 +327,33 @@ struct ModelServer::Impl {
         << "# HELP freshrec_manifest_errors_total Manifest reads that failed (malformed or unreadable).\n"
         << "# TYPE freshrec_manifest_errors_total counter\n"
         << "freshrec_manifest_errors_total " << manifest_errors << "\n"
+        << transport_metrics()
         << "# HELP freshrec_uptime_seconds Seconds since the server started.\n"
         << "# TYPE freshrec_uptime_seconds gauge\n"
         << "freshrec_uptime_seconds " << std::chrono::duration<double>(Clock::now() - started).count() << "\n";
     return out.str();
   }
 
-  void routes() {
-    http.Post("/recommend", [this](const httplib::Request& req, httplib::Response& res) {
+  // Every request a worker answers: the routes.
+  HttpResponse handle(const HttpRequest& req) {
+    if (req.path == "/recommend") {
+      if (req.method != "POST") return json_response(405, {{"error", "use POST /recommend"}});
       const auto begun = Clock::now();
+      HttpResponse response;
       try {
-        recommend(req, res);
+        response = recommend(req);
       } catch (const BadRequest& e) {
-        reply_json(res, e.status, {{"error", e.message}});
+        response = json_response(e.status, {{"error", e.message}});
       } catch (const std::invalid_argument& e) {
-        reply_json(res, 400, {{"error", e.what()}});
+        response = json_response(400, {{"error", e.what()}});
       } catch (const std::exception& e) {
         spdlog::error("request failed: {}", e.what());  // the details stay in the log, never in the answer
-        reply_json(res, 500, {{"error", "internal error (the server's log says more)"}});
+        response = json_response(500, {{"error", "internal error (the server's log says more)"}});
       }
-      stats.record(res.status, std::chrono::duration<double>(Clock::now() - begun).count());
-    });
-    http.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+      stats.record(response.status, std::chrono::duration<double>(Clock::now() - begun).count());
+      return response;
+    }
+    if (req.path == "/healthz" && req.method == "GET") {
       // 503 without a model; 200 with one, "degraded" (and why) when it is not the manifest's version.
       const auto serving = model();
       std::string problem;
@@ -332,53 +364,40 @@ struct ModelServer::Impl {
       nlohmann::json body = {{"status", !serving ? "no model yet" : problem.empty() ? "ok" : "degraded"},
                              {"version", serving ? serving->version : 0}};
       if (!problem.empty()) body["problem"] = problem;
-      reply_json(res, serving ? 200 : 503, body);
-    });
-    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-      res.set_content(metrics(), "text/plain; version=0.0.4");
-    });
-    http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
-      if (!res.body.empty()) return;  // a handler already answered
-      std::string message = "HTTP " + std::to_string(res.status);
-      if (res.status == 404) message = "no such endpoint: " + req.method + " " + req.path + " (POST /recommend, GET /healthz, GET /metrics)";
-      if (res.status == 413) message = "request body over " + std::to_string(options.max_body_bytes) + " bytes";
-      reply_json(res, res.status, {{"error", message}});
-      if (req.path == "/recommend") stats.record(res.status, 0.0);
-    });
-    http.set_payload_max_length(options.max_body_bytes);
-    if (!options.token.empty()) {
-      http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-        if (req.path == "/healthz" || authorized(req.get_header_value("Authorization"))) return httplib::Server::HandlerResponse::Unhandled;
-        res.set_header("WWW-Authenticate", "Bearer");
-        reply_json(res, 401, {{"error", "missing or wrong bearer token"}});
-        if (req.path == "/recommend") stats.record(401, 0.0);
-        return httplib::Server::HandlerResponse::Handled;
-      });
+      return json_response(serving ? 200 : 503, body);
     }
-    const int threads = std::max(1, options.threads);
-    http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+    if (req.path == "/metrics" && req.method == "GET") return {200, metrics(), "text/plain; version=0.0.4", {}};
+    return json_response(404, {{"error", "no such endpoint (POST /recommend, GET /healthz, GET /metrics)"}});
+  }
+
+  // Before a body is read: the bearer token, when one is set (/healthz stays open).
+  std::optional<HttpResponse> check(const HttpRequest& req) {
+    if (options.token.empty() || req.path == "/healthz" || authorized(req.header("authorization"))) return std::nullopt;
+    HttpResponse denied = json_response(401, {{"error", "missing or wrong bearer token"}});
+    denied.headers.emplace_back("WWW-Authenticate", "Bearer");
+    if (req.path == "/recommend") stats.record(401, 0.0);
+    return denied;
   }
 };
 
 ModelServer::ModelServer(ServeOptions options) : impl_(std::make_unique<Impl>()) {
-  impl_->options = std::move(options);
-  if (impl_->options.models_dir.empty()) throw std::invalid_argument("serve: --models needs a folder");
-  if (impl_->options.port < 0 || impl_->options.port > 65535)
-    throw std::invalid_argument("serve: port " + std::to_string(impl_->options.port) + " is not within 0 to 65535");
-  impl_->routes();
+  auto& d = *impl_;
+  d.options = std::move(options);
+  if (d.options.models_dir.empty()) throw std::invalid_argument("serve: --models needs a folder");
+  if (d.options.http.port < 0 || d.options.http.port > 65535)
+    throw std::invalid_argument("serve: port " + std::to_string(d.options.http.port) + " is not within 0 to 65535");
+  d.http = std::make_unique<HttpServer>(
+      d.options.http, [&d](const HttpRequest& req) { return d.handle(req); },
+      [&d](const HttpRequest& req) { return d.check(req); });
 }
 
 ModelServer::~ModelServer() { stop(); }
 
 int ModelServer::start() {
   auto& d = *impl_;
-  const int port = d.options.port == 0 ? d.http.bind_to_any_port(d.options.host)
-                                       : (d.http.bind_to_port(d.options.host, d.options.port) ? d.options.port : -1);
-  if (port < 0)
-    throw std::runtime_error("serve: cannot listen on " + d.options.host + ":" + std::to_string(d.options.port));
   d.refresh();
   if (!d.model()) spdlog::warn("no model published in {} yet; answering 503 until one appears", d.options.models_dir);
-  d.listener = std::thread([&d] { d.http.listen_after_bind(); });
+  const int port = d.http->start();
   d.watcher = std::thread([&d] { d.watch(); });
   return port;
 }
@@ -387,8 +406,7 @@ void ModelServer::stop() {
   auto& d = *impl_;
   if (d.stopping.exchange(true)) return;
   d.wake.notify_all();
-  d.http.stop();
-  if (d.listener.joinable()) d.listener.join();
+  d.http->stop();
   if (d.watcher.joinable()) d.watcher.join();
 }
 

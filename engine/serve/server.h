@@ -1,11 +1,12 @@
-// `freshrec serve`: an HTTP endpoint (cpp-httplib) answering JSON recommendation requests from the
+// `freshrec serve`: an HTTP endpoint (engine/serve/http_server.h) answering JSON recommendation requests from the
 // newest model published in a folder (engine/export/publisher.h). A watcher thread follows the
 // folder's manifest; a new version is loaded and warmed up beside the serving one, then swapped in
 // atomically, so requests in flight finish on the old one and none is dropped.
 //
 //   POST /recommend  {"history": [ids...], "k": 10, "exclude_seen": true}
 //                    or {"histories": [[ids...], ...], "k": 10} for a batch
-//        -> {"version": 3, "items": [{"id": 12, "score": 4.1}, ...]}   (batch: "results": [[...], ...])
+//        -> {"version": 3, "items": [{"id": "12", "score": 4.1}, ...]}   (batch: "results": [[...], ...])
+//        ids are taken as JSON strings or integers and always answered as strings
 //   GET  /healthz    200 once a model is loaded (status ok, or degraded with the reason), else 503
 //   GET  /metrics    Prometheus text: requests by status, latency quantiles, model version and age
 // Bad requests get a 4xx and {"error": "..."} saying what is wrong and where.
@@ -15,21 +16,22 @@
 #include <memory>
 #include <string>
 
+#include "engine/serve/http_server.h"
+
 namespace freshrec {
 
 struct ServeOptions {
   std::string models_dir;
-  std::string host = "127.0.0.1";  // loopback unless an address is given (0.0.0.0: every interface)
-  int port = 8080;              // 0: any free port (start() returns it); at most 65535
+  // Address, port (0: any free one, start() returns it), workers, queue, connection, size and time
+  // limits; the host is loopback unless one is given (0.0.0.0: every interface).
+  HttpLimits http;
   // When not empty, POST /recommend and GET /metrics need "Authorization: Bearer <token>" (401 without);
   // /healthz stays open for load balancers.
   std::string token;
-  int threads = 8;              // request worker threads
   int poll_ms = 500;            // how often the manifest is checked
   int64_t max_history = 10000;  // items per history (the model reads only its newest maxlen)
   int64_t max_batch = 256;      // histories per request
   int64_t max_k = 1000;
-  size_t max_body_bytes = 4 << 20;
 };
 
 class ModelServer {

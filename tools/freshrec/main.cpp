@@ -121,17 +121,35 @@ int main(int argc, char** argv) {
   freshrec::ServeJobOptions serve_options;
   auto* serve = app.add_subcommand("serve", "HTTP recommendations from the newest published model, with hot reload");
   serve->add_option("--models", serve_options.models_dir, "publication folder (manifest.json + model files)")->required();
-  serve->add_option("--port", serve_options.port, "TCP port (0: any free one)")
-      ->capture_default_str()->check(CLI::Range(0, 65535));
-  serve->add_option("--host", serve_options.host, "address to listen on (0.0.0.0: every interface)")
-      ->capture_default_str();
+  auto& limits = serve_options.http;
+  serve->add_option("--port", limits.port, "TCP port (0: any free one)")->capture_default_str()->check(CLI::Range(0, 65535));
+  serve->add_option("--host", limits.host, "address to listen on (0.0.0.0: every interface)")->capture_default_str();
   serve->add_option("--token-file", serve_options.token_file,
                     "file whose first line is a bearer token that /recommend and /metrics then require")
       ->check(CLI::ExistingFile);
-  serve->add_option("--threads", serve_options.threads, "request worker threads")->capture_default_str();
-  serve->add_option("--poll-ms", serve_options.poll_ms, "how often the manifest is checked")->capture_default_str();
-  serve->add_option("--max-history", serve_options.max_history, "longest history accepted")->capture_default_str();
-  serve->add_option("--max-batch", serve_options.max_batch, "most histories per request")->capture_default_str();
+  serve->add_option("--threads", limits.workers, "request worker threads")->capture_default_str()->check(CLI::Range(1, 1024));
+  serve->add_option("--max-queue", limits.max_queue, "requests waiting for a worker; beyond: 503")
+      ->capture_default_str()->check(CLI::Range(0, 1000000));
+  serve->add_option("--max-connections", limits.max_connections, "open connections; beyond: 503 and closed")
+      ->capture_default_str()->check(CLI::Range(1, 1000000));
+  serve->add_option("--max-body-bytes", limits.max_body_bytes, "largest request body, however sent; beyond: 413")
+      ->capture_default_str()->check(CLI::Range(1, 1 << 30));
+  serve->add_option("--header-timeout-ms", limits.header_timeout_ms, "a new connection's request header must arrive whole within this")
+      ->capture_default_str()->check(CLI::Range(1, 3600000));
+  serve->add_option("--idle-timeout-ms", limits.idle_timeout_ms, "a kept-alive connection's next request header, whole, within this")
+      ->capture_default_str()->check(CLI::Range(1, 3600000));
+  serve->add_option("--request-timeout-ms", limits.request_timeout_ms, "a whole request (header and body) within this")
+      ->capture_default_str()->check(CLI::Range(1, 3600000));
+  serve->add_option("--write-timeout-ms", limits.write_timeout_ms, "the client must read the answer within this")
+      ->capture_default_str()->check(CLI::Range(1, 3600000));
+  serve->add_option("--poll-ms", serve_options.poll_ms, "how often the manifest is checked")
+      ->capture_default_str()->check(CLI::Range(1, 3600000));
+  serve->add_option("--max-history", serve_options.max_history, "longest history accepted")
+      ->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1000000}));
+  serve->add_option("--max-batch", serve_options.max_batch, "most histories per request")
+      ->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{100000}));
+  serve->add_option("--max-k", serve_options.max_k, "most items per answer")
+      ->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1000000}));
 
   ConfigArgs stream_args;
   std::string teacher, stream_student;
