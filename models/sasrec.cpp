@@ -45,7 +45,7 @@ torch::Tensor SASRecBlockImpl::forward(const torch::Tensor& x, const torch::Tens
     auto q = torch::linear(queries_in, qkv_->weight.narrow(0, 0, C), qkv_->bias.narrow(0, 0, C))
                  .view({B, T, heads_, C / heads_}).transpose(1, 2);  // (B, heads, T, C/heads)
     auto kv = torch::linear(x, qkv_->weight.narrow(0, C, 2 * C), qkv_->bias.narrow(0, C, 2 * C))
-                  .view({B, T, 2, heads_, C / heads_}).permute({2, 0, 3, 1, 4});
+                  .view({B, T, 2, heads_, C / heads_}).permute({2, 0, 3, 1, 4}).unbind(0);
     auto attended = torch::scaled_dot_product_attention(q, kv[0], kv[1], mask, attention_dropout);
     attended = attended.transpose(1, 2).reshape({B, T, C});
     auto h = ffn_norm_->forward(queries_in + attention_out_->forward(attended));
@@ -53,10 +53,46 @@ torch::Tensor SASRecBlockImpl::forward(const torch::Tensor& x, const torch::Tens
     return h + residual_dropout_->forward(f);
   }
   // (B, T, 3C) -> 3 x (B, heads, T, C/heads)
-  auto qkv = qkv_->forward(attention_norm_->forward(x)).view({B, T, 3, heads_, C / heads_}).permute({2, 0, 3, 1, 4});
-  auto attended = torch::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, attention_dropout);
+  // Queries, keys and values from the rows of qkv_, each its own product: no (B, T, 3C) tensor to
+  // split, whose gradient would be assembled from three copies.
+  auto normed = attention_norm_->forward(x);
+  auto project = [&](int64_t part) {
+    return torch::linear(normed, qkv_->weight.narrow(0, part * C, C), qkv_->bias.narrow(0, part * C, C))
+        .view({B, T, heads_, C / heads_}).transpose(1, 2);
+  };
+  auto attended = torch::scaled_dot_product_attention(project(0), project(1), project(2), mask, attention_dropout);
   attended = attended.transpose(1, 2).reshape({B, T, C});
   auto h = x + residual_dropout_->forward(attention_out_->forward(attended));
+  auto f = ffn_out_->forward(torch::dropout(torch::gelu(ffn_in_->forward(ffn_norm_->forward(h))), dropout_, is_training()));
+  return h + residual_dropout_->forward(f);
+}
+
+torch::Tensor SASRecBlockImpl::forward_last(const torch::Tensor& x, const torch::Tensor& last_mask) {
+  const auto B = x.size(0), T = x.size(1), C = x.size(2);
+  const double attention_dropout = is_training() ? dropout_ : 0.0;
+  const auto newest = x.narrow(1, T - 1, 1);  // (B, 1, C)
+  const auto& w = qkv_->weight;
+  const auto& b = qkv_->bias;
+  if (original_) {
+    auto query_in = attention_norm_->forward(newest);
+    auto q = torch::linear(query_in, w.narrow(0, 0, C), b.narrow(0, 0, C)).view({B, 1, heads_, C / heads_}).transpose(1, 2);
+    auto kv = torch::linear(x, w.narrow(0, C, 2 * C), b.narrow(0, C, 2 * C)).view({B, T, 2, heads_, C / heads_}).permute({2, 0, 3, 1, 4}).unbind(0);
+    auto attended = torch::scaled_dot_product_attention(q, kv[0], kv[1], last_mask, attention_dropout);
+    attended = attended.transpose(1, 2).reshape({B, 1, C});
+    auto h = ffn_norm_->forward(query_in + attention_out_->forward(attended));
+    auto f = ffn_out_->forward(torch::dropout(torch::relu(ffn_in_->forward(h)), dropout_, is_training()));
+    return h + residual_dropout_->forward(f);
+  }
+  // Keys and values of every position, the query of the newest: the rows of qkv_ split.
+  auto normed = attention_norm_->forward(x);
+  auto q = torch::linear(normed.narrow(1, T - 1, 1), w.narrow(0, 0, C), b.narrow(0, 0, C))
+               .view({B, 1, heads_, C / heads_}).transpose(1, 2);  // (B, heads, 1, C/heads)
+  auto project = [&](int64_t part) {
+    return torch::linear(normed, w.narrow(0, part * C, C), b.narrow(0, part * C, C)).view({B, T, heads_, C / heads_}).transpose(1, 2);
+  };
+  auto attended = torch::scaled_dot_product_attention(q, project(1), project(2), last_mask, attention_dropout);
+  attended = attended.transpose(1, 2).reshape({B, 1, C});
+  auto h = newest + residual_dropout_->forward(attention_out_->forward(attended));
   auto f = ffn_out_->forward(torch::dropout(torch::gelu(ffn_in_->forward(ffn_norm_->forward(h))), dropout_, is_training()));
   return h + residual_dropout_->forward(f);
 }
@@ -105,6 +141,27 @@ torch::Tensor SASRecImpl::forward(const torch::Tensor& items) {
   auto mask = history_attention_mask(items);
   for (auto& block : *blocks_) x = block->as<SASRecBlock>()->forward(x, mask) * real;
   return final_norm_->forward(x);
+}
+
+torch::Tensor SASRecImpl::last_hidden(const torch::Tensor& items) {
+  TORCH_CHECK(items.dim() == 2, "SASRec: items must be (batch, length), got ", items.sizes());
+  const auto T = items.size(1);
+  TORCH_CHECK(T <= options_.maxlen, "SASRec: history length ", T, " exceeds model.maxlen ", options_.maxlen);
+  auto real = (items != 0).unsqueeze(-1).to(item_embedding_.dtype());  // (B, T, 1)
+  auto positions = position_embedding_.narrow(0, options_.maxlen - T, T);
+  auto x = lookup_items(items) * std::sqrt(static_cast<double>(options_.hidden));
+  x = embedding_dropout_->forward((x + positions) * real);
+  const int64_t blocks = static_cast<int64_t>(blocks_->size());
+  if (blocks > 1) {
+    auto mask = history_attention_mask(items);
+    for (int64_t i = 0; i + 1 < blocks; ++i) x = (*blocks_)[i]->as<SASRecBlock>()->forward(x, mask) * real;
+  }
+  // The newest row of the mask: every real key, and the newest position itself.
+  auto last_mask = (items != 0);
+  last_mask.select(1, T - 1).fill_(true);
+  last_mask = last_mask.unsqueeze(1).unsqueeze(2);  // (B, 1, 1, T)
+  x = (*blocks_)[blocks - 1]->as<SASRecBlock>()->forward_last(x, last_mask) * real.narrow(1, T - 1, 1);
+  return final_norm_->forward(x.squeeze(1));
 }
 
 torch::Tensor SASRecImpl::lookup_items(const torch::Tensor& items) {

@@ -34,6 +34,10 @@ class SASRecBlockImpl : public torch::nn::Module {
   SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout, bool original = false);
   // x: (B, T, C); mask: (B, 1, T, T) bool, true where attention is allowed.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
+  // The newest position's output alone: forward(x, mask).narrow(1, T - 1, 1) without the queries,
+  // attention rows and feed-forward of the other positions (their keys and values are still read).
+  // last_mask: (B, 1, 1, T), the newest row of the full mask.
+  torch::Tensor forward_last(const torch::Tensor& x, const torch::Tensor& last_mask);
   void set_dropout(double p);
 
  private:
@@ -58,8 +62,9 @@ class SASRecImpl : public torch::nn::Module {
   // the lookup's gradient goes there instead of into a dense table gradient.
   torch::Tensor lookup_items(const torch::Tensor& items);
   void set_sparse_gradients(ops::SparseGradients* sink) { sparse_sink_ = sink; }
-  // The representation after the newest item: (B, T) -> (B, C).
-  torch::Tensor last_hidden(const torch::Tensor& items) { return forward(items).select(1, -1); }
+  // The representation after the newest item: (B, T) -> (B, C), equal to forward(items).select(1, -1)
+  // but the last block computes the newest position alone.
+  torch::Tensor last_hidden(const torch::Tensor& items);
 
   // Adds item rows so ids up to `num_items` exist (a stream met new items). New rows are drawn with
   // the spread of the existing rows, so they start as plausible, unremarkable items. The table keeps

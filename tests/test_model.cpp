@@ -115,6 +115,44 @@ TEST(SASRec, LeftPaddingDoesNotChangeTheAnswer) {
   }
 }
 
+// last_hidden computes the last block for the newest position alone: the same values as the full
+// forward's newest position (within 1e-6), and the same gradients, for both block forms, one block or three, with
+// padded and all-padding rows.
+TEST(SASRec, LastHiddenIsTheFullForwardsNewestPosition) {
+  for (const char* block : {"prenorm", "original"}) {
+    for (int64_t blocks : {1, 3}) {
+      torch::manual_seed(7);
+      auto o = small_options();
+      o.block = block, o.blocks = blocks, o.heads = 2, o.dropout = 0.0;
+      SASRec model(o);
+      for (auto& p : model->parameters()) p.detach().add_(torch::randn_like(p) * 0.05);
+      auto items = torch::randint(1, o.num_items + 1, {6, o.maxlen}, torch::kLong);
+      items.narrow(1, 0, 3).zero_();   // padded rows ...
+      items[4].fill_(0);               // ... an empty history ...
+      items[5].narrow(0, 0, o.maxlen - 1).zero_();  // ... and one item alone
+      model->train();
+      const auto fast = model->last_hidden(items);
+      const auto full = model->forward(items).select(1, -1);
+      EXPECT_LT((fast - full).abs().max().item<double>(), 1e-6) << block << " " << blocks;
+      auto weights = torch::randn_like(full);
+      auto grads = [&](const torch::Tensor& out) {
+        model->zero_grad();
+        (out * weights).sum().backward();
+        std::vector<torch::Tensor> g;
+        for (const auto& p : model->parameters()) g.push_back(p.grad().clone());
+        return g;
+      };
+      const auto g_full = grads(model->forward(items).select(1, -1));
+      const auto g_fast = grads(model->last_hidden(items));
+      // Gradients sum over every position: within float rounding of their size.
+      for (size_t i = 0; i < g_full.size(); ++i)
+        EXPECT_LT((g_fast[i] - g_full[i]).abs().max().item<double>(),
+                  1e-6 * std::max(1.0, g_full[i].abs().max().item<double>()) * 4)
+            << block << " " << blocks << " parameter " << i;
+    }
+  }
+}
+
 TEST(SASRec, OriginalBlockIsTheAuthorsFormula) {
   // One block by hand: q = LN1(x); h = LN2(q + Wo Attention(Wq q, Wk x, Wv x)); out = h + W2 relu(W1 h).
   torch::manual_seed(4);
@@ -623,8 +661,12 @@ TEST(Training, SparseEmbeddingsMatchTheDensePath) {
 
 // ---- streaming -------------------------------------------------------------------------------------
 
+#include "engine/stream/seen_items.h"
 #include "engine/stream/sources.h"
 #include "engine/stream/stream_learner.h"
+
+#include <random>
+#include <set>
 
 namespace {
 
@@ -648,6 +690,45 @@ class HookedSource : public EventSource {
   std::function<void()> action_;
 };
 
+
+}  // namespace
+
+// SeenItems against a plain list per user: random users and items with repeats, segments that move
+// as they grow, several events of one user in a batch; each row is the user's distinct earlier items
+// without the target.
+TEST(Stream, SeenItemsGatherEachUsersDistinctEarlierItems) {
+  SeenItems seen(torch::kCPU);
+  std::mt19937 rng(3);
+  std::vector<std::vector<int32_t>> naive(40);
+  for (int round = 0; round < 30; ++round) {
+    std::vector<int32_t> slots, targets;
+    std::vector<int64_t> sizes;
+    std::vector<std::set<int32_t>> expected;
+    for (int e = 0; e < 64; ++e) {
+      const auto slot = static_cast<int32_t>(rng() % (round < 10 ? 5 : 40));  // a few users grow long
+      const auto item = static_cast<int32_t>(1 + rng() % 300);
+      const int64_t size = seen.add(slot, item);
+      EXPECT_EQ(size, static_cast<int64_t>(naive[slot].size()));  // distinct items before this event
+      std::set<int32_t> want(naive[slot].begin(), naive[slot].end());
+      want.erase(item);  // a repeat: the target itself is never excluded
+      expected.push_back(want);
+      if (std::find(naive[slot].begin(), naive[slot].end(), item) == naive[slot].end()) naive[slot].push_back(item);
+      slots.push_back(slot), targets.push_back(item), sizes.push_back(size);
+    }
+    const auto rows = seen.excluded(slots, sizes, torch::tensor(std::vector<int64_t>(targets.begin(), targets.end())));
+    ASSERT_EQ(rows.size(0), 64);
+    const auto cells = rows.contiguous();
+    for (int64_t r = 0; r < 64; ++r) {
+      std::set<int32_t> got;
+      for (int64_t c = 0; c < cells.size(1); ++c)
+        if (const int64_t v = cells[r][c].item<int64_t>(); v != 0) got.insert(static_cast<int32_t>(v));
+      EXPECT_EQ(got, expected[r]) << "round " << round << " row " << r;
+    }
+  }
+  EXPECT_GT(seen.pool_size(), 8 * 40);  // segments moved as they grew
+}
+
+namespace {
 
 Config stream_config(const std::string& out) {
   Config c = small_training_config(out + "/teacher");

@@ -42,7 +42,9 @@ def left_padded(self, rows: List[List[int]], limit: int) -> Tensor:
         padded.append([0] * (width - n) + row[len(row) - n:])
     return torch.tensor(padded)
 
-def encode(self, items: Tensor) -> Tensor:
+def encode_last(self, items: Tensor) -> Tensor:
+    # The representation after the newest item, (B, C): every block but the last over all positions,
+    # the last one for the newest position alone (its keys and values still from every position).
     B = items.size(0)
     T = items.size(1)
     C = self.hidden
@@ -57,32 +59,35 @@ def encode(self, items: Tensor) -> Tensor:
     key_real = (items != 0).unsqueeze(1).unsqueeze(2)
     mask = causal & (key_real | itself)
     for b in range(self.blocks):
+        last = b == self.blocks - 1
+        rows = 1 if last else T
+        block_mask = mask.narrow(2, T - 1, 1) if last else mask
+        w = self.qkv_weight[b]
+        bias = self.qkv_bias[b]
         if self.original_block:
-            q_in = torch.layer_norm(x, [C], self.attention_norm_weight[b], self.attention_norm_bias[b], 1e-5)
-            w = self.qkv_weight[b]
-            bias = self.qkv_bias[b]
-            q = torch.linear(q_in, w.narrow(0, 0, C), bias.narrow(0, 0, C)).view([B, T, H, C // H]).transpose(1, 2)
+            q_in = torch.layer_norm(x.narrow(1, T - rows, rows), [C], self.attention_norm_weight[b], self.attention_norm_bias[b], 1e-5)
+            q = torch.linear(q_in, w.narrow(0, 0, C), bias.narrow(0, 0, C)).view([B, rows, H, C // H]).transpose(1, 2)
             kv = torch.linear(x, w.narrow(0, C, 2 * C), bias.narrow(0, C, 2 * C)).view([B, T, 2, H, C // H]).permute([2, 0, 3, 1, 4])
-            attended = torch.scaled_dot_product_attention(q, kv[0], kv[1], mask, 0.0).transpose(1, 2).reshape([B, T, C])
+            attended = torch.scaled_dot_product_attention(q, kv[0], kv[1], block_mask, 0.0).transpose(1, 2).reshape([B, rows, C])
             h = q_in + torch.linear(attended, self.attention_out_weight[b], self.attention_out_bias[b])
             h = torch.layer_norm(h, [C], self.ffn_norm_weight[b], self.ffn_norm_bias[b], 1e-5)
             f = torch.linear(torch.relu(torch.linear(h, self.ffn_in_weight[b], self.ffn_in_bias[b])),
                              self.ffn_out_weight[b], self.ffn_out_bias[b])
         else:
-            h = torch.layer_norm(x, [C], self.attention_norm_weight[b], self.attention_norm_bias[b], 1e-5)
-            qkv = torch.linear(h, self.qkv_weight[b], self.qkv_bias[b]).view([B, T, 3, H, C // H]).permute([2, 0, 3, 1, 4])
-            attended = torch.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, 0.0)
-            attended = attended.transpose(1, 2).reshape([B, T, C])
-            h = x + torch.linear(attended, self.attention_out_weight[b], self.attention_out_bias[b])
+            normed = torch.layer_norm(x, [C], self.attention_norm_weight[b], self.attention_norm_bias[b], 1e-5)
+            q = torch.linear(normed.narrow(1, T - rows, rows), w.narrow(0, 0, C), bias.narrow(0, 0, C)).view([B, rows, H, C // H]).transpose(1, 2)
+            kv = torch.linear(normed, w.narrow(0, C, 2 * C), bias.narrow(0, C, 2 * C)).view([B, T, 2, H, C // H]).permute([2, 0, 3, 1, 4])
+            attended = torch.scaled_dot_product_attention(q, kv[0], kv[1], block_mask, 0.0)
+            attended = attended.transpose(1, 2).reshape([B, rows, C])
+            h = x.narrow(1, T - rows, rows) + torch.linear(attended, self.attention_out_weight[b], self.attention_out_bias[b])
             f = torch.layer_norm(h, [C], self.ffn_norm_weight[b], self.ffn_norm_bias[b], 1e-5)
             f = torch.linear(torch.gelu(torch.linear(f, self.ffn_in_weight[b], self.ffn_in_bias[b])),
                              self.ffn_out_weight[b], self.ffn_out_bias[b])
-        x = (h + f) * real
-    return torch.layer_norm(x, [C], self.final_norm_weight, self.final_norm_bias, 1e-5)
+        x = (h + f) * real.narrow(1, T - rows, rows)
+    return torch.layer_norm(x.select(1, 0), [C], self.final_norm_weight, self.final_norm_bias, 1e-5)
 
 def scores_of(self, items: Tensor) -> Tensor:
-    last = self.encode(items).select(1, -1)
-    return torch.matmul(last, self.item_embedding.t())
+    return torch.matmul(self.encode_last(items), self.item_embedding.t())
 
 def recommend(self, histories: List[List[$ID_TYPE]], k: int, exclude_seen: bool = True) -> Tuple[$OUT_IDS_TYPE, Tensor]:
     if k < 1 or k > self.num_items:

@@ -27,6 +27,7 @@
 #include "engine/export/publisher.h"
 #include "engine/runtime.h"
 #include "engine/stream/history_store.h"
+#include "engine/stream/seen_items.h"
 #include "engine/train/dense_adam.h"
 #include "engine/train/distill.h"
 #include "engine/train/learner.h"
@@ -43,6 +44,7 @@ namespace fs = std::filesystem;
 struct Pending {
   int32_t slot, length;
   int64_t item;
+  int64_t seen;  // distinct items of the user before this event (with SeenItems)
   bool cold;  // the item was new when the event arrived: the model could not have ranked it
   std::chrono::steady_clock::time_point arrival;
 };
@@ -93,6 +95,19 @@ uint64_t mix(uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
 }
+
+// Adds the time from its construction to its end to a profile field.
+class Stopwatch {
+ public:
+  explicit Stopwatch(double& into) : into_(into), started_(std::chrono::steady_clock::now()) {}
+  ~Stopwatch() { into_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count(); }
+  Stopwatch(const Stopwatch&) = delete;
+  Stopwatch& operator=(const Stopwatch&) = delete;
+
+ private:
+  double& into_;
+  std::chrono::steady_clock::time_point started_;
+};
 
 // Past training examples kept by reservoir sampling (every example seen so far is equally likely to
 // be in it), replayed beside each micro-batch against forgetting.
@@ -207,6 +222,7 @@ class StreamLearner {
       // as stream arrivals.
       for (const auto& e : warm_history) store_.push(store_.user_slot(e.user), item_id(e.item, nullptr));
       store_.settle();
+      fill_seen();
       summary_.new_items = 0;
     }
     // On resume, drop what was written after the checkpoint: those records come again. A fresh
@@ -241,7 +257,8 @@ class StreamLearner {
       bool cold = false;
       const int32_t item = item_id(record.event->item, &cold);
       const auto length = static_cast<int32_t>(store_.history(slot).size());
-      pending_.push_back({slot, length, item, cold, std::chrono::steady_clock::now()});
+      const int64_t seen = seen_ ? seen_->add(slot, item) : 0;
+      pending_.push_back({slot, length, item, seen, cold, std::chrono::steady_clock::now()});
       store_.push(slot, item);
     }
     if (static_cast<int64_t>(pending_.size()) >= settings_.batch_size) flush();
@@ -258,9 +275,13 @@ class StreamLearner {
   StreamSummary finish() {
     flush();
     absorb(0);
-    if (publisher_ && run_.learn && !unpublished_.empty()) publish();
-    write_window(current());
-    save();
+    {
+      Stopwatch clock(profile_.saving);
+      if (publisher_ && run_.learn && !unpublished_.empty()) publish();
+      write_window(current());
+      save();
+    }
+    summary_.profile = profile_;
     if (!publish_delays_ms_.empty()) {
       std::sort(publish_delays_ms_.begin(), publish_delays_ms_.end());
       summary_.publish_delay_p50_ms = quantile_of_sorted(publish_delays_ms_, 0.5);
@@ -276,6 +297,15 @@ class StreamLearner {
   }
 
  private:
+  // With every item of every history kept (stream.history_keep=0), each user's distinct items live on
+  // the device (SeenItems), filled here from the store once; a bounded store walks its kept items.
+  void fill_seen() {
+    if (settings_.history_keep != 0) return;
+    seen_.emplace(device_);
+    for (size_t slot = 0; slot < store_.users(); ++slot)
+      for (int32_t item : store_.history(static_cast<int32_t>(slot))) seen_->add(static_cast<int32_t>(slot), item);
+  }
+
   // Internal id of an external item, adding a row (the table grows by whole chunks) when new.
   int32_t item_id(const std::string& external, bool* cold) {
     int32_t id = items_.find(external);
@@ -325,7 +355,6 @@ class StreamLearner {
   void score(const StepInputs& in, Readout& out) {
     torch::NoGradGuard no_grad;
     model_->eval();
-    out.known = items_.end_id();  // rows past the vocabulary are spare capacity
     // Under bf16 the forward runs in autocast and the scores in fp32: bf16 scores would tie.
     auto last_hidden = [&](SASRec& m, const torch::Tensor& inputs) {
       const Autocast autocast(device_, bf16_);
@@ -394,16 +423,37 @@ class StreamLearner {
     return host;
   }
 
+  // One forward serves the ranking and the step when the two would compute the same thing: no
+  // dropout in the updates (train mode is then eval mode), the loss on the newest position (the
+  // ranking's), and no replayed rows (which the ranking does not need).
+  bool fused_step() const {
+    const auto no_dropout = [](const SASRec& m) { return m->options().dropout == 0.0; };
+    return no_dropout(model_) && (!student_ || no_dropout(student_.model)) && !settings_.all_positions &&
+           settings_.replay_share == 0;
+  }
+
+  // The ranks of a batch's targets from its rows' last hidden states (detached, scored in fp32).
+  torch::Tensor ranks_from(const SASRec& model, const torch::Tensor& hidden, const StepInputs& in, int64_t known) const {
+    torch::NoGradGuard no_grad;
+    return rank_targets(model->score_all(hidden.detach().to(torch::kFloat)), in.targets, in.excluded, known);
+  }
+
   // Train: one step on the events of the batch that have a history, loss on the newest position,
   // plus stream.replay_share as many examples replayed from the reservoir. `in` is the batch's
   // StepInputs (the ranking's), reused for the rows that train.
+  // With `ranked` (fused_step()), the forward runs over every row of the batch and its detached
+  // output ranks them into `ranked` (the teacher's, and the student's from its own forward) before any
+  // weight changes: the ranking's forward, taken from the step's.
   // Returns (teacher loss, skipped, student loss, skipped) on the device; undefined without a step.
-  torch::Tensor learn(const std::vector<Example>& batch, const StepInputs& in) {
+  torch::Tensor learn(const std::vector<Example>& batch, const StepInputs& in, Readout* ranked) {
     std::vector<Example> examples;
     std::vector<int64_t> fresh_rows;
     for (size_t r = 0; r < batch.size(); ++r)
       if (batch[r].length > 0) examples.push_back(batch[r]), fresh_rows.push_back(static_cast<int64_t>(r));
-    if (examples.empty()) return {};
+    if (examples.empty()) {
+      if (ranked) score(in, *ranked);
+      return {};
+    }
     const size_t fresh = examples.size();
     const auto replayed = static_cast<size_t>(std::llround(settings_.replay_share * static_cast<double>(fresh)));
     for (size_t k = 0; k < replayed && !reservoir_.items.empty(); ++k) {
@@ -414,8 +464,9 @@ class StreamLearner {
     // The step's rows: the batch's own tensors when every event trains, else its training rows,
     // then the replayed examples.
     StepInputs step = in;
+    torch::Tensor rows;  // the batch's training rows, when not all of them
     if (fresh < batch.size()) {
-      const auto rows = long_tensor(fresh_rows, {static_cast<int64_t>(fresh)}, device_);
+      rows = long_tensor(fresh_rows, {static_cast<int64_t>(fresh)}, device_);
       step = {in.inputs.index_select(0, rows), in.targets.index_select(0, rows),
               settings_.exclude_seen ? in.excluded.index_select(0, rows) : torch::Tensor()};
     }
@@ -433,8 +484,9 @@ class StreamLearner {
     if (!settings_.exclude_seen) step.excluded = torch::Tensor();
     torch::manual_seed(settings_.seed * 1000003ULL + summary_.batches);  // same draws when resumed
     model_->train();
-    torch::Tensor loss;
+    torch::Tensor loss, batch_hidden;
     {
+      Stopwatch clock(profile_.forward);
       const Autocast autocast(device_, bf16_);  // train.precision=bf16: the forward and the loss
       torch::Tensor hidden, target, excluded;  // excluded: items left out of each row's softmax (exclude_seen)
       if (settings_.all_positions) {
@@ -458,8 +510,13 @@ class StreamLearner {
         if (settings_.exclude_seen) excluded = earlier_items(input_tensor, all_targets, positions);
       } else {
         target = step.targets;
-        hidden = model_->last_hidden(step.inputs);
         excluded = step.excluded;
+        if (ranked) {
+          batch_hidden = model_->last_hidden(in.inputs);  // every row: the ranking reads it
+          hidden = rows.defined() ? batch_hidden.index_select(0, rows) : batch_hidden;
+        } else {
+          hidden = model_->last_hidden(step.inputs);
+        }
       }
       auto negatives = torch::randint(1, items_.end_id(), {settings_.negatives}, target.options());
       auto log_q = torch::zeros({model_->options().num_items + 1}, hidden.options().dtype(torch::kFloat));  // uniform
@@ -473,22 +530,35 @@ class StreamLearner {
                  : sampled_softmax_cross_entropy(hidden, model_->lookup_items(target), model_->lookup_items(negatives),
                                                  target, negatives, log_q);
     }
+    if (ranked) {
+      Stopwatch clock(profile_.ranking);
+      ranked->ranks = ranks_from(model_, batch_hidden, in, ranked->known);  // before the step
+    }
     // Guard: a bad batch never reaches the weights (decided on the device; absorb() counts it).
-    const auto skip = teacher_.step(loss, settings_.clip, settings_.lr, settings_.max_loss);
-    auto student = student_ ? learn_student(step)
-                            : torch::stack({torch::full({}, std::numeric_limits<float>::quiet_NaN(), skip.options()),
-                                            torch::zeros({}, skip.options())});
+    torch::Tensor skip, student;
+    {
+      Stopwatch clock(profile_.update);
+      skip = teacher_.step(loss, settings_.clip, settings_.lr, settings_.max_loss);
+    }
+    {
+      Stopwatch clock(profile_.student);
+      student = student_ ? learn_student(step, in, rows, ranked)
+                         : torch::stack({torch::full({}, std::numeric_limits<float>::quiet_NaN(), skip.options()),
+                                         torch::zeros({}, skip.options())});
+    }
     if (settings_.replay_share > 0)
       for (size_t i = 0; i < fresh; ++i) remember(examples[i]);  // the store's views: still valid
     return torch::cat({torch::stack({loss.detach().to(torch::kFloat), skip}), student});
   }
 
   // The student's distillation step on the step's examples (newest position), against the teacher
-  // as it is after its own step. Returns (loss, skipped) on the device.
-  torch::Tensor learn_student(const StepInputs& step) {
+  // as it is after its own step; with `ranked`, its forward covers every row of the batch (`in`; the
+  // step's are `rows` of it, or all when undefined) and ranks them. Returns (loss, skipped) on the
+  // device.
+  torch::Tensor learn_student(const StepInputs& step, const StepInputs& in, const torch::Tensor& rows, Readout* ranked) {
     const auto& inputs = step.inputs;
     const auto& target = step.targets;
-    torch::Tensor loss;
+    torch::Tensor loss, student_hidden;
     {
       const Autocast autocast(device_, bf16_);  // train.precision=bf16: the forwards and the loss
       torch::Tensor teacher_hidden;
@@ -504,9 +574,17 @@ class StreamLearner {
       if (!settings_.full_softmax)
         sampled = {torch::randint(1, known, {settings_.negatives}, target.options()),
                    torch::zeros({student->options().num_items + 1}, teacher_hidden.options().dtype(torch::kFloat))};
-      loss = distillation_loss(distill_, student, model_, student->last_hidden(student_inputs(inputs)), teacher_hidden,
-                               target, known, settings_.full_softmax ? nullptr : &sampled, settings_.ce_chunk);
+      torch::Tensor hidden;
+      if (ranked) {
+        student_hidden = student->last_hidden(student_inputs(in.inputs));
+        hidden = rows.defined() ? student_hidden.index_select(0, rows) : student_hidden;
+      } else {
+        hidden = student->last_hidden(student_inputs(inputs));
+      }
+      loss = distillation_loss(distill_, student, model_, hidden, teacher_hidden, target, known,
+                               settings_.full_softmax ? nullptr : &sampled, settings_.ce_chunk);
     }
+    if (ranked) ranked->student_ranks = ranks_from(student_.model, student_hidden, in, ranked->known);
     const auto skip = student_.step(loss, settings_.clip, settings_.lr, settings_.max_loss);
     return torch::stack({loss.detach().to(torch::kFloat), skip});
   }
@@ -559,15 +637,34 @@ class StreamLearner {
     // Each event's history as of its arrival: the newest stream.history_keep (0: all) of the user's
     // items before it. The store is not cut until settle() below, so these views hold.
     std::vector<Example> batch;
-    batch.reserve(pending_.size());
-    for (const auto& p : pending_) {
-      const size_t n = store_.kept(p.length);
-      batch.push_back({store_.history(p.slot).data() + (p.length - n), n, p.item});
+    StepInputs in;
+    {
+      Stopwatch clock(profile_.batching);
+      batch.reserve(pending_.size());
+      for (const auto& p : pending_) {
+        const size_t n = store_.kept(p.length);
+        batch.push_back({store_.history(p.slot).data() + (p.length - n), n, p.item});
+      }
+      in = step_inputs(batch, /*with_excluded=*/!seen_);
+      if (seen_) {  // each event's excluded items gathered on the device: O(batch) host work
+        std::vector<int32_t> slots;
+        std::vector<int64_t> sizes;
+        slots.reserve(pending_.size()), sizes.reserve(pending_.size());
+        for (const auto& p : pending_) slots.push_back(p.slot), sizes.push_back(p.seen);
+        in.excluded = seen_->excluded(slots, sizes, in.targets);
+      }
     }
-    const StepInputs in = step_inputs(batch, /*with_excluded=*/true);
     Readout out;
-    score(in, out);
-    if (run_.learn) out.losses = learn(batch, in);
+    out.known = items_.end_id();  // rows past the vocabulary are spare capacity
+    if (run_.learn && fused_step()) {
+      out.losses = learn(batch, in, &out);  // ranks from the step's own forward
+    } else {
+      {
+        Stopwatch clock(profile_.ranking);
+        score(in, out);
+      }
+      if (run_.learn) out.losses = learn(batch, in, nullptr);
+    }
     store_.settle();
     for (const auto& p : pending_) {
       out.cold.push_back(p.cold);
@@ -576,16 +673,19 @@ class StreamLearner {
     }
     out.batch = summary_.batches;
     out.as_of = current();
-    out.ranks = to_host(out.ranks);
-    out.student_ranks = to_host(out.student_ranks);
-    out.losses = to_host(out.losses);
-    if (device_.is_cuda()) {
-      out.copied.emplace(device_.type());
-      out.copied->record(c10::impl::VirtualGuardImpl(device_.type()).getStream(device_));
+    {
+      Stopwatch clock(profile_.readout);
+      out.ranks = to_host(out.ranks);
+      out.student_ranks = to_host(out.student_ranks);
+      out.losses = to_host(out.losses);
+      if (device_.is_cuda()) {
+        out.copied.emplace(device_.type());
+        out.copied->record(c10::impl::VirtualGuardImpl(device_.type()).getStream(device_));
+      }
+      readouts_.push_back(std::move(out));
+      // On a GPU one micro-batch stays in flight, so the host queues the next while this one runs.
+      absorb(device_.is_cuda() ? 1 : 0);
     }
-    readouts_.push_back(std::move(out));
-    // On a GPU one micro-batch stays in flight, so the host queues the next while this one runs.
-    absorb(device_.is_cuda() ? 1 : 0);
     const auto done = std::chrono::steady_clock::now();
     ++summary_.batches;
     events_since_checkpoint_ += static_cast<int64_t>(pending_.size());
@@ -595,13 +695,19 @@ class StreamLearner {
       const bool publish_by_count = settings_.publish_every > 0 && events_since_publish_ >= settings_.publish_every;
       const bool publish_by_time = settings_.publish_seconds > 0 &&
                                    std::chrono::duration<double>(done - last_publish_).count() >= settings_.publish_seconds;
-      if (publish_by_count || publish_by_time) publish();
+      if (publish_by_count || publish_by_time) {
+        Stopwatch clock(profile_.saving);
+        publish();
+      }
     }
     const bool by_count = settings_.checkpoint_every > 0 && events_since_checkpoint_ >= settings_.checkpoint_every;
     const bool by_time = settings_.checkpoint_seconds > 0 &&
                          std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() >=
                              settings_.checkpoint_seconds;
-    if (by_count || by_time) save();
+    if (by_count || by_time) {
+      Stopwatch clock(profile_.saving);
+      save();
+    }
   }
 
   Readout::AsOf current() const {
@@ -791,6 +897,7 @@ class StreamLearner {
     store_ = HistoryStore::restore(settings_.history_keep, info_.texts.at("history_users"),
                                    to_vector(info_.tensors.at("history_lengths")),
                                    check_items(to_vector(info_.tensors.at("history_items")), 1, "the histories"));
+    fill_seen();
     reservoir_.seen = m.at("reservoir_seen");
     reservoir_.items = check_items(to_vector(info_.tensors.at("reservoir_items")), 1, "the replay reservoir's targets");
     const auto lengths = to_vector(info_.tensors.at("reservoir_lengths"));
@@ -831,6 +938,8 @@ class StreamLearner {
   Reservoir reservoir_;
   RankingMetrics window_{{10}};
   StreamSummary summary_;
+  StreamProfile profile_;
+  std::optional<SeenItems> seen_;  // with stream.history_keep=0
   int64_t events_since_checkpoint_ = 0;
   double last_loss_ = std::numeric_limits<double>::quiet_NaN();
   std::ofstream metrics_, dead_letters_;
@@ -872,6 +981,8 @@ StreamSummary run_stream(const Config& config, EventSource& source, const std::v
   }
   StreamSummary summary = learner.finish();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  auto& p = summary.profile;
+  p.source = std::max(0.0, summary.seconds - (p.batching + p.model_step() + p.readout + p.saving));
   return summary;
 }
 

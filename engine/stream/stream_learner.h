@@ -29,6 +29,21 @@ struct StreamRun {
   std::string publish_dir;  // where models are published (stream.publish_*); "" for output_dir/published
 };
 
+// Where a run's wall time went, by the host's clock (on a GPU the device runs behind the host, so its
+// time shows up where the host waits for it: the readout). Not kept across a resume.
+struct StreamProfile {
+  double source = 0;    // everything outside micro-batches: reading and parsing records, ids, histories
+  double batching = 0;  // a micro-batch's inputs, targets and excluded items, built and sent to the device
+  double ranking = 0;   // the teacher's ranking: its own forward, or the scores of the step's forward
+  double forward = 0;   // the teacher's training forward and loss
+  double update = 0;    // the teacher's backward, guard, clipping and optimizers
+  double student = 0;   // the student's step: the teacher's forward for it, its ranking, forward and update
+  double readout = 0;   // ranks, losses and flags taken in: metrics, windows, latencies
+  double saving = 0;    // checkpoints and publications
+  // The model's share: what the PyTorch reference's test-then-train step also does.
+  double model_step() const { return ranking + forward + update + student; }
+};
+
 struct StreamSummary {
   uint64_t events = 0;          // records consumed, malformed included
   uint64_t scored = 0;          // events ranked before learning from them
@@ -45,6 +60,7 @@ struct StreamSummary {
   // From an event's arrival to the end of the model step that learned from it (scored, if frozen).
   double latency_p50_ms = 0, latency_p99_ms = 0;
   double seconds = 0;
+  StreamProfile profile;
   std::string checkpoint;
 };
 
