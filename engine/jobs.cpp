@@ -237,6 +237,7 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
                 s.seconds);
     share("source", p.source);
     share("batching", p.batching);
+    if (p.excluded > 0) share("excluded", p.excluded);
     share("ranking", p.ranking);
     share("forward", p.forward);
     share("update", p.update);
@@ -246,6 +247,8 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
     if (p.model_step() > 0)
       std::printf("%s model step alone (ranking, forward, update%s): %.0f events/s; whole loop: %.0f events/s\n",
                   name.c_str(), p.student > 0 ? ", student" : "", s.events / p.model_step(), s.events / total);
+    if (s.events > 0)
+      std::printf("host work (source, batching, readout): %.1f us an event\n", 1e6 * p.host() / static_cast<double>(s.events));
   }
   std::printf("checkpoint: %s\n", results.back().second.checkpoint.c_str());
   write_charts(out.string());

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "engine/runtime.h"
+
 namespace freshrec {
 namespace {
 
@@ -12,10 +14,6 @@ uint64_t hash_of(uint64_t key) {  // a 64-bit finaliser (splitmix64's): cheap an
   key ^= key >> 27;
   key *= 0x94d049bb133111ebULL;
   return key ^ (key >> 31);
-}
-
-torch::Tensor long_tensor(const std::vector<int64_t>& values, torch::Device device) {
-  return torch::tensor(values, torch::kLong).to(device);
 }
 
 }  // namespace
@@ -67,14 +65,14 @@ void SeenItems::apply() {
   // Moves in the order they happened (a segment may move twice); their destinations are fresh space.
   for (const auto& m : moves_) pool_.narrow(0, m.to, m.count).copy_(pool_.narrow(0, m.from, m.count));
   if (!appends_.empty()) {
-    std::vector<int64_t> positions;
-    std::vector<int32_t> items;
+    std::vector<int64_t> positions, items;
     positions.reserve(appends_.size()), items.reserve(appends_.size());
     for (const auto& a : appends_) {
       positions.push_back(segments_[static_cast<size_t>(a.slot)].offset + a.index);
       items.push_back(a.item);
     }
-    pool_.index_put_({long_tensor(positions, device_)}, torch::tensor(items, torch::kInt).to(device_));
+    const auto n = static_cast<int64_t>(positions.size());
+    pool_.index_put_({long_tensor(positions, {n}, device_)}, long_tensor(items, {n}, device_).to(torch::kInt));
   }
   for (const auto& a : appends_) {
     Segment& s = segments_[static_cast<size_t>(a.slot)];
@@ -100,8 +98,8 @@ torch::Tensor SeenItems::excluded(const std::vector<int32_t>& slots, const std::
   }
   if (!pool_.defined()) return torch::zeros({rows, width}, torch::TensorOptions().dtype(torch::kLong).device(device_));
   const auto columns = torch::arange(width, torch::TensorOptions().dtype(torch::kLong).device(device_)).unsqueeze(0);
-  const auto valid = columns < long_tensor(sizes, device_).unsqueeze(1);
-  const auto index = (long_tensor(offsets, device_).unsqueeze(1) + columns).clamp_max(pool_.size(0) - 1);
+  const auto valid = columns < long_tensor(sizes, {rows}, device_).unsqueeze(1);
+  const auto index = (long_tensor(offsets, {rows}, device_).unsqueeze(1) + columns).clamp_max(pool_.size(0) - 1);
   const auto items = pool_.index_select(0, index.reshape({-1})).reshape({rows, width}).to(torch::kLong);
   return torch::where(valid & (items != targets.unsqueeze(1)), items, torch::zeros({}, items.options()));
 }

@@ -6,7 +6,8 @@
 // flat hash set of (user, item). An item new to its user is appended to the user's segment; a full
 // segment moves to the pool's end with twice the room. Appends and moves are queued and applied in
 // one go when a micro-batch asks for its excluded items, so the host does O(1) work per event and
-// the device O(batch x widest row) per micro-batch.
+// the device O(batch x widest row) per micro-batch. Host-to-device copies go through pinned memory,
+// asynchronously, so a GPU stream never waits for the host nor the host for it.
 #pragma once
 
 #include <torch/torch.h>

@@ -33,7 +33,9 @@ struct StreamRun {
 // time shows up where the host waits for it: the readout). Not kept across a resume.
 struct StreamProfile {
   double source = 0;    // everything outside micro-batches: reading and parsing records, ids, histories
-  double batching = 0;  // a micro-batch's inputs, targets and excluded items, built and sent to the device
+  double batching = 0;  // a micro-batch's inputs and targets (and, with a bounded store, excluded items) built
+                        // by the host and sent to the device
+  double excluded = 0;  // each event's earlier items gathered on the device (SeenItems), with its host side
   double ranking = 0;   // the teacher's ranking: its own forward, or the scores of the step's forward
   double forward = 0;   // the teacher's training forward and loss
   double update = 0;    // the teacher's backward, guard, clipping and optimizers
@@ -42,6 +44,8 @@ struct StreamProfile {
   double saving = 0;    // checkpoints and publications
   // The model's share: what the PyTorch reference's test-then-train step also does.
   double model_step() const { return ranking + forward + update + student; }
+  // The host's own share, which grows with the batch, not with the histories' length.
+  double host() const { return source + batching + readout; }
 };
 
 struct StreamSummary {
