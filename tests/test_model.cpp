@@ -697,7 +697,10 @@ class HookedSource : public EventSource {
 // as they grow, several events of one user in a batch; each row is the user's distinct earlier items
 // without the target.
 TEST(Stream, SeenItemsGatherEachUsersDistinctEarlierItems) {
-  SeenItems seen(torch::kCPU);
+  std::vector<torch::Device> devices{torch::kCPU};
+  if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);  // the GPU path, where there is one
+  for (const auto& device : devices) {
+  SeenItems seen(device);
   std::mt19937 rng(3);
   std::vector<std::vector<int32_t>> naive(40);
   for (int round = 0; round < 30; ++round) {
@@ -715,17 +718,20 @@ TEST(Stream, SeenItemsGatherEachUsersDistinctEarlierItems) {
       if (std::find(naive[slot].begin(), naive[slot].end(), item) == naive[slot].end()) naive[slot].push_back(item);
       slots.push_back(slot), targets.push_back(item), sizes.push_back(size);
     }
-    const auto rows = seen.excluded(slots, sizes, torch::tensor(std::vector<int64_t>(targets.begin(), targets.end())));
+    const auto rows =
+        seen.excluded(slots, sizes, torch::tensor(std::vector<int64_t>(targets.begin(), targets.end())).to(device));
     ASSERT_EQ(rows.size(0), 64);
-    const auto cells = rows.contiguous();
+    EXPECT_EQ(rows.device(), device);
+    const auto cells = rows.cpu().contiguous();
     for (int64_t r = 0; r < 64; ++r) {
       std::set<int32_t> got;
       for (int64_t c = 0; c < cells.size(1); ++c)
         if (const int64_t v = cells[r][c].item<int64_t>(); v != 0) got.insert(static_cast<int32_t>(v));
-      EXPECT_EQ(got, expected[r]) << "round " << round << " row " << r;
+      EXPECT_EQ(got, expected[r]) << device << " round " << round << " row " << r;
     }
   }
   EXPECT_GT(seen.pool_size(), 8 * 40);  // segments moved as they grew
+  }
 }
 
 namespace {
