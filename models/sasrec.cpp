@@ -36,7 +36,7 @@ SASRecBlockImpl::SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidd
   residual_dropout_ = register_module("residual_dropout", torch::nn::Dropout(dropout));
 }
 
-torch::Tensor SASRecBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+torch::Tensor SASRecBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask, bool separate_products) {
   const auto B = x.size(0), T = x.size(1), C = x.size(2);
   const double attention_dropout = is_training() ? dropout_ : 0.0;
   if (original_) {
@@ -53,14 +53,22 @@ torch::Tensor SASRecBlockImpl::forward(const torch::Tensor& x, const torch::Tens
     return h + residual_dropout_->forward(f);
   }
   // (B, T, 3C) -> 3 x (B, heads, T, C/heads)
-  // Queries, keys and values from the rows of qkv_, each its own product: no (B, T, 3C) tensor to
-  // split, whose gradient would be assembled from three copies.
   auto normed = attention_norm_->forward(x);
-  auto project = [&](int64_t part) {
-    return torch::linear(normed, qkv_->weight.narrow(0, part * C, C), qkv_->bias.narrow(0, part * C, C))
-        .view({B, T, heads_, C / heads_}).transpose(1, 2);
-  };
-  auto attended = torch::scaled_dot_product_attention(project(0), project(1), project(2), mask, attention_dropout);
+  torch::Tensor attended;
+  if (separate_products) {
+    // Queries, keys and values from the rows of qkv_, each its own product: no (B, T, 3C) tensor to
+    // split, whose gradient would be assembled from three copies.
+    auto project = [&](int64_t part) {
+      return torch::linear(normed, qkv_->weight.narrow(0, part * C, C), qkv_->bias.narrow(0, part * C, C))
+          .view({B, T, heads_, C / heads_}).transpose(1, 2);
+    };
+    attended = torch::scaled_dot_product_attention(project(0), project(1), project(2), mask, attention_dropout);
+  } else {
+    // unbind, not three selects: its gradient is one stack, where each select's is a zeroed copy of
+    // the whole.
+    auto qkv = qkv_->forward(normed).view({B, T, 3, heads_, C / heads_}).permute({2, 0, 3, 1, 4}).unbind(0);
+    attended = torch::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, attention_dropout);
+  }
   attended = attended.transpose(1, 2).reshape({B, T, C});
   auto h = x + residual_dropout_->forward(attention_out_->forward(attended));
   auto f = ffn_out_->forward(torch::dropout(torch::gelu(ffn_in_->forward(ffn_norm_->forward(h))), dropout_, is_training()));
@@ -154,7 +162,8 @@ torch::Tensor SASRecImpl::last_hidden(const torch::Tensor& items) {
   const int64_t blocks = static_cast<int64_t>(blocks_->size());
   if (blocks > 1) {
     auto mask = history_attention_mask(items);
-    for (int64_t i = 0; i + 1 < blocks; ++i) x = (*blocks_)[i]->as<SASRecBlock>()->forward(x, mask) * real;
+    for (int64_t i = 0; i + 1 < blocks; ++i)
+      x = (*blocks_)[i]->as<SASRecBlock>()->forward(x, mask, /*separate_products=*/true) * real;
   }
   // The newest row of the mask: every real key, and the newest position itself.
   auto last_mask = (items != 0);

@@ -32,8 +32,11 @@ struct SASRecOptions {
 class SASRecBlockImpl : public torch::nn::Module {
  public:
   SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout, bool original = false);
-  // x: (B, T, C); mask: (B, 1, T, T) bool, true where attention is allowed.
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
+  // x: (B, T, C); mask: (B, 1, T, T) bool, true where attention is allowed. With separate_products
+  // the queries, keys and values are three products with qkv's rows instead of one split three ways:
+  // the same values, and on a CPU a cheaper backward (its input gradient summed in another order, so
+  // equal to the fused one within rounding). last_hidden uses them; offline training keeps the one.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask, bool separate_products = false);
   // The newest position's output alone: forward(x, mask).narrow(1, T - 1, 1) without the queries,
   // attention rows and feed-forward of the other positions (their keys and values are still read).
   // last_mask: (B, 1, 1, T), the newest row of the full mask.
