@@ -427,6 +427,7 @@ TEST(Serve, LoopbackByDefaultAndABearerTokenWhenGiven) {
   EXPECT_EQ(http.post("/recommend", body, right)->status, 200);
   EXPECT_EQ(http.get("/metrics", right)->status, 200);
   EXPECT_EQ(http.get("/healthz")->status, 200);  // open to load balancers
+  EXPECT_EQ(http.post("/healthz", std::string(1000, 'x'))->status, 401);  // but only as a bodiless GET
   server.stop();
   fs::remove_all(dir);
 }

@@ -1187,6 +1187,25 @@ class MockKafka {
 
 }  // namespace
 
+// A checkpoint's Kafka position names its topic: resuming on another topic, or from text that is not
+// {topic: {partition: next offset}}, is refused with a clear error.
+TEST(Stream, KafkaPositionsNameTheirTopic) {
+  KafkaOptions options;
+  options.brokers = "127.0.0.1:9", options.topic = "events";
+  KafkaSource source(options);
+  source.seek(R"({"events": {"0": 5, "3": 7}})");
+  EXPECT_EQ(nlohmann::json::parse(source.position()), nlohmann::json::parse(R"({"events": {"0": 5, "3": 7}})"));
+  for (const char* bad : {R"({"other": {"0": 5}})", R"({"0": 5})", R"({"events": {"x": 5}})",
+                          R"({"events": {"0": -1}})", R"({"events": {"0": 1.5}})", "not json", "[]"}) {
+    try {
+      source.seek(bad);
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find("kafka: "), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Stream, KafkaSourceSurvivesABrokerRestartAndResumesExactlyOnce) {
   const auto dir = temp_folder("kafka");
   Config config = stream_config(dir);
@@ -1449,8 +1468,8 @@ void expect_kafka_rebalances_and_a_sigkill_apply_every_message_once(const std::s
   const auto info = read_checkpoint_info(checkpoint);
   EXPECT_EQ(info.meta.at("events").get<size_t>(), messages.size());  // none lost, none twice
   const auto position = nlohmann::json::parse(info.meta.at("source_position").get<std::string>());
-  EXPECT_EQ(position.at("0").get<size_t>(), (messages.size() + 1) / 2);
-  EXPECT_EQ(position.at("1").get<size_t>(), messages.size() / 2);
+  EXPECT_EQ(position.at("events").at("0").get<size_t>(), (messages.size() + 1) / 2);
+  EXPECT_EQ(position.at("events").at("1").get<size_t>(), messages.size() / 2);
   EXPECT_EQ(info.tensors.at("history_lengths").sum().item<int64_t>(), static_cast<int64_t>(messages.size()));
   fs::remove_all(dir);
 }

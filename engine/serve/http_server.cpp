@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <array>
 #include <optional>
 #include <atomic>
@@ -41,6 +42,11 @@ std::string lower(std::string text) {
 
 HttpResponse error_response(int status, const std::string& message) {
   return {status, nlohmann::json({{"error", message}}).dump(), "application/json", {}};
+}
+
+// A 500 that allocates nothing it could fail on but the strings themselves.
+HttpResponse internal_error() {
+  return {500, "{\"error\": \"internal error (the server's log says more)\"}", "application/json", {}};
 }
 
 // A fixed set of threads taking jobs from a bounded queue.
@@ -134,11 +140,22 @@ namespace {
 // One connection: header, checks, body, a worker, the answer; again while kept alive.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, HttpServer::State& state) : stream_(std::move(socket)), state_(state) { ++state_.open; }
+  // The read buffer holds what the parser has not consumed yet: a header, a chunk's size line, a
+  // trailer. Capped, so a chunk extension or trailer without end cannot grow it (Beast bounds the
+  // header and the body, not those).
+  Session(tcp::socket socket, HttpServer::State& state)
+      : stream_(std::move(socket)), state_(state), buffer_(state.limits.max_header_bytes + (64 << 10)) {
+    ++state_.open;
+  }
   ~Session() { --state_.open; }
 
   void start() { read_header(state_.limits.header_timeout_ms); }
-  void refuse(const HttpResponse& response) { reply(response, /*close=*/true); }
+  // Over the connection limit: the answer, then the socket closed at once (no lingering: a flood of
+  // refused connections must not hold descriptors).
+  void refuse(const HttpResponse& response) {
+    refused_ = true;
+    reply(response, /*close=*/true);
+  }
 
  private:
   const HttpLimits& limits() const { return state_.limits; }
@@ -177,9 +194,9 @@ class Session : public std::enable_shared_from_this<Session> {
         early = state_.check(request_);
       } catch (const std::exception& e) {
         spdlog::error("request check failed: {}", e.what());
-        early = error_response(500, "internal error (the server's log says more)");
+        early = internal_error();
       }
-      if (early) return reply(*early, /*close=*/!parser_->is_done());  // its body stays unread
+      if (early) return reply(*early, /*close=*/!parser_->is_done() || !keep_alive_);  // its body stays unread
     }
     if (beast::iequals(h[http::field::expect], "100-continue") && !parser_->is_done()) {
       continue_ = {http::status::continue_, 11};
@@ -209,10 +226,17 @@ class Session : public std::enable_shared_from_this<Session> {
         response = self->state_.handler(self->request_);
       } catch (const std::exception& e) {
         spdlog::error("request failed: {}", e.what());  // details stay in the log, never in the answer
-        response = error_response(500, "internal error (the server's log says more)");
+        response = internal_error();
+      } catch (...) {
+        spdlog::error("request failed: an exception of unknown type");
+        response = internal_error();
       }
-      net::post(self->stream_.get_executor(),
-                [self, response = std::move(response)] { self->reply(response, !self->keep_alive_); });
+      try {
+        net::post(self->stream_.get_executor(),
+                  [self, response = std::move(response)] { self->reply(response, !self->keep_alive_); });
+      } catch (const std::exception& e) {  // out of memory: the connection closes with the session
+        spdlog::error("http: cannot queue an answer: {}", e.what());
+      }
     });
     if (!queued) {
       ++state_.refused_queue_full;
@@ -241,6 +265,8 @@ class Session : public std::enable_shared_from_this<Session> {
     ++state_.malformed;
     if (ec == http::error::header_limit)
       return reply(error_response(431, "request header over " + std::to_string(limits().max_header_bytes) + " bytes"), true);
+    if (ec == http::error::buffer_overflow)
+      return reply(error_response(400, "malformed HTTP request: a line (chunk size, trailer) without end"), true);
     reply(error_response(400, "malformed HTTP request"), true);
   }
 
@@ -257,9 +283,13 @@ class Session : public std::enable_shared_from_this<Session> {
     response_.body() = r.body;
     response_.keep_alive(!close);
     response_.prepare_payload();
-    stream_.expires_after(milliseconds(limits().write_timeout_ms));
+    stream_.expires_after(milliseconds(refused_ ? std::min(1000, limits().write_timeout_ms) : limits().write_timeout_ms));
     http::async_write(stream_, response_, [self = shared_from_this(), close](beast::error_code ec, size_t) {
+      // What an idle kept-alive connection holds is its buffer alone.
+      self->request_ = HttpRequest{};
+      self->response_ = {};
       if (ec) return self->on_write_error(ec);
+      if (self->refused_) return self->stream_.close();
       if (close) return self->linger();
       self->read_header(self->limits().idle_timeout_ms);
     });
@@ -291,6 +321,7 @@ class Session : public std::enable_shared_from_this<Session> {
   http::response<http::string_body> response_;
   std::array<char, 4096> sink_{};
   size_t drained_ = 0;
+  bool refused_ = false;
 };
 
 }  // namespace
@@ -298,7 +329,9 @@ class Session : public std::enable_shared_from_this<Session> {
 void HttpServer::State::accept() {
   acceptor->async_accept(net::make_strand(*ioc), [this](beast::error_code ec, tcp::socket socket) {
     if (ec == net::error::operation_aborted) return;  // stopping
-    if (ec) {  // out of descriptors, say: wait a moment rather than spin
+    const int code = ec.value();
+    if (ec && (code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM)) {
+      // Out of descriptors or memory: wait a moment rather than spin.
       spdlog::warn("http: accept failed: {}", ec.message());
       accept_pause->expires_after(milliseconds(100));
       accept_pause->async_wait([this](beast::error_code e) {
@@ -306,17 +339,22 @@ void HttpServer::State::accept() {
       });
       return;
     }
-    ++connections;
-    auto session = std::make_shared<Session>(std::move(socket), *this);
-    if (open > limits.max_connections) {
-      ++refused_connections;
-      HttpResponse busy = error_response(503, "too many connections: retry");
-      busy.headers.emplace_back("Retry-After", "1");
-      session->refuse(busy);
-    } else {
-      session->start();
+    accept();  // the next one first, so nothing below can leave the server deaf
+    if (ec) return;  // that connection's own trouble (aborted before accepted, ...)
+    try {
+      ++connections;
+      auto session = std::make_shared<Session>(std::move(socket), *this);
+      if (open > limits.max_connections) {
+        ++refused_connections;
+        HttpResponse busy = error_response(503, "too many connections: retry");
+        busy.headers.emplace_back("Retry-After", "1");
+        session->refuse(busy);
+      } else {
+        session->start();
+      }
+    } catch (const std::exception& e) {
+      spdlog::error("http: cannot start a connection: {}", e.what());
     }
-    accept();
   });
 }
 
@@ -350,6 +388,7 @@ int HttpServer::start() {
   if (!ec) s.acceptor->bind(endpoint, ec);
   if (!ec) s.acceptor->listen(net::socket_base::max_listen_connections, ec);
   if (ec) throw std::runtime_error("serve: cannot listen on " + where + ": " + ec.message());
+  const int port = s.acceptor->local_endpoint().port();
   s.pool = std::make_unique<WorkerPool>(s.limits.workers, s.limits.max_queue);
   s.started = true;
   s.accept();
@@ -363,7 +402,7 @@ int HttpServer::start() {
       }
     }
   });
-  return s.acceptor->local_endpoint().port();
+  return port;
 }
 
 void HttpServer::stop() {
@@ -430,6 +469,8 @@ std::optional<HttpReply> HttpClient::send(const std::string& method, const std::
   request.body() = body;
   request.keep_alive(true);
   request.prepare_payload();
+  // One deadline for the whole call, however many phases (and at most one retry) it takes.
+  const auto deadline = Clock::now() + milliseconds(timeout_ms_);
   for (int attempt = 0; attempt < 2; ++attempt) {
     const bool reused = c.open;
     beast::error_code ec;
@@ -440,7 +481,7 @@ std::optional<HttpReply> HttpClient::send(const std::string& method, const std::
         error_ = "cannot resolve " + host_ + ": " + ec.message();
         return std::nullopt;
       }
-      c.stream.expires_after(milliseconds(timeout_ms_));
+      c.stream.expires_at(deadline);
       c.stream.async_connect(endpoints, [&](beast::error_code e, const tcp::endpoint&) { ec = e; });
       c.run();
       if (ec) {
@@ -450,8 +491,9 @@ std::optional<HttpReply> HttpClient::send(const std::string& method, const std::
       }
       c.open = true;
     }
-    c.stream.expires_after(milliseconds(timeout_ms_));
-    http::async_write(c.stream, request, [&](beast::error_code e, size_t) { ec = e; });
+    c.stream.expires_at(deadline);
+    bool written = false;
+    http::async_write(c.stream, request, [&](beast::error_code e, size_t) { ec = e, written = !e; });
     c.run();
     http::response_parser<http::string_body> parser;
     parser.body_limit(1ull << 30);
@@ -461,8 +503,11 @@ std::optional<HttpReply> HttpClient::send(const std::string& method, const std::
     }
     if (ec) {
       c.close();
-      // A kept-alive connection the server closed meanwhile: once more on a new one.
-      if (reused && ec != beast::error::timeout) continue;
+      // A kept-alive connection the server had closed: once more on a new one, but only when the
+      // server cannot have seen the request (the write failed), or closed without a byte of answer.
+      const bool stale = ec == net::error::eof || ec == http::error::end_of_stream ||
+                         ec == net::error::connection_reset || ec == net::error::broken_pipe;
+      if (reused && stale && (!written || !parser.got_some())) continue;
       error_ = method + " " + target + ": " + ec.message();
       return std::nullopt;
     }

@@ -9,7 +9,8 @@
 //   - send more than `max_body_bytes`, whether by Content-Length, chunked or compressed: the body's
 //     bytes are counted as they arrive (413), and a Content-Encoding other than identity is refused
 //     (415) since nothing is inflated;
-//   - send headers larger than `max_header_bytes` (431);
+//   - send headers larger than `max_header_bytes` (431), or a chunk-size line or trailer without end
+//     (the read buffer is capped: 400);
 //   - share the port: the listening socket is exclusive (no SO_REUSEPORT), a second server fails to
 //     start.
 // Torch-free, so it is tested with the sanitizers.
@@ -95,8 +96,10 @@ class HttpServer {
 };
 
 // A small blocking HTTP/1.1 client over one kept-alive connection, for `bench serve`, the tests and
-// tools: every call is bounded by `timeout_ms`. Returns nullopt when the connection fails, the
-// deadline passes or the answer is not HTTP (the reason in `last_error()`).
+// tools: every call is bounded by `timeout_ms` (name resolution aside: give it an address). A call on
+// a kept-alive connection that the server had closed is sent once more on a new one, only when no
+// byte of an answer came. Returns nullopt when the connection fails, the deadline passes or the
+// answer is not HTTP (the reason in `last_error()`).
 struct HttpReply {
   int status = 0;
   std::string body;

@@ -372,7 +372,9 @@ struct ModelServer::Impl {
 
   // Before a body is read: the bearer token, when one is set (/healthz stays open).
   std::optional<HttpResponse> check(const HttpRequest& req) {
-    if (options.token.empty() || req.path == "/healthz" || authorized(req.header("authorization"))) return std::nullopt;
+    const bool health = req.path == "/healthz" && req.method == "GET" && req.header("content-length").empty() &&
+                        req.header("transfer-encoding").empty();  // open, but only as a bodiless GET
+    if (options.token.empty() || health || authorized(req.header("authorization"))) return std::nullopt;
     HttpResponse denied = json_response(401, {{"error", "missing or wrong bearer token"}});
     denied.headers.emplace_back("WWW-Authenticate", "Bearer");
     if (req.path == "/recommend") stats.record(401, 0.0);

@@ -46,8 +46,10 @@ class KafkaSource::Rebalance : public RdKafka::RebalanceCb {
         if (it != source_.next_offsets_.end()) p->set_offset(it->second);
         source_.assigned_partitions_.insert(p->partition());
       }
-      if (incremental) report(consumer->incremental_assign(partitions), "assign");
-      else report(consumer->assign(partitions), "assign");
+      const bool assigned = incremental ? report(consumer->incremental_assign(partitions), "assign")
+                                        : report(consumer->assign(partitions), "assign");
+      if (!assigned)  // not held: nothing to commit for them
+        for (auto* p : partitions) source_.assigned_partitions_.erase(p->partition());
       source_.last_message_ = std::chrono::steady_clock::now();  // idle time counts from the assignment
       source_.assigned_ = true;
       spdlog::info("kafka: assigned {} partition(s) of {}", partitions.size(), source_.options_.topic);
@@ -60,13 +62,17 @@ class KafkaSource::Rebalance : public RdKafka::RebalanceCb {
   }
 
  private:
-  static void report(RdKafka::Error* error, const char* what) {
-    if (!error) return;
+  // True when it went well; else logs why.
+  static bool report(RdKafka::Error* error, const char* what) {
+    if (!error) return true;
     spdlog::error("kafka: {} failed: {}", what, error->str());
     delete error;
+    return false;
   }
-  static void report(RdKafka::ErrorCode code, const char* what) {
-    if (code != RdKafka::ERR_NO_ERROR) spdlog::error("kafka: {} failed: {}", what, RdKafka::err2str(code));
+  static bool report(RdKafka::ErrorCode code, const char* what) {
+    if (code == RdKafka::ERR_NO_ERROR) return true;
+    spdlog::error("kafka: {} failed: {}", what, RdKafka::err2str(code));
+    return false;
   }
   KafkaSource& source_;
 };
@@ -129,9 +135,9 @@ bool KafkaSource::finished() const {
 }
 
 std::string KafkaSource::position() const {
-  nlohmann::json j = nlohmann::json::object();
-  for (const auto& [partition, offset] : next_offsets_) j[std::to_string(partition)] = offset;
-  return j.dump();
+  nlohmann::json offsets = nlohmann::json::object();
+  for (const auto& [partition, offset] : next_offsets_) offsets[std::to_string(partition)] = offset;
+  return nlohmann::json{{options_.topic, offsets}}.dump();
 }
 
 void KafkaSource::seek(const std::string& position) {
@@ -139,11 +145,15 @@ void KafkaSource::seek(const std::string& position) {
   try {
     j = nlohmann::json::parse(position);
   } catch (const nlohmann::json::parse_error&) {
-    throw DataError("kafka: checkpoint position '" + position + "' is not a partition -> offset map");
+    throw DataError("kafka: checkpoint position '" + position + "' is not {topic: {partition: next offset}}");
   }
-  if (!j.is_object()) throw DataError("kafka: checkpoint position '" + position + "' is not a partition -> offset map");
+  if (!j.is_object() || j.size() != 1 || !j.begin().value().is_object())
+    throw DataError("kafka: checkpoint position '" + position + "' is not {topic: {partition: next offset}}");
+  if (j.begin().key() != options_.topic)
+    throw DataError("kafka: the checkpoint read topic '" + j.begin().key() + "', not stream.kafka.topic '" +
+                    options_.topic + "': its offsets mean nothing here (a new stream.output_dir starts afresh)");
   std::map<int32_t, int64_t> offsets;
-  for (const auto& [partition, offset] : j.items()) {
+  for (const auto& [partition, offset] : j.begin().value().items()) {
     size_t used = 0;
     int partition_number = -1;
     try {

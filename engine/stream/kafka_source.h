@@ -38,7 +38,7 @@ class KafkaSource : public EventSource {
   ~KafkaSource() override;
   std::optional<StreamRecord> next(int wait_ms) override;
   bool finished() const override;
-  // {"partition": next offset, ...} as JSON text.
+  // {"topic": {"partition": next offset, ...}} as JSON text; seek() refuses another topic's.
   std::string position() const override;
   void seek(const std::string& position) override;
   void checkpointed(const std::string& position) override;

@@ -274,7 +274,10 @@ class StreamLearner {
 
   StreamSummary finish() {
     flush();
-    absorb(0);
+    {
+      Stopwatch clock(profile_.readout);
+      absorb(0);
+    }
     {
       Stopwatch clock(profile_.saving);
       if (publisher_ && run_.learn && !unpublished_.empty()) publish();
@@ -451,7 +454,10 @@ class StreamLearner {
     for (size_t r = 0; r < batch.size(); ++r)
       if (batch[r].length > 0) examples.push_back(batch[r]), fresh_rows.push_back(static_cast<int64_t>(r));
     if (examples.empty()) {
-      if (ranked) score(in, *ranked);
+      if (ranked) {
+        Stopwatch clock(profile_.ranking);
+        score(in, *ranked);
+      }
       return {};
     }
     const size_t fresh = examples.size();

@@ -36,15 +36,19 @@ struct StreamProfile {
   double batching = 0;  // a micro-batch's inputs and targets (and, with a bounded store, excluded items) built
                         // by the host and sent to the device
   double excluded = 0;  // each event's earlier items gathered on the device (SeenItems), with its host side
-  double ranking = 0;   // the teacher's ranking: its own forward, or the scores of the step's forward
+  double ranking = 0;   // the ranking: its own forwards (teacher and student), or the teacher's scores of
+                        // the step's forward
   double forward = 0;   // the teacher's training forward and loss
   double update = 0;    // the teacher's backward, guard, clipping and optimizers
-  double student = 0;   // the student's step: the teacher's forward for it, its ranking, forward and update
-  double readout = 0;   // ranks, losses and flags taken in: metrics, windows, latencies
+  double student = 0;   // the student's step: the teacher's forward for it, its forward (which ranks it
+                        // too when the step's forward serves the ranking) and update
+  double readout = 0;   // ranks, losses and flags taken in: metrics, windows, latencies (on a GPU, the wait
+                        // for the device's work of the micro-batch before)
   double saving = 0;    // checkpoints and publications
   // The model's share: what the PyTorch reference's test-then-train step also does.
   double model_step() const { return ranking + forward + update + student; }
-  // The host's own share, which grows with the batch, not with the histories' length.
+  // The host's own share, which grows with the batch, not with the histories' length (on a GPU the
+  // readout includes waiting for the device).
   double host() const { return source + batching + readout; }
 };
 
