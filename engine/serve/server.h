@@ -26,7 +26,7 @@ struct ServeOptions {
   // limits; the host is loopback unless one is given (0.0.0.0: every interface).
   HttpLimits http;
   // When not empty, POST /recommend and GET /metrics need "Authorization: Bearer <token>" (401 without);
-  // /healthz stays open for load balancers.
+  // a bodiless GET /healthz stays open for load balancers.
   std::string token;
   int poll_ms = 500;            // how often the manifest is checked
   int64_t max_history = 10000;  // items per history (the model reads only its newest maxlen)
