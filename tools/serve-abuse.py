@@ -7,7 +7,8 @@ Content-Length, chunked, compressed), malformed requests and JSON, a burst of co
 burst of requests. It prints a line for each probe and exits 1 when a good request failed (no
 answer, or an answer other than 200 or a 503 with Retry-After, which it retries as a client should),
 when a probe got a 5xx other than 503, or when the server stopped answering. Standard library only;
-every socket has a deadline and the whole run is bounded by --seconds.
+every socket has a deadline, and a run still probing 30 s after --seconds (a server that stalls its
+clients) ends there, failed.
 
     python3 tools/serve-abuse.py --port 8080 --seconds 20 --history 12,45,7
 """
@@ -16,6 +17,7 @@ import gzip
 import http.client
 import ipaddress
 import json
+import os
 import socket
 import statistics
 import sys
@@ -270,6 +272,18 @@ def burst_requests(args, report, seconds):
 
 def main():
     args = parse_args()
+    result = []
+    runner = threading.Thread(target=lambda: result.append(run(args)), daemon=True)
+    runner.start()
+    runner.join(args.seconds + 30)
+    if not result:
+        print(f"FAIL whole run             still probing {args.seconds + 30:.0f} s after the start: the server "
+              "stalls its clients", flush=True)
+        os._exit(1)
+    sys.exit(result[0])
+
+
+def run(args):
     args.ids = [int(x) if x.strip().isdigit() else x.strip() for x in args.history.split(",") if x.strip()]
     args.auth = {}
     if args.token_file:
@@ -281,7 +295,8 @@ def main():
     try:
         http.client.HTTPConnection(args.host, args.port, timeout=TIMEOUT).request("GET", "/healthz")
     except OSError as e:
-        sys.exit(f"serve-abuse: no server at {args.host}:{args.port}: {e}")
+        print(f"serve-abuse: no server at {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
 
     stop = threading.Event()
     stats = {"ok": 0, "busy": 0, "failed": 0, "why": [], "latency": []}
@@ -315,7 +330,7 @@ def main():
     report.line("still serving", f"/healthz -> {status}", status == 200)
     print(f"{'passed' if not report.problems else 'FAILED: ' + ', '.join(report.problems)} "
           f"in {time.monotonic() - began:.1f} s")
-    sys.exit(1 if report.problems else 0)
+    return 1 if report.problems else 0
 
 
 if __name__ == "__main__":
