@@ -137,28 +137,33 @@ torch::Tensor history_attention_mask(const torch::Tensor& items) {
   return causal & (key_real | self);                       // (B, 1, T, T)
 }
 
-torch::Tensor SASRecImpl::forward(const torch::Tensor& items) {
+torch::Tensor SASRecImpl::real_positions(const torch::Tensor& items) const {
   TORCH_CHECK(items.dim() == 2, "SASRec: items must be (batch, length), got ", items.sizes());
+  TORCH_CHECK(items.size(1) <= options_.maxlen, "SASRec: history length ", items.size(1), " exceeds model.maxlen ",
+              options_.maxlen);
+  return (items != 0).unsqueeze(-1).to(item_embedding_.dtype());  // (B, T, 1)
+}
+
+torch::Tensor SASRecImpl::embed(const torch::Tensor& items, const torch::Tensor& real) {
   const auto T = items.size(1);
-  TORCH_CHECK(T <= options_.maxlen, "SASRec: history length ", T, " exceeds model.maxlen ", options_.maxlen);
-  auto real = (items != 0).unsqueeze(-1).to(item_embedding_.dtype());  // (B, T, 1)
   // Positions count from the newest item, so the newest always has the same embedding.
   auto positions = position_embedding_.narrow(0, options_.maxlen - T, T);
   auto x = lookup_items(items) * std::sqrt(static_cast<double>(options_.hidden));
-  x = embedding_dropout_->forward((x + positions) * real);
+  return embedding_dropout_->forward((x + positions) * real);
+}
+
+torch::Tensor SASRecImpl::forward(const torch::Tensor& items) {
+  const auto real = real_positions(items);
+  auto x = embed(items, real);
   auto mask = history_attention_mask(items);
   for (auto& block : *blocks_) x = block->as<SASRecBlock>()->forward(x, mask) * real;
   return final_norm_->forward(x);
 }
 
 torch::Tensor SASRecImpl::last_hidden(const torch::Tensor& items) {
-  TORCH_CHECK(items.dim() == 2, "SASRec: items must be (batch, length), got ", items.sizes());
+  const auto real = real_positions(items);
+  auto x = embed(items, real);
   const auto T = items.size(1);
-  TORCH_CHECK(T <= options_.maxlen, "SASRec: history length ", T, " exceeds model.maxlen ", options_.maxlen);
-  auto real = (items != 0).unsqueeze(-1).to(item_embedding_.dtype());  // (B, T, 1)
-  auto positions = position_embedding_.narrow(0, options_.maxlen - T, T);
-  auto x = lookup_items(items) * std::sqrt(static_cast<double>(options_.hidden));
-  x = embedding_dropout_->forward((x + positions) * real);
   const int64_t blocks = static_cast<int64_t>(blocks_->size());
   if (blocks > 1) {
     auto mask = history_attention_mask(items);

@@ -85,6 +85,11 @@ class SASRecImpl : public torch::nn::Module {
   int64_t parameter_count() const;
 
  private:
+  // 1 where a position holds an item, 0 for padding, (B, T, 1); checks the input's shape.
+  torch::Tensor real_positions(const torch::Tensor& items) const;
+  // The blocks' input: item and position embeddings of the real positions, with embedding dropout.
+  torch::Tensor embed(const torch::Tensor& items, const torch::Tensor& real);
+
   SASRecOptions options_;
   torch::Tensor item_embedding_, position_embedding_;
   torch::nn::Dropout embedding_dropout_{nullptr};

@@ -28,6 +28,15 @@ using tcp = net::ip::tcp;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
+HttpResponse error_response(int status, const std::string& message) {
+  return {status, nlohmann::json({{"error", message}}).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+          "application/json", {}};
+}
+
+HttpResponse internal_error() {  // allocates nothing it could fail on but the strings themselves
+  return {500, "{\"error\": \"internal error (the server's log says more)\"}", "application/json", {}};
+}
+
 std::string HttpRequest::header(const std::string& name) const {
   const auto it = headers.find(name);
   return it == headers.end() ? std::string() : it->second;
@@ -40,14 +49,6 @@ std::string lower(std::string text) {
   return text;
 }
 
-HttpResponse error_response(int status, const std::string& message) {
-  return {status, nlohmann::json({{"error", message}}).dump(), "application/json", {}};
-}
-
-// A 500 that allocates nothing it could fail on but the strings themselves.
-HttpResponse internal_error() {
-  return {500, "{\"error\": \"internal error (the server's log says more)\"}", "application/json", {}};
-}
 
 // A fixed set of threads taking jobs from a bounded queue.
 class WorkerPool {

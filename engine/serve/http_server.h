@@ -43,6 +43,12 @@ struct HttpResponse {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
+// {"error": message} with a status; bytes of the message that are not UTF-8 are written as U+FFFD,
+// so building an answer never throws on what a request contained.
+HttpResponse error_response(int status, const std::string& message);
+// The 500 that says only that the server's log has more.
+HttpResponse internal_error();
+
 struct HttpLimits {
   std::string host = "127.0.0.1";
   int port = 8080;  // 0: any free port

@@ -337,18 +337,18 @@ struct ModelServer::Impl {
   // Every request a worker answers: the routes.
   HttpResponse handle(const HttpRequest& req) {
     if (req.path == "/recommend") {
-      if (req.method != "POST") return json_response(405, {{"error", "use POST /recommend"}});
+      if (req.method != "POST") return error_response(405, "use POST /recommend");
       const auto begun = Clock::now();
       HttpResponse response;
       try {
         response = recommend(req);
       } catch (const BadRequest& e) {
-        response = json_response(e.status, {{"error", e.message}});
+        response = error_response(e.status, e.message);
       } catch (const std::invalid_argument& e) {
-        response = json_response(400, {{"error", e.what()}});
+        response = error_response(400, e.what());
       } catch (const std::exception& e) {
         spdlog::error("request failed: {}", e.what());  // the details stay in the log, never in the answer
-        response = json_response(500, {{"error", "internal error (the server's log says more)"}});
+        response = internal_error();
       }
       stats.record(response.status, std::chrono::duration<double>(Clock::now() - begun).count());
       return response;
@@ -367,7 +367,7 @@ struct ModelServer::Impl {
       return json_response(serving ? 200 : 503, body);
     }
     if (req.path == "/metrics" && req.method == "GET") return {200, metrics(), "text/plain; version=0.0.4", {}};
-    return json_response(404, {{"error", "no such endpoint (POST /recommend, GET /healthz, GET /metrics)"}});
+    return error_response(404, "no such endpoint (POST /recommend, GET /healthz, GET /metrics)");
   }
 
   // Before a body is read: the bearer token, when one is set (/healthz stays open).
@@ -375,7 +375,7 @@ struct ModelServer::Impl {
     const bool health = req.path == "/healthz" && req.method == "GET" && req.header("content-length").empty() &&
                         req.header("transfer-encoding").empty();  // open, but only as a bodiless GET
     if (options.token.empty() || health || authorized(req.header("authorization"))) return std::nullopt;
-    HttpResponse denied = json_response(401, {{"error", "missing or wrong bearer token"}});
+    HttpResponse denied = error_response(401, "missing or wrong bearer token");
     denied.headers.emplace_back("WWW-Authenticate", "Bearer");
     if (req.path == "/recommend") stats.record(401, 0.0);
     return denied;

@@ -363,13 +363,10 @@ class StreamLearner {
       const Autocast autocast(device_, bf16_);
       return m->last_hidden(inputs);
     };
-    out.ranks = rank_targets(model_->score_all(last_hidden(model_, in.inputs).to(torch::kFloat)), in.targets,
-                             in.excluded, out.known);
+    out.ranks = ranks_from(model_, last_hidden(model_, in.inputs), in, out.known);
     if (student_) {
       student_.model->eval();
-      auto& s = student_.model;
-      out.student_ranks = rank_targets(s->score_all(last_hidden(s, student_inputs(in.inputs)).to(torch::kFloat)),
-                                       in.targets, in.excluded, out.known);
+      out.student_ranks = ranks_from(student_.model, last_hidden(student_.model, student_inputs(in.inputs)), in, out.known);
     }
   }
 
