@@ -393,7 +393,7 @@ TEST(Serve, VersionsOnlyGrowAndHealthTellsWhatTheServerRefuses) {
   std::ofstream(fs::path(s.dir) / "model-v000004.pt") << "not a model";
   std::ofstream(manifest) << R"({"version": 4, "file": "model-v000004.pt"})";
   ASSERT_TRUE(wait_until([&] { return metrics().find("freshrec_model_load_failures_total 1") != std::string::npos; }, 30));
-  EXPECT_EQ(health().at("problem"), "version 4 failed to load");
+  EXPECT_EQ(health().at("problem"), "version 4 failed to load");  // counted and reported under one lock
   EXPECT_EQ(http.post("/recommend", R"({"history": [1], "k": 2})")->status, 200);
 
   // The folder disappears.
@@ -443,7 +443,7 @@ TEST(Serve, BadRequestsGetClearClientErrors) {
   Publisher publisher(s.dir);
   SASRec model = random_model(20, 8, 5);
   publisher.publish(model, id_map(20, "", 1), "", nlohmann::json::object());
-  while (s.server->model_version() != 1) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(wait_until([&] { return s.server->model_version() == 1; }, 60));
 
   auto expect_error = [&](const std::string& body, int status, const std::string& words) {
     auto r = http.post("/recommend", body);

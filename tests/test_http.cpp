@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <thread>
@@ -80,6 +81,16 @@ class RawClient {
   bool connected_ = false;
 };
 
+// Waits for `done`, at most 60 s (a hang fails the test instead of stalling the suite).
+bool wait_until(const std::function<bool()>& done) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > give_up) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
 int status_of(const std::string& response) {
   if (response.rfind("HTTP/1.1 ", 0) != 0 || response.size() < 12) return 0;
   return std::stoi(response.substr(9, 3));
@@ -121,10 +132,7 @@ TEST(Http, SlowClientsNeitherStallTheServerNorKeepTheirConnections) {
     EXPECT_TRUE(closed) << "a slow client kept its connection";
   }
   // The socket closes before the server's handler counts the timeout: wait for the count (bounded).
-  const auto counted = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (server.counters().timeouts < 8 && std::chrono::steady_clock::now() < counted)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  EXPECT_GE(server.counters().timeouts, 8u);
+  EXPECT_TRUE(wait_until([&] { return server.counters().timeouts >= 8; })) << server.counters().timeouts;
   server.stop();
 }
 
@@ -195,6 +203,7 @@ TEST(Http, ConnectionLimitAndAFullQueueAnswer503) {
   std::atomic<int> running{0};
   HttpLimits limits;
   limits.port = 0, limits.workers = 1, limits.max_queue = 1, limits.max_connections = 6;
+  limits.header_timeout_ms = 60000;  // the idle connections below must stay open however slow the machine
   HttpServer server(limits, [&](const HttpRequest& request) {
     if (request.path == "/block") {
       ++running;
@@ -207,19 +216,19 @@ TEST(Http, ConnectionLimitAndAFullQueueAnswer503) {
 
   // One request runs (the worker blocks), one waits in the queue, the third is refused.
   auto blocked = std::async(std::launch::async, [&] { return HttpClient("127.0.0.1", port).post("/block", "a"); });
-  while (running == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(wait_until([&] { return running > 0; }));
   auto queued = std::async(std::launch::async, [&] { return HttpClient("127.0.0.1", port).post("/x", "b"); });
-  while (server.counters().queued == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(wait_until([&] { return server.counters().queued > 0; }));
   const auto refused = HttpClient("127.0.0.1", port).post("/x", "c");
   ASSERT_TRUE(refused);
   EXPECT_EQ(refused->status, 503);
   EXPECT_EQ(refused->headers.at("retry-after"), "1");
-  while (server.counters().open_connections > 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(wait_until([&] { return server.counters().open_connections <= 2; }));
 
   // Idle connections up to the limit (6, the two above included): the next one is refused.
   std::vector<std::unique_ptr<RawClient>> idle;
   for (int i = 0; i < 4; ++i) idle.push_back(std::make_unique<RawClient>(port));
-  while (server.counters().open_connections < 6) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(wait_until([&] { return server.counters().open_connections >= 6; }));
   RawClient extra(port);
   extra.send("GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
   EXPECT_EQ(status_of(extra.read_all()), 503);
@@ -232,7 +241,7 @@ TEST(Http, ConnectionLimitAndAFullQueueAnswer503) {
   EXPECT_EQ(blocked.get()->status, 200);
   EXPECT_EQ(queued.get()->status, 200);
   idle.clear();
-  while (server.counters().open_connections > 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(wait_until([&] { return server.counters().open_connections <= 2; }));
   const auto after = HttpClient("127.0.0.1", port).post("/x", "d");
   ASSERT_TRUE(after);
   EXPECT_EQ(after->status, 200);
@@ -268,6 +277,7 @@ TEST(Http, APortServesOneServerOnly) {
 TEST(Http, KeepAliveContinueEarlyAnswersAndHandlerErrors) {
   HttpLimits limits;
   limits.port = 0;
+  limits.idle_timeout_ms = 60000;  // one connection carries every request, however slow the machine
   HttpServer server(
       limits,
       [](const HttpRequest& request) -> HttpResponse {

@@ -129,11 +129,13 @@ struct ModelServer::Impl {
     return current;
   }
 
-  // Records what the watcher found; a new problem is logged once.
-  void report(int64_t version, const std::string& problem, bool manifest_error = false) {
+  // Records what the watcher found, under one lock, so that a reader sees a failure's count and its
+  // problem together; a new problem is logged once.
+  void report(int64_t version, const std::string& problem, bool manifest_error = false, bool load_failure = false) {
     std::lock_guard<std::mutex> lock(watch_mutex);
     if (version > 0) manifest_version = version;
     manifest_errors += manifest_error;
+    load_failures += load_failure;
     if (!problem.empty() && problem != watch_problem) spdlog::warn("models folder {}: {}", options.models_dir, problem);
     watch_problem = problem;
   }
@@ -179,11 +181,7 @@ struct ModelServer::Impl {
     } catch (const std::exception& e) {
       failed_version = manifest->version;
       spdlog::error("cannot load version {}: {}", manifest->version, e.what());
-      {
-        std::lock_guard<std::mutex> lock(watch_mutex);
-        ++load_failures;
-      }
-      report(manifest->version, "version " + std::to_string(manifest->version) + " failed to load");
+      report(manifest->version, "version " + std::to_string(manifest->version) + " failed to load", false, true);
     }
   }
 
