@@ -14,6 +14,8 @@
 #include "engine/data/readers.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
+#include "engine/finetune/finetune.h"
+#include "engine/finetune/pretrained.h"
 #include "engine/runtime.h"
 #include "engine/stream/sources.h"
 #ifdef FRESHREC_WITH_KAFKA
@@ -89,6 +91,51 @@ int run_train_job(const Config& config, const std::string& resume_path, const st
                 static_cast<long long>(s.parameters), 100.0 * s.parameters / teacher->parameter_count(),
                 static_cast<long long>(teacher->parameter_count()), 100.0 * s.test.ndcg(10) / teacher_test.ndcg(10));
   }
+  std::printf("checkpoint: %s\n", s.best_checkpoint.c_str());
+  write_charts(config.get_string("train.output_dir"));
+  return 0;
+}
+
+int run_finetune_job(const Config& config, const std::string& from, const std::string& ids_path,
+                     const std::string& resume_path) {
+  // The source and the data are read and checked before anything is written.
+  const PretrainedModel source = load_pretrained(from, ids_path);
+  EventLog log = load_and_report(config);
+  check_same_architecture(source, sasrec_options_from_config(config, log.num_items()));
+  const FinetuneOptions finetune = FinetuneOptions::from_config(config);
+  if (finetune.keep_unmentioned) {
+    const int64_t added = add_unmentioned_items(log, source);
+    spdlog::info("kept {} items the source knows and the data never mentions", added);
+  }
+  configure_threads(config.get_int("train.threads"));
+  const TrainSummary s = train_model(config, log, resume_path, "", &source);
+
+  // The source as it is, on the same test split: the events of items it knows.
+  const torch::Device device = select_device(config.get_string("train.device"));
+  IdMap source_items(1);
+  for (const auto& id : source.item_ids) source_items.intern(id);
+  size_t dropped = 0;
+  const EventLog known = remap_items(log, source_items, &dropped);
+  SASRecOptions options = sasrec_options_from_config(config, static_cast<int64_t>(source_items.size()));
+  SASRec as_is(options);
+  align_to_catalogue(as_is, source, source_items, "random");
+  as_is->to(device);
+  EvalOptions eval;
+  eval.ks = config.get_int_list("eval.ks");
+  eval.batch_size = config.get_int("eval.batch_size");
+  eval.filter_seen = config.get_bool("eval.filter_seen");
+  const UserSequences known_sequences = UserSequences::from_log(known);
+  const RankingMetrics source_test = evaluate_model(as_is, known_sequences, Split::Test, eval, device);
+  const RankingMetrics known_popularity = evaluate_popularity(known_sequences, Split::Test, eval);
+
+  std::printf("\nbest epoch %lld of %lld%s, %.0f s, %lld parameters, %lld trained\n", static_cast<long long>(s.best_epoch),
+              static_cast<long long>(s.epochs_run), s.early_stopped ? " (early stop)" : "", s.seconds,
+              static_cast<long long>(s.parameters), static_cast<long long>(s.trained_parameters));
+  std::printf("validation (best epoch):\n%s", format_metrics_table({{"fine-tuned", s.best_validation}}).c_str());
+  std::printf("test:\n%s", format_metrics_table({{"fine-tuned", s.test}, {"popularity", s.popularity_test}}).c_str());
+  std::printf("test of the source as it is (%s; the %zu events of items it does not know left out):\n%s",
+              source.kind.c_str(), dropped,
+              format_metrics_table({{"source", source_test}, {"popularity", known_popularity}}).c_str());
   std::printf("checkpoint: %s\n", s.best_checkpoint.c_str());
   write_charts(config.get_string("train.output_dir"));
   return 0;

@@ -17,6 +17,12 @@ namespace freshrec {
 // prints the teacher's test metrics and the share of them the student keeps.
 int run_train_job(const Config& config, const std::string& resume_path, const std::string& teacher_path = "");
 
+// `freshrec finetune`: train the config's model starting from a pre-trained source (a freshrec
+// checkpoint or export, or a PyTorch state_dict or safetensors file with its ids file), aligned to
+// this data's items by external id (engine/finetune/); prints the fine-tuned model's metrics beside
+// popularity and beside the source as it is.
+int run_finetune_job(const Config& config, const std::string& from, const std::string& ids_path,
+                     const std::string& resume_path);
 // `freshrec eval`: full-ranking test metrics of a checkpoint (with the popularity baseline), as a
 // table and as JSON at json_path (default: eval.json beside the checkpoint). `overrides` change the
 // checkpoint's own config (say data.path, train.device).

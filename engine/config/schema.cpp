@@ -81,6 +81,22 @@ const std::vector<KeySpec>& config_schema() {
        "eval.filter_seen leaves them out of the ranking: for data without repeats. The full-softmax cross-entropy "
        "only (train.loss=full, and stream.loss=full in the stream); distillation's KL still covers the catalog"},
 
+      // ---- finetune: starting from a model trained elsewhere (`freshrec finetune --from`) ----
+      {"finetune.new_items", K::Choice, "mean",
+       "rows of items the source does not know: random (the model's own initialisation) or mean (the mean of the known rows)",
+       {"random", "mean"}},
+      {"finetune.unmentioned_items", K::Choice, "drop",
+       "items the source knows and the new data never mentions: drop them, or keep them in the catalogue (after the new data's own)",
+       {"drop", "keep"}},
+      {"finetune.train", K::Choice, "all",
+       "what is trained besides the item table: all, embeddings (the position table alone) or top_blocks (the last finetune.top_blocks blocks and the final norm)",
+       {"all", "embeddings", "top_blocks"}},
+      {"finetune.top_blocks", K::Int, "1", "with finetune.train=top_blocks: how many of the last blocks are trained", {}, 1, 256},
+      {"finetune.known_rows", K::Choice, "train",
+       "the rows of items the source knows: train them, or freeze them at the source's values (new items' rows always learn)",
+       {"train", "freeze"}},
+      {"finetune.item_lr", K::Float, "0", "learning rate of the item table (0: train.lr)", {}, 0, 10},
+
       // ---- distill: a student learning from a frozen teacher (freshrec distill, and stream --student) ----
       {"distill.alpha", K::Float, "0.5", "weight of the true-next-item cross-entropy; 1 - alpha weighs the teacher term", {}, 0, 1},
       {"distill.temperature", K::Float, "2.0", "softmax temperature tau of the teacher term (scaled by tau^2)", {}, 0.01, 100},
@@ -158,6 +174,9 @@ const std::vector<ConfigSection>& config_sections() {
       {"train", "train",
        "Offline training (`freshrec train`, `freshrec distill`, and the teacher a replayed stream pre-trains): loss, "
        "optimizer, schedule, device and precision."},
+      {"finetune", "finetune",
+       "Fine-tuning a pre-trained model on new data (`freshrec finetune --from SOURCE`): how the source's item rows meet "
+       "the new catalogue and what is trained. The `train.*` keys set the rest. See docs/FINETUNING.md."},
       {"distill", "distill", "The distillation loss of a student learning from a frozen teacher (`freshrec distill`, and the stream's online student)."},
       {"student", "student", "The student that `freshrec stream` distils from its teacher, trains online and publishes (when no `--student` checkpoint is given)."},
       {"stream", "stream",

@@ -264,7 +264,7 @@ ExportedModel::ExportedModel(const std::string& path) : path_(path), module_(loa
   } else {
     for (const auto& id : ids.toListRef()) vocabulary_.push_back(id.toStringRef());
   }
-  vocabulary_.erase(vocabulary_.begin());  // the padding slot is not an item
+  if (!integer_ids_) vocabulary_.erase(vocabulary_.begin());  // the padding slot (string ids only) is not an item
   known_.erase(integer_ids_ ? "0" : "");
   num_items_ = module_.attr("num_items").toInt();
   maxlen_ = module_.attr("maxlen").toInt();

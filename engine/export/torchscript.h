@@ -7,7 +7,8 @@
 //   recommend(histories: List[List[Id]], k: int, exclude_seen: bool = True)
 //       -> (ids, scores): ids a (B, k) int64 tensor (List[List[str]] for str ids), scores (B, k) float
 //   score(histories: List[List[Id]], candidates: List[List[Id]]) -> (B, M) float scores
-//   item_ids: List[Id] attribute (the vocabulary), meta: str attribute (JSON), config: str (YAML)
+//   item_ids: List[Id] attribute, the vocabulary in row order (List[int]: rows 1..N; List[str]: "" for
+//   the padding row 0, then rows 1..N), meta: str attribute (JSON), config: str (YAML)
 // Unknown ids raise an error naming them.
 #pragma once
 

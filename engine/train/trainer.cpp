@@ -7,11 +7,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
+#include "engine/finetune/finetune.h"
 #include "engine/progress.h"
 #include "engine/runtime.h"
 #include "engine/train/dense_adam.h"
@@ -45,27 +47,44 @@ EvalOptions eval_options_from_config(const Config& config) {
 
 // Adam/AdamW (fused, in LibTorch's state format) for the dense parameters: all of them, or all but
 // the item table when that is updated row-wise (then `sparse` gets the row-wise optimizer with the
-// same hyper-parameters).
-std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, SASRec& model, SparseRowAdam* sparse) {
+// same hyper-parameters). A fine-tune's plan names the dense parameters it trains, and the item table
+// learns at `item_lr` (its own parameter group, or the row-wise optimizer's rate).
+std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, SASRec& model, SparseRowAdam* sparse,
+                                                         const FinetunePlan* plan, double item_lr) {
   const double lr = config.get_float("train.lr"), wd = config.get_float("train.weight_decay");
   const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
-  const std::vector<torch::Tensor> dense = model->dense_parameters(/*with_item_table=*/!sparse);
+  std::vector<torch::Tensor> dense = plan ? plan->dense_trainable() : model->dense_parameters(/*with_item_table=*/false);
+  std::vector<torch::Tensor> table;
+  if (!sparse) table.push_back(model->item_embedding());
   if (sparse) {
     ops::RowwiseAdamOptions o;
-    o.lr = lr, o.beta1 = beta1, o.beta2 = beta2, o.weight_decay = wd, o.decoupled_weight_decay = wd > 0;
+    o.lr = item_lr, o.beta1 = beta1, o.beta2 = beta2, o.weight_decay = wd, o.decoupled_weight_decay = wd > 0;
     o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";
     *sparse = SparseRowAdam(model->item_embedding(), o, /*padding_idx=*/0);
     model->set_sparse_gradients(&(*sparse)->gradients());
   }
   const auto betas = std::make_tuple(beta1, beta2);
-  if (wd > 0) return std::make_unique<FusedAdamW>(dense, torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd));
-  return std::make_unique<FusedAdam>(dense, torch::optim::AdamOptions(lr).betas(betas));
+  auto make = [&](auto options_of) -> std::unique_ptr<torch::optim::Optimizer> {
+    using Options = decltype(options_of(lr));
+    using Optimizer = std::conditional_t<std::is_same_v<Options, torch::optim::AdamWOptions>, FusedAdamW, FusedAdam>;
+    if (table.empty() || item_lr == lr) {  // one group, in the order dense_parameters(true) gives
+      std::vector<torch::Tensor> all = plan ? dense : model->dense_parameters(/*with_item_table=*/!sparse);
+      if (plan && !table.empty()) all.insert(all.begin(), table.front());
+      return std::make_unique<Optimizer>(all, options_of(lr));
+    }
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(table, std::make_unique<Options>(options_of(item_lr)));
+    if (!dense.empty()) groups.emplace_back(dense, std::make_unique<Options>(options_of(lr)));
+    return std::make_unique<Optimizer>(std::move(groups), options_of(lr));
+  };
+  if (wd > 0) return make([&](double rate) { return torch::optim::AdamWOptions(rate).betas(betas).weight_decay(wd); });
+  return make([&](double rate) { return torch::optim::AdamOptions(rate).betas(betas); });
 }
 
 }  // namespace
 
 TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path,
-                         const std::string& teacher_path) {
+                         const std::string& teacher_path, const PretrainedModel* from) {
   configure_threads(config.get_int("train.threads"));
   const torch::Device device = select_device(config.get_string("train.device"));
   const bool bf16 = configure_precision(config.get_string("train.precision"));
@@ -96,8 +115,23 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   torch::manual_seed(seed);
   SASRec model(sasrec_options_from_config(config, log.num_items()));
   model->to(device);
+  // A fine-tune starts from the source's weights, aligned to this data's items (a resumed one then
+  // loads its own checkpoint over them), and trains what finetune.* says.
+  std::optional<FinetunePlan> plan;
+  double item_lr = lr;
+  if (from) {
+    if (!teacher_path.empty()) throw std::invalid_argument("a fine-tune cannot also distil from a teacher");
+    const FinetuneOptions finetune = FinetuneOptions::from_config(config);
+    const Alignment aligned = align_to_catalogue(model, *from, log.items, finetune.new_items);
+    plan.emplace(model, finetune, aligned.known_rows);
+    if (finetune.item_lr > 0) item_lr = finetune.item_lr;
+    spdlog::info("fine-tuning {} ({}): {} of this data's {} items known to it, {} new ({} rows); {}", from->path,
+                 from->kind, aligned.known, log.items.size(), aligned.fresh, finetune.new_items, plan->describe());
+  }
   SparseRowAdam sparse_optimizer{nullptr};
-  auto optimizer = make_optimizers(config, model, sparse ? &sparse_optimizer : nullptr);
+  auto optimizer = make_optimizers(config, model, sparse ? &sparse_optimizer : nullptr, plan ? &*plan : nullptr, item_lr);
+  std::vector<double> base_lr;  // each group's rate before warm-up and decay
+  for (const auto& group : optimizer->param_groups()) base_lr.push_back(group.options().get_lr());
   torch::nn::Module* sparse_state = sparse ? sparse_optimizer.get() : nullptr;  // saved with checkpoints
   const NegativeSampler sampler(sequences.training_item_counts(), config.get_string("train.negative_sampler") == "uniform");
   const auto log_q = sampler.log_q().to(device);
@@ -130,6 +164,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   info.users = log.users;
   TrainSummary summary;
   summary.parameters = model->parameter_count();
+  summary.trained_parameters = plan ? plan->trained_parameters() : summary.parameters;
   summary.best_checkpoint = (out_dir / "best.pt").string();
   summary.last_checkpoint = (out_dir / "last.pt").string();
   int64_t start_epoch = 1, step = 0, stale = 0;
@@ -231,11 +266,12 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
           for (const auto& p : group.params()) clipped.push_back(p);
         clip_grad_norm(clipped, clip);
       }
-      const double lr_now =
-          lr_scale * (warmup > 0 ? lr * std::min(1.0, static_cast<double>(step + 1) / warmup) : lr);
-      for (auto& group : optimizer->param_groups()) group.options().set_lr(lr_now);
+      const double ramp = std::min(1.0, static_cast<double>(step + 1) / std::max<int64_t>(warmup, 1));
+      auto rate = [&](double base) { return lr_scale * (warmup > 0 ? base * ramp : base); };
+      for (size_t g = 0; g < base_lr.size(); ++g) optimizer->param_groups()[g].options().set_lr(rate(base_lr[g]));
       optimizer->step();
-      if (sparse) sparse_optimizer->step(lr_now);
+      if (sparse) sparse_optimizer->step(rate(item_lr));
+      if (plan) plan->restore();
       ++step;
       loss_sum += loss.detach();
       if (progress.due(b + 1)) progress.log(b + 1, loss_sum.item<double>() / (b + 1));
@@ -257,8 +293,9 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                               {"validation", nlohmann::json::parse(validation.to_json())}}.dump()
             << "\n" << std::flush;
     if (!history) throw std::runtime_error((out_dir / "history.jsonl").string() + ": cannot write: " + std::strerror(errno));
-    info.meta = {{"kind", teacher ? "distill" : "train"},
+    info.meta = {{"kind", teacher ? "distill" : from ? "finetune" : "train"},
                  {"teacher", teacher_path},
+                 {"finetune_from", from ? from->path : ""},
                  {"epoch", epoch},
                  {"step", step},
                  {"best_validation_ndcg10", best_ndcg},

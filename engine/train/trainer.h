@@ -20,13 +20,18 @@ struct TrainSummary {
   RankingMetrics best_validation, test, popularity_test;
   std::string best_checkpoint, last_checkpoint;
   int64_t parameters = 0;
+  int64_t trained_parameters = 0;  // those the optimizers update (all but a fine-tune's frozen ones)
 };
+
+struct PretrainedModel;
 
 // Trains on `log` as the config says; resume_path (optional) is a last.pt written by a run
 // with the same config and data. With teacher_path (a checkpoint trained on the same data), the model
 // is a student distilled from that frozen teacher (distill.* keys, engine/train/distill.h). Writes
 // best.pt, last.pt, history.jsonl and test.json to train.output_dir.
+// With `from` (engine/finetune/pretrained.h), the model starts from that source's weights, aligned to
+// the log's items by external id, and trains what the finetune.* keys say (engine/finetune/finetune.h).
 TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path = "",
-                         const std::string& teacher_path = "");
+                         const std::string& teacher_path = "", const PretrainedModel* from = nullptr);
 
 }  // namespace freshrec

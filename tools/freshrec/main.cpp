@@ -58,6 +58,20 @@ int main(int argc, char** argv) {
   distill->add_option("--resume", distill_resume, "continue from the last.pt of a run with the same config")
       ->check(CLI::ExistingFile);
 
+  ConfigArgs finetune_args;
+  std::string finetune_from, finetune_ids, finetune_resume;
+  auto* finetune = app.add_subcommand(
+      "finetune", "train the config's model on its data starting from a model trained elsewhere (see docs/FINETUNING.md)");
+  finetune_args.attach(finetune);
+  finetune->add_option("--from", finetune_from,
+                       "the pre-trained model: a freshrec checkpoint or export, a torch.save state_dict, or safetensors")
+      ->required()->check(CLI::ExistingFile);
+  finetune->add_option("--ids", finetune_ids,
+                       "for a state_dict or safetensors source: the external id of each item row (rows 1..N), one a line or a JSON list")
+      ->check(CLI::ExistingFile);
+  finetune->add_option("--resume", finetune_resume, "continue from the last.pt of a fine-tune with the same config and source")
+      ->check(CLI::ExistingFile);
+
   std::string checkpoint, json_out;
   std::vector<std::string> eval_overrides;
   auto* eval = app.add_subcommand("eval", "full-ranking test metrics of a checkpoint beside the popularity baseline");
@@ -240,6 +254,10 @@ int main(int argc, char** argv) {
     if (*distill)
       return with_config(distill_args, [&](const freshrec::Config& c) {
         return freshrec::run_train_job(c, distill_resume, distill_teacher);
+      });
+    if (*finetune)
+      return with_config(finetune_args, [&](const freshrec::Config& c) {
+        return freshrec::run_finetune_job(c, finetune_from, finetune_ids, finetune_resume);
       });
     if (*export_cmd) return freshrec::run_export_job(export_checkpoint, export_out, export_publish);
     if (*recommend)

@@ -1,0 +1,63 @@
+// Fine-tuning a pre-trained model on new data (`freshrec finetune`): the source's rows are aligned
+// to the new catalogue by external id, new items get rows, and the finetune.* keys choose what is
+// trained. The trainer (engine/train/trainer.h) runs the rest as for any model.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "engine/config/config.h"
+#include "engine/data/event_log.h"
+#include "engine/finetune/pretrained.h"
+#include "models/sasrec.h"
+
+namespace freshrec {
+
+struct FinetuneOptions {
+  std::string new_items = "mean";  // random | mean: the rows of items the source does not know
+  bool keep_unmentioned = false;   // items the source knows and the new data never mentions
+  std::string train = "all";       // all | embeddings | top_blocks
+  int64_t top_blocks = 1;          // with train=top_blocks: how many of the last blocks are trained
+  bool freeze_known_rows = false;  // the known items' rows keep the source's values
+  double item_lr = 0;              // the item table's learning rate (0: train.lr)
+  static FinetuneOptions from_config(const Config& config);
+};
+
+// Adds to `log`'s catalogue the source's items it never mentions (finetune.unmentioned_items=keep),
+// after its own items, so the new data's ids keep their numbers. Returns how many were added.
+int64_t add_unmentioned_items(EventLog& log, const PretrainedModel& source);
+
+struct Alignment {
+  int64_t known = 0, fresh = 0;          // rows copied from the source; rows initialised here
+  std::vector<int64_t> known_rows;        // the model's rows (item ids) of known items
+};
+
+// Copies the source's weights into `model` (same architecture, checked), its item rows by external
+// id onto `items`; the rows of items it does not know are `new_items`: random keeps the model's own
+// initialisation, mean is the mean of the known rows.
+Alignment align_to_catalogue(SASRec& model, const PretrainedModel& source, const IdMap& items, const std::string& new_items);
+
+// What a fine-tune trains: sets requires_grad on `model`'s parameters as `options` says and keeps
+// the known rows' values when they are frozen (restore() after each optimizer step).
+class FinetunePlan {
+ public:
+  FinetunePlan(SASRec& model, const FinetuneOptions& options, const std::vector<int64_t>& known_rows);
+  // The dense parameters the optimizer updates (the item table apart).
+  std::vector<torch::Tensor> dense_trainable() const { return dense_; }
+  bool item_table_trained() const { return true; }  // new items always learn their rows
+  // Writes the frozen rows back (an optimizer's step moves every row it is given).
+  void restore();
+  int64_t trained_parameters() const { return trained_; }
+  std::string describe() const { return description_; }
+
+ private:
+  SASRec model_;
+  std::vector<torch::Tensor> dense_;
+  torch::Tensor frozen_rows_, frozen_values_;
+  int64_t trained_ = 0;
+  std::string description_;
+};
+
+}  // namespace freshrec

@@ -1,0 +1,340 @@
+// Fine-tuning from pre-trained weights: importing a model saved from Python (state_dict and
+// safetensors) with the same scores, the refusals of sources that do not fit, the alignment of item
+// rows by external id and what each finetune.train mode trains, and the command-line path
+// (train, fine-tune on other data, export, fine-tune from the export).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+#include <torch/serialize.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "engine/checkpoint/checkpoint.h"
+#include "engine/config/config.h"
+#include "engine/export/torchscript.h"
+#include "engine/finetune/finetune.h"
+#include "engine/finetune/pretrained.h"
+#include "engine/finetune/safetensors.h"
+#include "models/sasrec.h"
+
+namespace fs = std::filesystem;
+using namespace freshrec;
+
+namespace {
+
+std::string temp_folder(const std::string& name) {
+  const auto p = fs::temp_directory_path() / ("freshrec-finetune-" + std::to_string(::getpid()) + "-" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+void write_text(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+
+// The message of what `f` throws ("" when it does not throw).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+SASRecOptions options(int64_t items, int64_t heads = 2) {
+  SASRecOptions o;
+  o.num_items = items, o.hidden = 16, o.blocks = 2, o.heads = heads, o.dropout = 0, o.maxlen = 12;
+  return o;
+}
+
+IdMap ids_of(const std::vector<std::string>& ids) {
+  IdMap m(1);
+  for (const auto& id : ids) m.intern(id);
+  return m;
+}
+
+std::vector<std::string> numbered(const std::string& prefix, int n) {
+  std::vector<std::string> out;
+  for (int i = 1; i <= n; ++i) out.push_back(prefix + std::to_string(i));
+  return out;
+}
+
+// A state_dict file as torch.save writes it, with `model`'s parameters under `rename(name)`.
+void save_state_dict(SASRec& model, const std::string& path,
+                     const std::function<std::string(const std::string&)>& rename = [](const std::string& n) { return n; }) {
+  c10::Dict<std::string, torch::Tensor> dict;
+  for (const auto& p : model->named_parameters()) dict.insert(rename(p.key()), p.value().detach().clone());
+  const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+void write_ids(const std::string& path, const std::vector<std::string>& ids) {
+  std::string text;
+  for (const auto& id : ids) text += id + "\n";
+  write_text(path, text);
+}
+
+torch::Tensor scores_of(SASRec& model, const torch::Tensor& histories) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  return model->score_all(model->last_hidden(histories));
+}
+
+}  // namespace
+
+// A model saved from Python (tools/bench/sasrec_reference.py's SASRec, torch.save(state_dict) and
+// safetensors) imports with the same scores, within 1e-5, on histories with padding; with the
+// catalogue in another order each item keeps its own score.
+TEST(Finetune, APyTorchStateDictImportsWithTheSameScores) {
+  const std::string python = std::string(FRESHREC_SOURCE_DIR) + "/.venv/bin/python";
+  if (!fs::exists(python)) GTEST_SKIP() << "no Python with torch at " << python << " (tools/quickstart.sh makes it)";
+  const std::string dir = temp_folder("python");
+  const std::string command = python + " " + FRESHREC_SOURCE_DIR + "/tests/finetune_reference.py " + dir + " 2>/dev/null";
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+
+  std::vector<std::vector<int64_t>> rows = nlohmann::json::parse(std::ifstream(dir + "/histories.json"));
+  std::vector<std::vector<float>> expected = nlohmann::json::parse(std::ifstream(dir + "/scores.json"));
+  std::vector<int64_t> flat;
+  for (const auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
+  const auto histories = torch::tensor(flat, torch::kLong).view({static_cast<int64_t>(rows.size()), -1});
+
+  for (const std::string file : {"state_dict.pt", "model.safetensors"}) {
+    const PretrainedModel source = load_pretrained(dir + "/" + file, dir + "/ids.txt");
+    EXPECT_EQ(source.hidden, 16);
+    EXPECT_EQ(source.blocks, 2);
+    EXPECT_EQ(source.maxlen, 12);
+    ASSERT_EQ(source.item_ids.size(), 40u);
+    EXPECT_EQ(source.item_ids[0], "movie-1");
+
+    SASRec model(options(40));
+    const IdMap catalogue = ids_of(source.item_ids);
+    const Alignment a = align_to_catalogue(model, source, catalogue, "mean");
+    EXPECT_EQ(a.known, 40);
+    EXPECT_EQ(a.fresh, 0);
+    const auto scores = scores_of(model, histories);
+    for (size_t r = 0; r < expected.size(); ++r) {
+      const auto want = torch::tensor(expected[r]);
+      // Row 0 (padding) is not an item: compare the items' scores.
+      EXPECT_LT((scores[r].narrow(0, 1, 40) - want.narrow(0, 1, 40)).abs().max().item<double>(), 1e-5) << file << " row " << r;
+    }
+
+    // The same items in reverse order: each item keeps its score.
+    std::vector<std::string> reversed(source.item_ids.rbegin(), source.item_ids.rend());
+    SASRec shuffled(options(40));
+    align_to_catalogue(shuffled, source, ids_of(reversed), "mean");
+    auto mapped = histories.clone();
+    mapped.masked_scatter_(histories > 0, 41 - histories.masked_select(histories > 0));
+    const auto again = scores_of(shuffled, mapped);
+    for (int64_t item = 1; item <= 40; ++item)
+      EXPECT_LT((again.select(1, 41 - item) - scores.select(1, item)).abs().max().item<double>(), 1e-5) << file << " item " << item;
+  }
+}
+
+// Sources that do not fit are refused, naming what and where, before anything is written.
+TEST(Finetune, RefusesSourcesThatDoNotFit) {
+  const std::string dir = temp_folder("refusals");
+  torch::manual_seed(1);
+  SASRec model(options(5));
+  const std::string ids = dir + "/ids.txt";
+  write_ids(ids, numbered("i", 5));
+
+  // DataParallel's and torch.compile's prefixes are removed.
+  save_state_dict(model, dir + "/prefixed.pt", [](const std::string& n) { return "module._orig_mod." + n; });
+  EXPECT_EQ(load_pretrained(dir + "/prefixed.pt", ids).item_ids.size(), 5u);
+
+  // An unknown name and a missing one, each with its shape.
+  save_state_dict(model, dir + "/renamed.pt", [](const std::string& n) { return n == "final_norm.bias" ? "head.bias" : n; });
+  std::string e = error_of([&] { load_pretrained(dir + "/renamed.pt", ids); });
+  EXPECT_NE(e.find("missing 'final_norm.bias' [16]"), std::string::npos) << e;
+  EXPECT_NE(e.find("cannot place 'head.bias' [16]"), std::string::npos) << e;
+
+  // A weight that is not finite.
+  {
+    torch::NoGradGuard no_grad;
+    model->named_parameters()["blocks.1.ffn_in.weight"][2][3] = std::nan("");
+  }
+  save_state_dict(model, dir + "/nan.pt");
+  e = error_of([&] { load_pretrained(dir + "/nan.pt", ids); });
+  EXPECT_NE(e.find("'blocks.1.ffn_in.weight' holds non-finite values"), std::string::npos) << e;
+  torch::manual_seed(1);
+  model = SASRec(options(5));
+  save_state_dict(model, dir + "/good.pt");
+
+  // Ids: too few, duplicated, invalid, missing, or given for a source that holds its own.
+  write_ids(dir + "/four.txt", numbered("i", 4));
+  e = error_of([&] { load_pretrained(dir + "/good.pt", dir + "/four.txt"); });
+  EXPECT_NE(e.find("5 item rows (row 0 is padding), the ids name 4"), std::string::npos) << e;
+  write_text(dir + "/twice.txt", "a\nb\nc\nb\ne\n");
+  e = error_of([&] { load_pretrained(dir + "/good.pt", dir + "/twice.txt"); });
+  EXPECT_NE(e.find("line 4: item id 'b' is listed twice (first at line 2)"), std::string::npos) << e;
+  write_text(dir + "/bad.json", R"(["a", "b", "c\nd", "e", "f"])");
+  e = error_of([&] { load_pretrained(dir + "/good.pt", dir + "/bad.json"); });
+  EXPECT_NE(e.find("element 2: invalid item id"), std::string::npos) << e;
+  write_text(dir + "/list.json", R"([11, 12, "x", 14, 15])");
+  EXPECT_EQ(load_pretrained(dir + "/good.pt", dir + "/list.json").item_ids[1], "12");
+  e = error_of([&] { load_pretrained(dir + "/good.pt"); });
+  EXPECT_NE(e.find("holds no item ids"), std::string::npos) << e;
+
+  // Not a model at all, and a safetensors file whose ranges point outside it.
+  write_text(dir + "/text.pt", "PK\x03\x04 not really a zip");
+  EXPECT_NE(error_of([&] { load_pretrained(dir + "/text.pt", ids); }), "");
+  std::string header = R"({"item_embedding": {"dtype": "F32", "shape": [6, 16], "data_offsets": [0, 999999]}})";
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  write_text(dir + "/short.safetensors", bytes + header + std::string(64, '\0'));
+  e = error_of([&] { load_pretrained(dir + "/short.safetensors", ids); });
+  EXPECT_NE(e.find("tensor 'item_embedding': data_offsets [0, 999999] fall outside the 64 data bytes"), std::string::npos) << e;
+  write_text(dir + "/huge.safetensors", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}");
+  e = error_of([&] { load_pretrained(dir + "/huge.safetensors", ids); });
+  EXPECT_NE(e.find("exceeds the file"), std::string::npos) << e;
+
+  // Another architecture: the field and both values.
+  const PretrainedModel source = load_pretrained(dir + "/good.pt", ids);
+  auto wider = options(5);
+  wider.hidden = 32;
+  e = error_of([&] { check_same_architecture(source, wider); });
+  EXPECT_NE(e.find("model.hidden 16, the config asks for 32"), std::string::npos) << e;
+  auto deeper = options(5);
+  deeper.blocks = 3;
+  e = error_of([&] { check_same_architecture(source, deeper); });
+  EXPECT_NE(e.find("model.blocks 2, the config asks for 3"), std::string::npos) << e;
+
+  // A freshrec checkpoint holds its own ids and heads: an ids file is refused, other heads too.
+  CheckpointInfo info;
+  Config config;
+  config.apply_override("model.hidden=16");
+  config.apply_override("model.heads=2");
+  config.apply_override("model.maxlen=12");
+  info.config_yaml = config.to_yaml();
+  info.items = ids_of(numbered("i", 5));
+  save_checkpoint(dir + "/model.pt", model, nullptr, info);
+  e = error_of([&] { load_pretrained(dir + "/model.pt", ids); });
+  EXPECT_NE(e.find("holds its own item ids"), std::string::npos) << e;
+  const PretrainedModel checkpoint = load_pretrained(dir + "/model.pt");
+  EXPECT_EQ(checkpoint.kind, "freshrec checkpoint");
+  e = error_of([&] { check_same_architecture(checkpoint, options(5, /*heads=*/4)); });
+  EXPECT_NE(e.find("model.heads 2, the config asks for 4"), std::string::npos) << e;
+}
+
+// Rows follow their external ids; new items get the mean of the known rows; each finetune.train mode
+// trains what it says, and frozen known rows keep the source's values through optimizer steps.
+TEST(Finetune, AlignsRowsByIdAndTrainsWhatItSays) {
+  const std::string dir = temp_folder("align");
+  torch::manual_seed(2);
+  SASRec source_model(options(5));
+  save_state_dict(source_model, dir + "/source.pt");
+  write_ids(dir + "/ids.txt", {"a", "b", "c", "d", "e"});
+  const PretrainedModel source = load_pretrained(dir + "/source.pt", dir + "/ids.txt");
+  const auto& table = source.weights.at("item_embedding");
+
+  // The new data knows c and a (in that order) and brings x and y.
+  const IdMap catalogue = ids_of({"c", "x", "a", "y"});
+  SASRec model(options(4));
+  const Alignment a = align_to_catalogue(model, source, catalogue, "mean");
+  EXPECT_EQ(a.known, 2);
+  EXPECT_EQ(a.fresh, 2);
+  EXPECT_EQ(a.known_rows, (std::vector<int64_t>{1, 3}));
+  const auto& rows = model->item_embedding();
+  EXPECT_TRUE(torch::equal(rows[1], table[3]));  // c was source row 3
+  EXPECT_TRUE(torch::equal(rows[3], table[1]));  // a was source row 1
+  const auto mean = (table[1] + table[3]) / 2;
+  EXPECT_TRUE(torch::allclose(rows[2], mean));
+  EXPECT_TRUE(torch::allclose(rows[4], mean));
+  EXPECT_TRUE(torch::equal(rows[0], torch::zeros({16})));
+  EXPECT_TRUE(torch::equal(model->named_parameters()["blocks.1.qkv.weight"], source.weights.at("blocks.1.qkv.weight")));
+
+  // random keeps the model's own initialisation for new rows.
+  torch::manual_seed(9);
+  SASRec fresh(options(4));
+  const auto initial = fresh->item_embedding().detach().clone();
+  align_to_catalogue(fresh, source, catalogue, "random");
+  EXPECT_TRUE(torch::equal(fresh->item_embedding()[2], initial[2]));
+
+  // top_blocks=1 with known rows frozen: one optimizer step moves the last block and the new rows only.
+  FinetuneOptions top;
+  top.train = "top_blocks", top.top_blocks = 1, top.freeze_known_rows = true;
+  FinetunePlan plan(model, top, a.known_rows);
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& p : model->named_parameters()) before[p.key()] = p.value().detach().clone();
+  std::vector<torch::Tensor> trained = plan.dense_trainable();
+  trained.push_back(model->item_embedding());
+  torch::optim::Adam adam(trained, torch::optim::AdamOptions(0.1));
+  model->train();
+  const auto histories = torch::tensor({0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 3, 1}, torch::kLong).view({1, 12});
+  model->score_all(model->last_hidden(histories)).sum().backward();
+  adam.step();
+  plan.restore();
+  for (const auto& p : model->named_parameters()) {
+    const bool moved = !torch::equal(p.value(), before[p.key()]);
+    const bool should = p.key() == "item_embedding" || p.key().rfind("blocks.1.", 0) == 0 || p.key().rfind("final_norm.", 0) == 0;
+    EXPECT_EQ(p.value().requires_grad(), should) << p.key();
+    if (!should) EXPECT_FALSE(moved) << p.key();
+  }
+  EXPECT_TRUE(torch::equal(rows[1], before["item_embedding"][1]));  // known rows frozen
+  EXPECT_TRUE(torch::equal(rows[3], before["item_embedding"][3]));
+  EXPECT_FALSE(torch::equal(rows[2], before["item_embedding"][2]));  // a new item learned
+  EXPECT_EQ(plan.trained_parameters(), 2 * 16 + [&] {
+    int64_t n = 0;
+    for (const auto& t : plan.dense_trainable()) n += t.numel();
+    return n;
+  }());
+
+  FinetuneOptions embeddings;
+  embeddings.train = "embeddings";
+  FinetunePlan only_embeddings(model, embeddings, a.known_rows);
+  ASSERT_EQ(only_embeddings.dense_trainable().size(), 1u);
+  EXPECT_TRUE(only_embeddings.dense_trainable()[0].is_same(model->named_parameters()["position_embedding"]));
+}
+
+// From the command line: train on one generated log, fine-tune on another (other users, an
+// overlapping item catalogue), export the result, and fine-tune again from the export.
+TEST(Finetune, CommandLineTrainsFineTunesAndExports) {
+  const std::string dir = temp_folder("cli");
+  auto run = [&](const std::string& args) {
+    const std::string command = std::string(FRESHREC_BINARY) + " --log-level warn " + args + " > " + dir + "/out.txt 2>&1";
+    const int rc = std::system(command.c_str());
+    std::ifstream in(dir + "/out.txt");
+    std::stringstream text;
+    text << in.rdbuf();
+    return std::make_pair(rc, text.str());
+  };
+  const std::string common =
+      " model.hidden=16 model.maxlen=12 train.batch_size=64 train.threads=2 train.device=cpu train.log_every_seconds=1000"
+      " generator.users=300 generator.items=80 generator.events_per_user=15 generator.new_item_fraction=0";
+  auto [rc, out] = run("train" + common + " train.epochs=2 train.output_dir=" + dir + "/source");
+  ASSERT_EQ(rc, 0) << out;
+  // Another log: other users, 120 items of which the first 80 carry the source's ids.
+  const std::string other = common + " generator.items=120 generator.seed=11 train.epochs=2";
+  std::tie(rc, out) = run("finetune --from " + dir + "/source/best.pt" + other + " finetune.train=top_blocks train.output_dir=" + dir + "/tuned");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("fine-tuned"), std::string::npos) << out;
+  EXPECT_NE(out.find("test of the source as it is"), std::string::npos) << out;
+  const CheckpointInfo tuned = read_checkpoint_info(dir + "/tuned/best.pt");
+  EXPECT_EQ(tuned.meta.at("kind"), "finetune");
+  EXPECT_EQ(tuned.items.size(), 120u);  // the new data's catalogue
+  // The frozen first block is the source's, bit for bit.
+  SASRec before = load_checkpoint_model(dir + "/source/best.pt", torch::kCPU);
+  SASRec after = load_checkpoint_model(dir + "/tuned/best.pt", torch::kCPU);
+  EXPECT_TRUE(torch::equal(before->named_parameters()["blocks.0.qkv.weight"], after->named_parameters()["blocks.0.qkv.weight"]));
+  EXPECT_FALSE(torch::equal(before->named_parameters()["blocks.1.qkv.weight"], after->named_parameters()["blocks.1.qkv.weight"]));
+
+  std::tie(rc, out) = run("export --checkpoint " + dir + "/tuned/best.pt --out " + dir + "/tuned.pt");
+  ASSERT_EQ(rc, 0) << out;
+  const ExportedModel exported(dir + "/tuned.pt");  // integer ids: the vocabulary is rows 1..N
+  ASSERT_EQ(exported.vocabulary().size(), 120u);
+  EXPECT_EQ(exported.vocabulary().front(), tuned.items.external(1));
+  std::tie(rc, out) = run("finetune --from " + dir + "/tuned.pt" + other + " train.epochs=1 train.output_dir=" + dir + "/again");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_TRUE(fs::exists(dir + "/again/best.pt"));
+
+  // Refusals leave nothing behind: another width, and an ids file for a checkpoint.
+  std::tie(rc, out) = run("finetune --from " + dir + "/source/best.pt" + other + " model.hidden=32 train.output_dir=" + dir + "/wide");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("model.hidden 16, the config asks for 32"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir + "/wide"));
+}
