@@ -136,6 +136,14 @@ int run_finetune_job(const Config& config, const std::string& from, const std::s
   std::printf("test of the source as it is (%s; the %zu events of items it does not know left out):\n%s",
               source.kind.c_str(), dropped,
               format_metrics_table({{"source", source_test}, {"popularity", known_popularity}}).c_str());
+  const std::filesystem::path out_dir = config.get_string("train.output_dir");
+  write_file_atomically((out_dir / "source_test.json").string(),
+                        nlohmann::json{{"source", source.path},
+                                       {"kind", source.kind},
+                                       {"events_left_out", dropped},
+                                       {"test", nlohmann::json::parse(source_test.to_json())},
+                                       {"popularity_test", nlohmann::json::parse(known_popularity.to_json())}}
+                                .dump(2) + "\n");
   std::printf("checkpoint: %s\n", s.best_checkpoint.c_str());
   write_charts(config.get_string("train.output_dir"));
   return 0;

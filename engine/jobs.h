@@ -20,7 +20,7 @@ int run_train_job(const Config& config, const std::string& resume_path, const st
 // `freshrec finetune`: train the config's model starting from a pre-trained source (a freshrec
 // checkpoint or export, or a PyTorch state_dict or safetensors file with its ids file), aligned to
 // this data's items by external id (engine/finetune/); prints the fine-tuned model's metrics beside
-// popularity and beside the source as it is.
+// popularity and beside the source as it is (also written to source_test.json in train.output_dir).
 int run_finetune_job(const Config& config, const std::string& from, const std::string& ids_path,
                      const std::string& resume_path);
 // `freshrec eval`: full-ranking test metrics of a checkpoint (with the popularity baseline), as a

@@ -18,6 +18,31 @@ void SASRecOptions::validate() const {
   if (maxlen <= 0) fail("model.maxlen must be positive, got " + std::to_string(maxlen));
   if (block != "prenorm" && block != "original")
     fail("model.block must be prenorm or original, got '" + block + "'");
+  if (lora_rank < 0) fail("finetune.lora_rank must be >= 0, got " + std::to_string(lora_rank));
+  if (lora_rank > 0 && !(lora_alpha > 0)) fail("finetune.lora_alpha must be positive, got " + std::to_string(lora_alpha));
+  if (lora_dropout < 0 || lora_dropout >= 1) fail("finetune.lora_dropout must be in [0, 1), got " + std::to_string(lora_dropout));
+}
+
+LoraAdapterImpl::LoraAdapterImpl(int64_t in, int64_t out, int64_t rank, double alpha, double dropout)
+    : scale_(alpha / static_cast<double>(rank)), dropout_(dropout) {
+  a_ = register_parameter("a", torch::empty({rank, in}));
+  b_ = register_parameter("b", torch::empty({out, rank}));
+  reset();
+}
+
+void LoraAdapterImpl::reset() {
+  torch::NoGradGuard no_grad;
+  torch::nn::init::kaiming_uniform_(a_, std::sqrt(5.0));  // as nn.Linear's weight, and the LoRA paper's code
+  b_.zero_();
+}
+
+torch::Tensor LoraAdapterImpl::delta(const torch::Tensor& x, int64_t from, int64_t count) {
+  const auto down = torch::linear(torch::dropout(x, dropout_, is_training()), a_);
+  return torch::linear(down, b_.narrow(0, from, count)) * scale_;
+}
+
+torch::Tensor LoraAdapterImpl::merged(const torch::Tensor& weight) const {
+  return weight + torch::mm(b_, a_) * scale_;
 }
 
 void SASRecBlockImpl::set_dropout(double p) {
@@ -25,7 +50,8 @@ void SASRecBlockImpl::set_dropout(double p) {
   residual_dropout_->options.p(p);
 }
 
-SASRecBlockImpl::SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout, bool original)
+SASRecBlockImpl::SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout, bool original,
+                                 int64_t lora_rank, double lora_alpha, double lora_dropout)
     : heads_(heads), dropout_(dropout), original_(original) {
   attention_norm_ = register_module("attention_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({hidden})));
   qkv_ = register_module("qkv", torch::nn::Linear(hidden, 3 * hidden));
@@ -34,6 +60,38 @@ SASRecBlockImpl::SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidd
   ffn_in_ = register_module("ffn_in", torch::nn::Linear(hidden, ffn_hidden));
   ffn_out_ = register_module("ffn_out", torch::nn::Linear(ffn_hidden, hidden));
   residual_dropout_ = register_module("residual_dropout", torch::nn::Dropout(dropout));
+  if (lora_rank > 0) {
+    auto adapter = [&](const char* name, int64_t in, int64_t out) {
+      return register_module(name, LoraAdapter(in, out, lora_rank, lora_alpha, lora_dropout));
+    };
+    qkv_lora_ = adapter("qkv_lora", hidden, 3 * hidden);
+    attention_out_lora_ = adapter("attention_out_lora", hidden, hidden);
+    ffn_in_lora_ = adapter("ffn_in_lora", hidden, ffn_hidden);
+    ffn_out_lora_ = adapter("ffn_out_lora", ffn_hidden, hidden);
+  }
+}
+
+torch::Tensor SASRecBlockImpl::project(const torch::Tensor& x, torch::nn::Linear& layer, LoraAdapter& adapter,
+                                       int64_t from, int64_t count) {
+  torch::Tensor y = count < 0 ? layer->forward(x)
+                              : torch::linear(x, layer->weight.narrow(0, from, count), layer->bias.narrow(0, from, count));
+  if (!adapter) return y;
+  return y + adapter->delta(x, from, count < 0 ? layer->weight.size(0) : count);
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> SASRecBlockImpl::merged_weights() const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  torch::NoGradGuard no_grad;
+  if (qkv_lora_) out.emplace_back("qkv.weight", qkv_lora_->merged(qkv_->weight));
+  if (attention_out_lora_) out.emplace_back("attention_out.weight", attention_out_lora_->merged(attention_out_->weight));
+  if (ffn_in_lora_) out.emplace_back("ffn_in.weight", ffn_in_lora_->merged(ffn_in_->weight));
+  if (ffn_out_lora_) out.emplace_back("ffn_out.weight", ffn_out_lora_->merged(ffn_out_->weight));
+  return out;
+}
+
+void SASRecBlockImpl::reset_adapters() {
+  for (auto* adapter : {&qkv_lora_, &attention_out_lora_, &ffn_in_lora_, &ffn_out_lora_})
+    if (*adapter) (*adapter)->reset();
 }
 
 torch::Tensor SASRecBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask, bool separate_products) {
@@ -42,14 +100,12 @@ torch::Tensor SASRecBlockImpl::forward(const torch::Tensor& x, const torch::Tens
   if (original_) {
     // Queries from the normalised stream, keys and values from the raw one: the rows of qkv_ split.
     auto queries_in = attention_norm_->forward(x);
-    auto q = torch::linear(queries_in, qkv_->weight.narrow(0, 0, C), qkv_->bias.narrow(0, 0, C))
-                 .view({B, T, heads_, C / heads_}).transpose(1, 2);  // (B, heads, T, C/heads)
-    auto kv = torch::linear(x, qkv_->weight.narrow(0, C, 2 * C), qkv_->bias.narrow(0, C, 2 * C))
-                  .view({B, T, 2, heads_, C / heads_}).permute({2, 0, 3, 1, 4}).unbind(0);
+    auto q = project(queries_in, qkv_, qkv_lora_, 0, C).view({B, T, heads_, C / heads_}).transpose(1, 2);  // (B, heads, T, C/heads)
+    auto kv = project(x, qkv_, qkv_lora_, C, 2 * C).view({B, T, 2, heads_, C / heads_}).permute({2, 0, 3, 1, 4}).unbind(0);
     auto attended = torch::scaled_dot_product_attention(q, kv[0], kv[1], mask, attention_dropout);
     attended = attended.transpose(1, 2).reshape({B, T, C});
-    auto h = ffn_norm_->forward(queries_in + attention_out_->forward(attended));
-    auto f = ffn_out_->forward(torch::dropout(torch::relu(ffn_in_->forward(h)), dropout_, is_training()));
+    auto h = ffn_norm_->forward(queries_in + project(attended, attention_out_, attention_out_lora_));
+    auto f = project(torch::dropout(torch::relu(project(h, ffn_in_, ffn_in_lora_)), dropout_, is_training()), ffn_out_, ffn_out_lora_);
     return h + residual_dropout_->forward(f);
   }
   // (B, T, 3C) -> 3 x (B, heads, T, C/heads)
@@ -58,20 +114,20 @@ torch::Tensor SASRecBlockImpl::forward(const torch::Tensor& x, const torch::Tens
   if (separate_products) {
     // Queries, keys and values from the rows of qkv_, each its own product: no (B, T, 3C) tensor to
     // split, whose gradient would be assembled from three copies.
-    auto project = [&](int64_t part) {
-      return torch::linear(normed, qkv_->weight.narrow(0, part * C, C), qkv_->bias.narrow(0, part * C, C))
-          .view({B, T, heads_, C / heads_}).transpose(1, 2);
+    auto part = [&](int64_t p) {
+      return project(normed, qkv_, qkv_lora_, p * C, C).view({B, T, heads_, C / heads_}).transpose(1, 2);
     };
-    attended = torch::scaled_dot_product_attention(project(0), project(1), project(2), mask, attention_dropout);
+    attended = torch::scaled_dot_product_attention(part(0), part(1), part(2), mask, attention_dropout);
   } else {
     // unbind, not three selects: its gradient is one stack, where each select's is a zeroed copy of
     // the whole.
-    auto qkv = qkv_->forward(normed).view({B, T, 3, heads_, C / heads_}).permute({2, 0, 3, 1, 4}).unbind(0);
+    auto qkv = project(normed, qkv_, qkv_lora_).view({B, T, 3, heads_, C / heads_}).permute({2, 0, 3, 1, 4}).unbind(0);
     attended = torch::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], mask, attention_dropout);
   }
   attended = attended.transpose(1, 2).reshape({B, T, C});
-  auto h = x + residual_dropout_->forward(attention_out_->forward(attended));
-  auto f = ffn_out_->forward(torch::dropout(torch::gelu(ffn_in_->forward(ffn_norm_->forward(h))), dropout_, is_training()));
+  auto h = x + residual_dropout_->forward(project(attended, attention_out_, attention_out_lora_));
+  auto f = project(torch::dropout(torch::gelu(project(ffn_norm_->forward(h), ffn_in_, ffn_in_lora_)), dropout_, is_training()),
+                   ffn_out_, ffn_out_lora_);
   return h + residual_dropout_->forward(f);
 }
 
@@ -79,29 +135,27 @@ torch::Tensor SASRecBlockImpl::forward_last(const torch::Tensor& x, const torch:
   const auto B = x.size(0), T = x.size(1), C = x.size(2);
   const double attention_dropout = is_training() ? dropout_ : 0.0;
   const auto newest = x.narrow(1, T - 1, 1);  // (B, 1, C)
-  const auto& w = qkv_->weight;
-  const auto& b = qkv_->bias;
   if (original_) {
     auto query_in = attention_norm_->forward(newest);
-    auto q = torch::linear(query_in, w.narrow(0, 0, C), b.narrow(0, 0, C)).view({B, 1, heads_, C / heads_}).transpose(1, 2);
-    auto kv = torch::linear(x, w.narrow(0, C, 2 * C), b.narrow(0, C, 2 * C)).view({B, T, 2, heads_, C / heads_}).permute({2, 0, 3, 1, 4}).unbind(0);
+    auto q = project(query_in, qkv_, qkv_lora_, 0, C).view({B, 1, heads_, C / heads_}).transpose(1, 2);
+    auto kv = project(x, qkv_, qkv_lora_, C, 2 * C).view({B, T, 2, heads_, C / heads_}).permute({2, 0, 3, 1, 4}).unbind(0);
     auto attended = torch::scaled_dot_product_attention(q, kv[0], kv[1], last_mask, attention_dropout);
     attended = attended.transpose(1, 2).reshape({B, 1, C});
-    auto h = ffn_norm_->forward(query_in + attention_out_->forward(attended));
-    auto f = ffn_out_->forward(torch::dropout(torch::relu(ffn_in_->forward(h)), dropout_, is_training()));
+    auto h = ffn_norm_->forward(query_in + project(attended, attention_out_, attention_out_lora_));
+    auto f = project(torch::dropout(torch::relu(project(h, ffn_in_, ffn_in_lora_)), dropout_, is_training()), ffn_out_, ffn_out_lora_);
     return h + residual_dropout_->forward(f);
   }
   // Keys and values of every position, the query of the newest: the rows of qkv_ split.
   auto normed = attention_norm_->forward(x);
-  auto q = torch::linear(normed.narrow(1, T - 1, 1), w.narrow(0, 0, C), b.narrow(0, 0, C))
-               .view({B, 1, heads_, C / heads_}).transpose(1, 2);  // (B, heads, 1, C/heads)
-  auto project = [&](int64_t part) {
-    return torch::linear(normed, w.narrow(0, part * C, C), b.narrow(0, part * C, C)).view({B, T, heads_, C / heads_}).transpose(1, 2);
+  auto q = project(normed.narrow(1, T - 1, 1), qkv_, qkv_lora_, 0, C).view({B, 1, heads_, C / heads_}).transpose(1, 2);  // (B, heads, 1, C/heads)
+  auto part = [&](int64_t p) {
+    return project(normed, qkv_, qkv_lora_, p * C, C).view({B, T, heads_, C / heads_}).transpose(1, 2);
   };
-  auto attended = torch::scaled_dot_product_attention(q, project(1), project(2), last_mask, attention_dropout);
+  auto attended = torch::scaled_dot_product_attention(q, part(1), part(2), last_mask, attention_dropout);
   attended = attended.transpose(1, 2).reshape({B, 1, C});
-  auto h = newest + residual_dropout_->forward(attention_out_->forward(attended));
-  auto f = ffn_out_->forward(torch::dropout(torch::gelu(ffn_in_->forward(ffn_norm_->forward(h))), dropout_, is_training()));
+  auto h = newest + residual_dropout_->forward(project(attended, attention_out_, attention_out_lora_));
+  auto f = project(torch::dropout(torch::gelu(project(ffn_norm_->forward(h), ffn_in_, ffn_in_lora_)), dropout_, is_training()),
+                   ffn_out_, ffn_out_lora_);
   return h + residual_dropout_->forward(f);
 }
 
@@ -112,7 +166,8 @@ SASRecImpl::SASRecImpl(const SASRecOptions& options) : options_(options) {
   position_embedding_ = register_parameter("position_embedding", torch::empty({options_.maxlen, options_.hidden}));
   embedding_dropout_ = register_module("embedding_dropout", torch::nn::Dropout(options_.dropout));
   for (int64_t b = 0; b < options_.blocks; ++b)
-    blocks_->push_back(SASRecBlock(options_.hidden, options_.heads, ffn, options_.dropout, options_.block == "original"));
+    blocks_->push_back(SASRecBlock(options_.hidden, options_.heads, ffn, options_.dropout, options_.block == "original",
+                                   options_.lora_rank, options_.lora_alpha, options_.lora_dropout));
   register_module("blocks", blocks_);
   final_norm_ = register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({options_.hidden})));
 
@@ -127,6 +182,7 @@ SASRecImpl::SASRecImpl(const SASRecOptions& options) : options_(options) {
     }
   }
   item_embedding_[0].zero_();  // padding
+  for (auto& block : *blocks_) block->as<SASRecBlock>()->reset_adapters();  // a new adapter changes nothing
 }
 
 torch::Tensor history_attention_mask(const torch::Tensor& items) {
@@ -209,6 +265,16 @@ std::vector<torch::Tensor> SASRecImpl::dense_parameters(bool with_item_table) co
   for (const auto& p : parameters())
     if (with_item_table || !p.is_same(item_embedding_)) dense.push_back(p);
   return dense;
+}
+
+std::map<std::string, torch::Tensor> SASRecImpl::plain_parameters() const {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& p : named_parameters())
+    if (p.key().find("_lora.") == std::string::npos) out[p.key()] = p.value().detach();
+  for (size_t b = 0; b < blocks_->size(); ++b)
+    for (auto& [name, weight] : (*blocks_)[b]->as<SASRecBlock>()->merged_weights())
+      out["blocks." + std::to_string(b) + "." + name] = weight;
+  return out;
 }
 
 int64_t SASRecImpl::parameter_count() const {

@@ -4,7 +4,10 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/sparse_embedding_autograd.h"
 
@@ -21,8 +24,30 @@ struct SASRecOptions {
   // "prenorm": x + Attention(LN(x)), then + FFN(LN(.)), GELU. "original": the block of Kang &
   // McAuley's published code, which the SASRec+ reference implementations keep (see SASRecBlock).
   std::string block = "prenorm";
+  // LoRA adapters (Hu et al. 2021) on each block's four linear layers (qkv, attention_out, ffn_in,
+  // ffn_out) when lora_rank > 0: y = W x + b + (lora_alpha / lora_rank) B A dropout(x), with A
+  // (rank, in) drawn as nn.Linear's weights and B (out, rank) zero, so a new adapter changes nothing.
+  int64_t lora_rank = 0;
+  double lora_alpha = 8;
+  double lora_dropout = 0;
   void validate() const;  // throws std::invalid_argument naming the bad option
 };
+
+// A low-rank update of one linear layer's weight: parameters "a" (rank, in) and "b" (out, rank).
+class LoraAdapterImpl : public torch::nn::Module {
+ public:
+  LoraAdapterImpl(int64_t in, int64_t out, int64_t rank, double alpha, double dropout);
+  // scale * B[from:from+count] A dropout(x): the adapter's share of rows [from, from + count) of the output.
+  torch::Tensor delta(const torch::Tensor& x, int64_t from, int64_t count);
+  // The weight with the adapter folded in: W + scale * B A.
+  torch::Tensor merged(const torch::Tensor& weight) const;
+  void reset();  // A as nn.Linear initialises its weight, B zero
+
+ private:
+  torch::Tensor a_, b_;
+  double scale_, dropout_;
+};
+TORCH_MODULE(LoraAdapter);
 
 // One self-attention block, in one of two forms over the same parameters:
 //  - pre-norm:  h = x + Attention(LN1(x));  out = h + FFN(LN2(h)), GELU;
@@ -31,7 +56,8 @@ struct SASRecOptions {
 //    normalised stream (a post-norm transformer in effect).
 class SASRecBlockImpl : public torch::nn::Module {
  public:
-  SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout, bool original = false);
+  SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidden, double dropout, bool original = false,
+                  int64_t lora_rank = 0, double lora_alpha = 8, double lora_dropout = 0);
   // x: (B, T, C); mask: (B, 1, T, T) bool, true where attention is allowed. With separate_products
   // the queries, keys and values are three products with qkv's rows instead of one split three ways:
   // the same values, and on a CPU a cheaper backward (its input gradient summed in another order, so
@@ -42,13 +68,22 @@ class SASRecBlockImpl : public torch::nn::Module {
   // last_mask: (B, 1, 1, T), the newest row of the full mask.
   torch::Tensor forward_last(const torch::Tensor& x, const torch::Tensor& last_mask);
   void set_dropout(double p);
+  // The four linear layers' weights with their adapters folded in, by parameter name ("qkv.weight",
+  // ...); empty without adapters.
+  std::vector<std::pair<std::string, torch::Tensor>> merged_weights() const;
+  void reset_adapters();
 
  private:
+  // layer(x), or rows [from, from + count) of it; plus the layer's adapter when it has one.
+  torch::Tensor project(const torch::Tensor& x, torch::nn::Linear& layer, LoraAdapter& adapter, int64_t from = 0,
+                        int64_t count = -1);
+
   int64_t heads_;
   double dropout_;
   bool original_;
   torch::nn::LayerNorm attention_norm_{nullptr}, ffn_norm_{nullptr};
   torch::nn::Linear qkv_{nullptr}, attention_out_{nullptr}, ffn_in_{nullptr}, ffn_out_{nullptr};
+  LoraAdapter qkv_lora_{nullptr}, attention_out_lora_{nullptr}, ffn_in_lora_{nullptr}, ffn_out_lora_{nullptr};
   torch::nn::Dropout residual_dropout_{nullptr};
 };
 TORCH_MODULE(SASRecBlock);
@@ -83,6 +118,9 @@ class SASRecImpl : public torch::nn::Module {
   // row-wise), or every parameter when `with_item_table`.
   std::vector<torch::Tensor> dense_parameters(bool with_item_table = false) const;
   int64_t parameter_count() const;
+  // The model as a plain SASRec: every parameter but the LoRA adapters, with each adapter folded
+  // into its layer's weight (detached). Export and fine-tuning sources read these.
+  std::map<std::string, torch::Tensor> plain_parameters() const;
 
  private:
   // 1 where a position holds an item, 0 for padding, (B, T, 1); checks the input's shape.

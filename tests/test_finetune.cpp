@@ -338,3 +338,68 @@ TEST(Finetune, CommandLineTrainsFineTunesAndExports) {
   EXPECT_NE(out.find("model.hidden 16, the config asks for 32"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir + "/wide"));
 }
+
+// LoRA: a new adapter changes nothing; finetune.train=adapters moves the adapters and the item table
+// alone; the export folds the adapters into the weights (plain aten ops) and scores as the engine does.
+TEST(Finetune, LoraAdaptersTrainAloneAndFoldIntoTheExport) {
+  torch::manual_seed(4);
+  SASRec plain(options(30));
+  auto lora_options = options(30);
+  lora_options.lora_rank = 2, lora_options.lora_alpha = 4;
+  SASRec model(lora_options);
+  {
+    torch::NoGradGuard no_grad;
+    auto params = model->named_parameters();
+    for (const auto& [name, weight] : plain->plain_parameters()) params[name].copy_(weight);
+  }
+  const auto histories = torch::tensor({0, 0, 0, 0, 3, 7, 7, 1, 9, 12, 4, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5}, torch::kLong).view({2, 12});
+  EXPECT_TRUE(torch::equal(scores_of(model, histories), scores_of(plain, histories)));  // B = 0
+
+  // adapters: one step moves the adapters (B first: A's gradient is B's transpose times the rest)
+  // and the item table, nothing else.
+  FinetuneOptions adapters;
+  adapters.train = "adapters";
+  FinetunePlan plan(model, adapters, {});
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& p : model->named_parameters()) before[p.key()] = p.value().detach().clone();
+  std::vector<torch::Tensor> trained = plan.dense_trainable();
+  EXPECT_EQ(trained.size(), 2u * 4 * 2);  // a and b of 4 layers in 2 blocks
+  trained.push_back(model->item_embedding());
+  torch::optim::Adam adam(trained, torch::optim::AdamOptions(0.05));
+  model->train();
+  for (int step = 0; step < 2; ++step) {
+    adam.zero_grad();
+    torch::nn::functional::cross_entropy(model->score_all(model->last_hidden(histories)), torch::tensor({4, 9}, torch::kLong)).backward();
+    adam.step();
+  }
+  for (const auto& p : model->named_parameters()) {
+    const bool adapter = p.key().find("_lora.") != std::string::npos;
+    const bool moved = !torch::equal(p.value(), before[p.key()]);
+    EXPECT_EQ(moved, adapter || p.key() == "item_embedding") << p.key();
+  }
+  EXPECT_FALSE(torch::equal(scores_of(model, histories), scores_of(plain, histories)));
+
+  // Folded into the weights: a plain model of them scores as the adapted one, and so does the export.
+  SASRec folded(options(30));
+  {
+    torch::NoGradGuard no_grad;
+    auto params = folded->named_parameters();
+    const auto merged = model->plain_parameters();
+    ASSERT_EQ(merged.size(), params.size());
+    for (const auto& [name, weight] : merged) params[name].copy_(weight);
+  }
+  const auto engine = scores_of(model, histories);
+  EXPECT_LT((scores_of(folded, histories) - engine).abs().max().item<double>(), 1e-5);
+  auto exported = export_torchscript(model, ids_of(numbered("", 30)), "model:\n  hidden: 16\n", {});
+  c10::List<c10::List<int64_t>> rows, candidates;
+  for (int64_t r = 0; r < 2; ++r) {
+    c10::List<int64_t> row, every;
+    for (int64_t t = 0; t < 12; ++t)
+      if (histories[r][t].item<int64_t>()) row.push_back(histories[r][t].item<int64_t>());
+    for (int64_t i = 1; i <= 30; ++i) every.push_back(i);
+    rows.push_back(row), candidates.push_back(every);
+  }
+  const auto scored = exported.get_method("score")({rows, candidates}).toTensor();
+  EXPECT_LT((scored - engine.narrow(1, 1, 30)).abs().max().item<double>(), 1e-5);
+  EXPECT_EQ(torchscript_meta(exported).at("parameters").get<int64_t>(), plain->parameter_count());
+}

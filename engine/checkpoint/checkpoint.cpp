@@ -62,6 +62,9 @@ SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items
   o.dropout = config.get_float("model.dropout");
   o.maxlen = config.get_int("model.maxlen");
   o.block = config.get_string("model.block");
+  o.lora_rank = config.get_int("finetune.lora_rank");
+  o.lora_alpha = config.get_float("finetune.lora_alpha");
+  o.lora_dropout = config.get_float("finetune.lora_dropout");
   return o;
 }
 

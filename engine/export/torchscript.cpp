@@ -159,14 +159,14 @@ torch::jit::Module export_torchscript(SASRec& model, const IdMap& items, const s
   if (vocabulary < 1 || vocabulary > o.num_items)
     throw std::invalid_argument("export: the id map has " + std::to_string(vocabulary) + " items, the model " +
                                 std::to_string(o.num_items));
+  // LoRA adapters are folded into their layers' weights: the export is a plain SASRec.
   std::map<std::string, torch::Tensor> p;
-  for (const auto& named : model->named_parameters()) {
-    p[named.key()] = named.value().detach().to(torch::kCPU, torch::kFloat);
+  for (const auto& [name, value] : model->plain_parameters()) {
+    p[name] = value.to(torch::kCPU, torch::kFloat);
     // Rows past the vocabulary (spare rows of a grown table) are never exported, so they may hold anything.
-    const auto exported = named.key() == "item_embedding" ? p[named.key()].narrow(0, 0, vocabulary + 1) : p[named.key()];
+    const auto exported = name == "item_embedding" ? p[name].narrow(0, 0, vocabulary + 1) : p[name];
     if (!torch::isfinite(exported).all().item<bool>())
-      throw std::invalid_argument("export: parameter '" + named.key() +
-                                  "' holds non-finite values (NaN or infinity); nothing was exported");
+      throw std::invalid_argument("export: parameter '" + name + "' holds non-finite values (NaN or infinity); nothing was exported");
   }
   auto stacked = [&](const std::string& name) {
     std::vector<torch::Tensor> per_block;
@@ -192,7 +192,11 @@ torch::jit::Module export_torchscript(SASRec& model, const IdMap& items, const s
   module.register_attribute("scale", c10::FloatType::get(), std::sqrt(static_cast<double>(o.hidden)));
   module.register_attribute("config", c10::StringType::get(), config_yaml);
   nlohmann::json stored = meta.is_object() ? meta : nlohmann::json::object();
-  if (!stored.contains("parameters")) stored["parameters"] = model->parameter_count();
+  if (!stored.contains("parameters")) {  // the exported (plain) model's
+    int64_t parameters = 0;
+    for (const auto& [name, value] : p) parameters += value.numel();
+    stored["parameters"] = parameters;
+  }
   module.register_attribute("meta", c10::StringType::get(), stored.dump());
 
   // Integer ids when every external id is a canonical integer (ML-1M, the generator), else strings.

@@ -16,6 +16,8 @@ FinetuneOptions FinetuneOptions::from_config(const Config& config) {
   o.freeze_known_rows = config.get_string("finetune.known_rows") == "freeze";
   o.item_lr = config.get_float("finetune.item_lr");
   const int64_t blocks = config.get_int("model.blocks");
+  if (o.train == "adapters" && config.get_int("finetune.lora_rank") == 0)
+    throw ConfigError(config.origin("finetune.train") + ": finetune.train=adapters needs adapters: set finetune.lora_rank > 0");
   if (o.train == "top_blocks" && o.top_blocks > blocks)
     throw ConfigError(config.origin("finetune.top_blocks") + ": finetune.top_blocks (" + std::to_string(o.top_blocks) +
                       ") exceeds model.blocks (" + std::to_string(blocks) + ")");
@@ -79,6 +81,7 @@ FinetunePlan::FinetunePlan(SASRec& model, const FinetuneOptions& options, const 
   auto trained = [&](const std::string& name) {
     if (name == "item_embedding") return true;
     if (options.train == "all") return true;
+    if (options.train == "adapters") return name.find("_lora.") != std::string::npos;
     if (options.train == "embeddings") return name == "position_embedding";
     // top_blocks: the last K blocks and the final norm
     if (name.rfind("final_norm.", 0) == 0) return true;

@@ -18,7 +18,7 @@ namespace freshrec {
 struct FinetuneOptions {
   std::string new_items = "mean";  // random | mean: the rows of items the source does not know
   bool keep_unmentioned = false;   // items the source knows and the new data never mentions
-  std::string train = "all";       // all | embeddings | top_blocks
+  std::string train = "all";       // all | embeddings | top_blocks | adapters
   int64_t top_blocks = 1;          // with train=top_blocks: how many of the last blocks are trained
   bool freeze_known_rows = false;  // the known items' rows keep the source's values
   double item_lr = 0;              // the item table's learning rate (0: train.lr)

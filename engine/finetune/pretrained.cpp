@@ -156,7 +156,7 @@ PretrainedModel from_checkpoint(const std::string& path, const CheckpointInfo& i
   m.path = path, m.kind = "freshrec checkpoint";
   const Config config = info.config();
   SASRec model = load_checkpoint_model(path, torch::kCPU);
-  for (const auto& p : model->named_parameters()) m.weights[p.key()] = p.value().detach().clone();
+  for (const auto& [name, weight] : model->plain_parameters()) m.weights[name] = weight.clone();  // adapters folded in
   // A grown table's spare rows past the vocabulary are not items.
   const int64_t items = static_cast<int64_t>(info.items.size());
   m.weights["item_embedding"] = m.weights["item_embedding"].narrow(0, 0, items + 1).clone();

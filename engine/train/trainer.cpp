@@ -325,6 +325,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                                        {"early_stopped", summary.early_stopped},
                                        {"seconds", summary.seconds},
                                        {"parameters", summary.parameters},
+                                       {"trained_parameters", summary.trained_parameters},
                                        {"device", device.str()},
                                        {"validation", nlohmann::json::parse(summary.best_validation.to_json())},
                                        {"test", nlohmann::json::parse(summary.test.to_json())},
