@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <torch/serialize.h>
+#include <caffe2/serialize/inline_container.h>
 
 #include <nlohmann/json.hpp>
 
@@ -179,6 +180,19 @@ TEST(Finetune, RefusesSourcesThatDoNotFit) {
   EXPECT_EQ(load_pretrained(dir + "/good.pt", dir + "/list.json").item_ids[1], "12");
   e = error_of([&] { load_pretrained(dir + "/good.pt"); });
   EXPECT_NE(e.find("holds no item ids"), std::string::npos) << e;
+
+  // Pickles no state_dict holds: a call of anything else (code), and containers nested a million
+  // deep (refused as not a dict, and torn down without recursion).
+  auto pickle_file = [&](const std::string& name, const std::string& pickle) {
+    caffe2::serialize::PyTorchStreamWriter writer(dir + "/" + name);
+    writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+    writer.writeEndOfFile();
+    return dir + "/" + name;
+  };
+  e = error_of([&] { load_pretrained(pickle_file("code.pt", std::string("\x80\x02" "cposix\nsystem\nX\x02\0\0\0lsR.", 25)), ids); });
+  EXPECT_NE(e.find("the file calls posix.system"), std::string::npos) << e;
+  e = error_of([&] { load_pretrained(pickle_file("deep.pt", "\x80\x02N" + std::string(1000000, '\x85') + "."), ids); });
+  EXPECT_NE(e.find("something other than a dict of tensors"), std::string::npos) << e;
 
   // Not a model at all, and a safetensors file whose ranges point outside it.
   write_text(dir + "/text.pt", "PK\x03\x04 not really a zip");

@@ -43,10 +43,28 @@ const std::unordered_map<std::string, torch::ScalarType>& storage_types() {
   return types;
 }
 
+// Empties every container reachable from `values` with a work list, so that no destructor recurses
+// (a file can nest containers a million deep) and no cycle (a dict holding itself through the memo)
+// outlives the reader.
+void dismantle(std::vector<ValuePtr> work) {
+  while (!work.empty()) {
+    ValuePtr v = std::move(work.back());
+    work.pop_back();
+    if (!v) continue;
+    for (auto& child : v->items) work.push_back(std::move(child));
+    v->items.clear();
+  }
+}
+
 class Unpickler {
  public:
   Unpickler(const std::string& path, const char* data, size_t size, caffe2::serialize::PyTorchStreamReader& archive)
       : path_(path), data_(data), size_(size), archive_(archive) {}
+  ~Unpickler() {
+    std::vector<ValuePtr> all(stack_.begin(), stack_.end());
+    for (auto& [key, value] : memo_) all.push_back(value);
+    dismantle(std::move(all));
+  }
 
   ValuePtr run() {
     while (true) {
@@ -312,6 +330,10 @@ std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
   auto [pickle, size] = archive->getRecord("data.pkl");
   Unpickler unpickler(path, static_cast<const char*>(pickle.get()), size, *archive);
   const ValuePtr root = unpickler.run();
+  struct Dismantle {
+    ValuePtr root;
+    ~Dismantle() { dismantle({root}); }
+  } dismantle_root{root};
   if (root->kind != Value::Kind::Dict)
     throw std::runtime_error(path + ": holds something other than a dict of tensors: save model.state_dict(), not the model");
   std::map<std::string, torch::Tensor> out;

@@ -3,8 +3,8 @@
 # (configs/ml1m-pretrain.yaml) fine-tuned on ml-latest-small (configs/mlsmall-finetune.yaml), beside
 # the same model trained there from scratch, each row a real run of the command it names.
 #   bash tools/bench/finetune-transfer.sh [OUT_DIR] [ROW ...]
-# Rows: scratch-s1..3 and full-s1..3 (the headline pair, three seeds each), top-block, embeddings,
-# frozen-known-rows, new-items-random. With no ROW, all of them. The pre-trained model must exist
+# Rows: scratch-s1..3 and full-s1..3 (the headline pair, three seeds each), lora (rank-3 adapters and
+# the new items' rows alone), top-block, embeddings, frozen-known-rows, new-items-random. With no ROW, all of them. The pre-trained model must exist
 # (SOURCE, default runs/ml1m-pretrain/best.pt: `freshrec train -c configs/ml1m-pretrain.yaml`).
 # Prints the table (markdown) from the runs' test.json and source_test.json files.
 set -euo pipefail
@@ -30,8 +30,9 @@ declare -A commands=(
   [embeddings]="finetune --from $source -c $config finetune.train=embeddings"
   [frozen-known-rows]="finetune --from $source -c $config finetune.known_rows=freeze"
   [new-items-random]="finetune --from $source -c $config finetune.new_items=random"
+  [lora]="finetune --from $source -c $config finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze"
 )
-order=(scratch-s1 scratch-s2 scratch-s3 full-s1 full-s2 full-s3 top-block embeddings frozen-known-rows new-items-random)
+order=(scratch-s1 scratch-s2 scratch-s3 full-s1 full-s2 full-s3 lora top-block embeddings frozen-known-rows new-items-random)
 rows=("$@")
 [[ ${#rows[@]} -gt 0 ]] || rows=("${order[@]}")
 for row in "${rows[@]}"; do
@@ -72,6 +73,7 @@ if src:
           f"| `freshrec eval`-style, printed by `finetune` | 0 | {src['test']['HR@10']:.4f} | {src['test']['NDCG@10']:.4f} | |")
 groups = [("from scratch", ["scratch-s1", "scratch-s2", "scratch-s3"], "train -c configs/mlsmall-finetune.yaml train.seed=S"),
           ("full fine-tune", ["full-s1", "full-s2", "full-s3"], f"finetune --from {source} -c configs/mlsmall-finetune.yaml train.seed=S"),
+          ("LoRA adapters (rank 3) and new items' rows only", ["lora"], "... finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze"),
           ("top block only", ["top-block"], "... finetune.train=top_blocks finetune.top_blocks=1"),
           ("embeddings only", ["embeddings"], "... finetune.train=embeddings"),
           ("known rows frozen", ["frozen-known-rows"], "... finetune.known_rows=freeze"),
