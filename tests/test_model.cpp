@@ -839,6 +839,45 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   fs::remove_all(dir);
 }
 
+// stream.update=adapters: a plain teacher gets zero-initialised adapters, the updates change them and
+// the item table alone (every other weight bit for bit the teacher's), and a crash resumes into the
+// same model (the checkpoint's config records the adapters).
+TEST(Stream, AdapterUpdatesChangeTheAdaptersAndItemRowsAlone) {
+  const auto dir = temp_folder("stream-adapters");
+  Config config = stream_config(dir);
+  auto [source, cut, warm, teacher] =
+      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+  Config adapters = config;
+  adapters.apply_override("stream.update=adapters");
+  adapters.apply_override("finetune.lora_rank=2");
+  adapters.apply_override("stream.checkpoint_every=640");
+  source.skip_to(cut);
+  const StreamSummary whole = run_stream(adapters, source, warm, {teacher, "", true, dir + "/whole", "whole"});
+  SASRec before = load_checkpoint_model(teacher, torch::kCPU);
+  SASRec after = load_checkpoint_model(whole.checkpoint, torch::kCPU);
+  EXPECT_EQ(after->options().lora_rank, 2);
+  const auto updated = after->named_parameters();
+  int adapters_seen = 0;
+  for (const auto& p : before->named_parameters()) {
+    if (p.key() == "item_embedding") continue;
+    EXPECT_TRUE(torch::equal(p.value(), updated[p.key()])) << p.key() << " changed";
+  }
+  for (const auto& p : updated)
+    if (p.key().find("_lora.b") != std::string::npos) {
+      ++adapters_seen;
+      EXPECT_GT(p.value().abs().max().item<double>(), 0) << p.key() << " never learned";
+    }
+  EXPECT_EQ(adapters_seen, 8);
+  const auto rows = before->item_embedding().size(0);
+  EXPECT_FALSE(torch::equal(before->item_embedding(), after->item_embedding().narrow(0, 0, rows)));
+
+  const StreamSummary resumed =
+      crash_and_resume(adapters, source, cut, warm, {teacher, "", true, dir + "/crashed", "crashed"}, cut + 1500 + 11);
+  EXPECT_EQ(resumed.events, whole.events);
+  expect_same_weights(whole.checkpoint, resumed.checkpoint);
+  fs::remove_all(dir);
+}
+
 TEST(Stream, FullSoftmaxUpdatesLeaveTheReservedRowsAlone) {
   const auto dir = temp_folder("stream-full");
   Config config = stream_config(dir);

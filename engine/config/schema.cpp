@@ -149,6 +149,9 @@ const std::vector<KeySpec>& config_schema() {
        "newest: learn each event's item from its history; all: also re-learn every position of the user's recent "
        "sequence (more signal per step, more compute)",
        {"newest", "all"}},
+      {"stream.update", K::Choice, "all",
+       "what the teacher's updates change: all (every weight and the touched item rows) or adapters (its LoRA adapters and the touched item rows; a teacher without adapters gets finetune.lora_rank ones)",
+       {"all", "adapters"}},
       {"stream.replay_share", K::Float, "0",
        "past examples replayed per new one in each training step, against forgetting (0: off)", {}, 0, 100},
       {"stream.replay_capacity", K::Int, "4096", "examples kept for replay (reservoir sampling over the stream)", {}, 1, 100000000},

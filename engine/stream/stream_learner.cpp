@@ -120,7 +120,7 @@ struct Reservoir {
 struct Settings {
   int64_t batch_size, window, history_keep, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity, ce_chunk;
   int64_t publish_every, publish_keep;
-  bool full_softmax, all_positions, exclude_seen;
+  bool full_softmax, all_positions, exclude_seen, adapters_only;
   double lr, clip, max_loss, replay_share, checkpoint_seconds, publish_seconds;
   uint64_t seed;
   explicit Settings(const Config& c)
@@ -138,6 +138,7 @@ struct Settings {
         full_softmax(c.get_string("stream.loss") == "full"),
         all_positions(c.get_string("stream.train_positions") == "all"),
         exclude_seen(c.get_bool("train.exclude_seen")),
+        adapters_only(c.get_string("stream.update") == "adapters"),
         lr(c.get_float("stream.lr")),
         clip(c.get_float("train.clip_norm")),
         max_loss(c.get_float("stream.max_loss")),
@@ -173,7 +174,9 @@ class StreamLearner {
     const std::string& start = run.resume.empty() ? run.teacher : run.resume;
     if (start.empty()) throw std::runtime_error("stream: a teacher checkpoint (or a stream checkpoint to resume) is needed");
     info_ = read_checkpoint_info(start);
-    teacher_ = Learner(load_checkpoint_model(start, device_), config, settings_.lr);
+    SASRec teacher = load_checkpoint_model(start, device_);
+    if (settings_.adapters_only && teacher->options().lora_rank == 0) teacher = with_adapters(teacher, config);
+    teacher_ = Learner(teacher, config, settings_.lr, settings_.adapters_only);
     model_ = teacher_.model;
     model_->set_dropout(update_dropout(config, model_->options().dropout));
     items_ = info_.items;
@@ -916,6 +919,35 @@ class StreamLearner {
       reservoir_.histories.emplace_back(flat.begin() + at, flat.begin() + at + n);
       at += n;
     }
+  }
+
+  // The teacher with LoRA adapters of the stream config's finetune.lora_* added (they start at zero,
+  // so the model's answers do not change); the checkpoints' config records them, so a resume builds
+  // the same model.
+  SASRec with_adapters(SASRec& plain, const Config& config) {
+    auto options = plain->options();
+    options.lora_rank = config.get_int("finetune.lora_rank");
+    options.lora_alpha = config.get_float("finetune.lora_alpha");
+    options.lora_dropout = config.get_float("finetune.lora_dropout");
+    if (options.lora_rank == 0)
+      throw ConfigError(config.origin("stream.update") + ": stream.update=adapters needs adapters: a teacher fine-tuned "
+                        "with them, or finetune.lora_rank > 0 to add them");
+    torch::manual_seed(settings_.seed * 7919ULL + 17);  // the adapters' A: the same in every run of this config
+    SASRec adapted(options);
+    {
+      torch::NoGradGuard no_grad;
+      auto params = adapted->named_parameters();
+      for (const auto& p : plain->named_parameters()) params[p.key()].copy_(p.value());
+    }
+    adapted->to(device_);
+    Config saved = info_.config();
+    saved.apply_override("finetune.lora_rank=" + std::to_string(options.lora_rank));
+    saved.apply_override("finetune.lora_alpha=" + std::to_string(options.lora_alpha));
+    saved.apply_override("finetune.lora_dropout=" + std::to_string(options.lora_dropout));
+    info_.config_yaml = saved.to_yaml();
+    spdlog::info("stream: the teacher's updates change its rank-{} LoRA adapters and the touched item rows alone",
+                 options.lora_rank);
+    return adapted;
   }
 
   Settings settings_;

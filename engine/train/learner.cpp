@@ -3,9 +3,20 @@
 
 namespace freshrec {
 
-Learner::Learner(SASRec m, const Config& config, double lr) : model(std::move(m)) {
+Learner::Learner(SASRec m, const Config& config, double lr, bool adapters_only) : model(std::move(m)) {
   const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
-  dense = std::make_unique<FusedAdam>(model->dense_parameters(), torch::optim::AdamOptions(lr).betas({beta1, beta2}));
+  std::vector<torch::Tensor> trained = model->dense_parameters();
+  if (adapters_only) {
+    trained.clear();
+    for (const auto& p : model->named_parameters()) {
+      if (p.value().is_same(model->item_embedding())) continue;
+      const bool adapter = p.key().find("_lora.") != std::string::npos;
+      p.value().set_requires_grad(adapter);
+      if (adapter) trained.push_back(p.value());
+    }
+    if (trained.empty()) throw std::invalid_argument("adapter-only updates need a model with LoRA adapters");
+  }
+  dense = std::make_unique<FusedAdam>(trained, torch::optim::AdamOptions(lr).betas({beta1, beta2}));
   ops::RowwiseAdamOptions o;
   o.lr = lr, o.beta1 = beta1, o.beta2 = beta2;
   o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";

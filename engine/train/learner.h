@@ -20,7 +20,9 @@ struct Learner {
 
   Learner() = default;
   // Optimizers at learning rate `lr`, with train.beta1 / beta2 / sparse_bias_correction from `config`.
-  Learner(SASRec m, const Config& config, double lr);
+  // With adapters_only, the dense optimizer holds the model's LoRA adapters alone and the other dense
+  // weights are frozen (the item table still learns its touched rows); the model must have adapters.
+  Learner(SASRec m, const Config& config, double lr, bool adapters_only = false);
   explicit operator bool() const { return static_cast<bool>(model); }
   // The item table grew to `rows` (new rows start with zero moments).
   void grow(int64_t rows);
