@@ -110,7 +110,7 @@ int run_finetune_job(const Config& config, const std::string& from, const std::s
   configure_threads(config.get_int("train.threads"));
   const TrainSummary s = train_model(config, log, resume_path, "", &source);
 
-  // The source as it is, on the same test split: the events of items it knows.
+  // The source as it is, on this data restricted to the items it knows (its own leave-one-out split).
   const torch::Device device = select_device(config.get_string("train.device"));
   IdMap source_items(1);
   for (const auto& id : source.item_ids) source_items.intern(id);
@@ -133,7 +133,8 @@ int run_finetune_job(const Config& config, const std::string& from, const std::s
               static_cast<long long>(s.parameters), static_cast<long long>(s.trained_parameters));
   std::printf("validation (best epoch):\n%s", format_metrics_table({{"fine-tuned", s.best_validation}}).c_str());
   std::printf("test:\n%s", format_metrics_table({{"fine-tuned", s.test}, {"popularity", s.popularity_test}}).c_str());
-  std::printf("test of the source as it is (%s; the %zu events of items it does not know left out):\n%s",
+  std::printf("test of the source as it is (%s), on this data without the items it does not know (their %zu events "
+              "removed from every history, leave-one-out on what remains: another split than the one above):\n%s",
               source.kind.c_str(), dropped,
               format_metrics_table({{"source", source_test}, {"popularity", known_popularity}}).c_str());
   const std::filesystem::path out_dir = config.get_string("train.output_dir");

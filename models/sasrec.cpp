@@ -36,8 +36,9 @@ void LoraAdapterImpl::reset() {
   b_.zero_();
 }
 
-torch::Tensor LoraAdapterImpl::delta(const torch::Tensor& x, int64_t from, int64_t count) {
-  const auto down = torch::linear(torch::dropout(x, dropout_, is_training()), a_);
+torch::Tensor LoraAdapterImpl::down(const torch::Tensor& x) { return torch::linear(torch::dropout(x, dropout_, is_training()), a_); }
+
+torch::Tensor LoraAdapterImpl::up(const torch::Tensor& down, int64_t from, int64_t count) const {
   return torch::linear(down, b_.narrow(0, from, count)) * scale_;
 }
 
@@ -72,11 +73,11 @@ SASRecBlockImpl::SASRecBlockImpl(int64_t hidden, int64_t heads, int64_t ffn_hidd
 }
 
 torch::Tensor SASRecBlockImpl::project(const torch::Tensor& x, torch::nn::Linear& layer, LoraAdapter& adapter,
-                                       int64_t from, int64_t count) {
+                                       int64_t from, int64_t count, const torch::Tensor& down) {
   torch::Tensor y = count < 0 ? layer->forward(x)
                               : torch::linear(x, layer->weight.narrow(0, from, count), layer->bias.narrow(0, from, count));
   if (!adapter) return y;
-  return y + adapter->delta(x, from, count < 0 ? layer->weight.size(0) : count);
+  return y + adapter->up(down.defined() ? down : adapter->down(x), from, count < 0 ? layer->weight.size(0) : count);
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> SASRecBlockImpl::merged_weights() const {
@@ -114,8 +115,9 @@ torch::Tensor SASRecBlockImpl::forward(const torch::Tensor& x, const torch::Tens
   if (separate_products) {
     // Queries, keys and values from the rows of qkv_, each its own product: no (B, T, 3C) tensor to
     // split, whose gradient would be assembled from three copies.
+    const torch::Tensor down = qkv_lora_ ? qkv_lora_->down(normed) : torch::Tensor();  // one dropout mask for q, k, v
     auto part = [&](int64_t p) {
-      return project(normed, qkv_, qkv_lora_, p * C, C).view({B, T, heads_, C / heads_}).transpose(1, 2);
+      return project(normed, qkv_, qkv_lora_, p * C, C, down).view({B, T, heads_, C / heads_}).transpose(1, 2);
     };
     attended = torch::scaled_dot_product_attention(part(0), part(1), part(2), mask, attention_dropout);
   } else {
@@ -147,9 +149,11 @@ torch::Tensor SASRecBlockImpl::forward_last(const torch::Tensor& x, const torch:
   }
   // Keys and values of every position, the query of the newest: the rows of qkv_ split.
   auto normed = attention_norm_->forward(x);
-  auto q = project(normed.narrow(1, T - 1, 1), qkv_, qkv_lora_, 0, C).view({B, 1, heads_, C / heads_}).transpose(1, 2);  // (B, heads, 1, C/heads)
+  const torch::Tensor down = qkv_lora_ ? qkv_lora_->down(normed) : torch::Tensor();  // one dropout mask for q, k, v
+  auto q = project(normed.narrow(1, T - 1, 1), qkv_, qkv_lora_, 0, C, down.defined() ? down.narrow(1, T - 1, 1) : down)
+               .view({B, 1, heads_, C / heads_}).transpose(1, 2);  // (B, heads, 1, C/heads)
   auto part = [&](int64_t p) {
-    return project(normed, qkv_, qkv_lora_, p * C, C).view({B, T, heads_, C / heads_}).transpose(1, 2);
+    return project(normed, qkv_, qkv_lora_, p * C, C, down).view({B, T, heads_, C / heads_}).transpose(1, 2);
   };
   auto attended = torch::scaled_dot_product_attention(q, part(1), part(2), last_mask, attention_dropout);
   attended = attended.transpose(1, 2).reshape({B, 1, C});

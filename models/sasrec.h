@@ -37,8 +37,12 @@ struct SASRecOptions {
 class LoraAdapterImpl : public torch::nn::Module {
  public:
   LoraAdapterImpl(int64_t in, int64_t out, int64_t rank, double alpha, double dropout);
-  // scale * B[from:from+count] A dropout(x): the adapter's share of rows [from, from + count) of the output.
-  torch::Tensor delta(const torch::Tensor& x, int64_t from, int64_t count);
+  // scale * B[from:from+count] A dropout(x): the adapter's share of rows [from, from + count) of the
+  // output; down(x) = A dropout(x) and up(down, ...) are its two halves, so that several row ranges
+  // of one input share one dropout mask and one down-projection.
+  torch::Tensor delta(const torch::Tensor& x, int64_t from, int64_t count) { return up(down(x), from, count); }
+  torch::Tensor down(const torch::Tensor& x);
+  torch::Tensor up(const torch::Tensor& down, int64_t from, int64_t count) const;
   // The weight with the adapter folded in: W + scale * B A.
   torch::Tensor merged(const torch::Tensor& weight) const;
   void reset();  // A as nn.Linear initialises its weight, B zero
@@ -74,9 +78,10 @@ class SASRecBlockImpl : public torch::nn::Module {
   void reset_adapters();
 
  private:
-  // layer(x), or rows [from, from + count) of it; plus the layer's adapter when it has one.
+  // layer(x), or rows [from, from + count) of it; plus the layer's adapter when it has one (from
+  // `down`, its down-projection of x, when given).
   torch::Tensor project(const torch::Tensor& x, torch::nn::Linear& layer, LoraAdapter& adapter, int64_t from = 0,
-                        int64_t count = -1);
+                        int64_t count = -1, const torch::Tensor& down = {});
 
   int64_t heads_;
   double dropout_;

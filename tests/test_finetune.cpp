@@ -20,6 +20,7 @@
 #include "engine/finetune/finetune.h"
 #include "engine/finetune/pretrained.h"
 #include "engine/finetune/safetensors.h"
+#include "engine/finetune/state_dict.h"
 #include "models/sasrec.h"
 
 namespace fs = std::filesystem;
@@ -134,6 +135,76 @@ TEST(Finetune, APyTorchStateDictImportsWithTheSameScores) {
     for (int64_t item = 1; item <= 40; ++item)
       EXPECT_LT((again.select(1, 41 - item) - scores.select(1, item)).abs().max().item<double>(), 1e-5) << file << " item " << item;
   }
+}
+
+// The pickle torch.save writes for a state_dict, assembled opcode by opcode as Python's pickler emits
+// it (protocol 2): an OrderedDict built by REDUCE, its items by SETITEMS, two tensors over one shared
+// storage (the second a view at an offset), and the _metadata state set by BUILD. Also a BUILD whose
+// state nests a million tuples deep, which is dropped without recursion.
+TEST(Finetune, TorchSaveStateDictPicklesAreRead) {
+  const std::string dir = temp_folder("pickle");
+  // Opcodes by name (protocol 2); every byte pushed one by one, so NULs stay.
+  auto b = [](std::initializer_list<int> bytes) {
+    std::string out;
+    for (int v : bytes) out.push_back(static_cast<char>(v));
+    return out;
+  };
+  auto text = [](const std::string& s) {  // BINUNICODE
+    std::string out = "X";
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((s.size() >> (8 * i)) & 0xff));
+    return out + s;
+  };
+  auto global = [](const std::string& module, const std::string& name) { return "c" + module + "\n" + name + "\n"; };
+  auto put = [&](int n) { return b({'q', n}); };
+  auto get = [&](int n) { return b({'h', n}); };
+  auto k = [&](int n) { return b({'K', n}); };
+  const std::string mark = "(", tuple = "t", empty_tuple = ")", reduce = "R", persid = "Q", newfalse = b({0x89});
+  const std::string tuple1 = b({0x85}), tuple2 = b({0x86});
+  // _rebuild_tensor_v2(storage '0' of 6 floats, offset, size, stride, False, OrderedDict())
+  auto tensor = [&](int offset, const std::string& size, const std::string& stride) {
+    return get(2) + mark + mark + text("storage") + get(3) + text("0") + text("cpu") + k(6) + tuple + persid + k(offset) +
+           size + stride + newfalse + get(0) + empty_tuple + reduce + tuple + reduce;
+  };
+  std::string pickle = b({0x80, 2}) + global("collections", "OrderedDict") + put(0) + empty_tuple + reduce + put(1) + mark;
+  pickle += text("w") + global("torch._utils", "_rebuild_tensor_v2") + put(2) + mark + mark + text("storage") +
+            global("torch", "FloatStorage") + put(3) + text("0") + text("cpu") + k(6) + tuple + persid + k(0) + k(2) + k(3) +
+            tuple2 + k(3) + k(1) + tuple2 + newfalse + get(0) + empty_tuple + reduce + tuple + reduce;
+  const std::string view = tensor(2, k(2) + tuple1, k(1) + tuple1);
+  pickle += text("v") + view + "u";
+  pickle += "}" + text("_metadata") + get(0) + empty_tuple + reduce + mark + text("") + "}" + text("version") + k(1) + "s" +
+            "u" + "s" + "b.";
+  std::vector<float> values = {0, 1, 2, 3, 4, 5};
+  {
+    caffe2::serialize::PyTorchStreamWriter writer(dir + "/sd.pt");
+    writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+    writer.writeRecord("data/0", values.data(), values.size() * sizeof(float));
+    writer.writeEndOfFile();
+  }
+  const auto sd = read_state_dict(dir + "/sd.pt");
+  ASSERT_EQ(sd.size(), 2u);
+  EXPECT_TRUE(torch::equal(sd.at("w"), torch::arange(6, torch::kFloat).view({2, 3})));
+  EXPECT_TRUE(torch::equal(sd.at("v"), torch::tensor({2.0f, 3.0f})));
+
+  // A BUILD state nested a million deep is dropped, not recursed into.
+  std::string deep = b({0x80, 2}) + "}" + "N" + std::string(1000000, '\x85') + "b.";
+  {
+    caffe2::serialize::PyTorchStreamWriter writer(dir + "/deep.pt");
+    writer.writeRecord("data.pkl", deep.data(), deep.size());
+    writer.writeEndOfFile();
+  }
+  EXPECT_TRUE(read_state_dict(dir + "/deep.pt").empty());
+
+  // A view past its storage is refused.
+  std::string past = pickle;
+  past.replace(past.find(view), view.size(), tensor(5, k(2) + tuple1, k(1) + tuple1));
+  {
+    caffe2::serialize::PyTorchStreamWriter writer(dir + "/past.pt");
+    writer.writeRecord("data.pkl", past.data(), past.size());
+    writer.writeRecord("data/0", values.data(), values.size() * sizeof(float));
+    writer.writeEndOfFile();
+  }
+  const std::string e = error_of([&] { read_state_dict(dir + "/past.pt"); });
+  EXPECT_NE(e.find("reads past its storage (6 elements)"), std::string::npos) << e;
 }
 
 // Sources that do not fit are refused, naming what and where, before anything is written.
@@ -345,6 +416,32 @@ TEST(Finetune, CommandLineTrainsFineTunesAndExports) {
   std::tie(rc, out) = run("finetune --from " + dir + "/tuned.pt" + other + " train.epochs=1 train.output_dir=" + dir + "/again");
   ASSERT_EQ(rc, 0) << out;
   EXPECT_TRUE(fs::exists(dir + "/again/best.pt"));
+
+  // Known rows frozen through the trainer, with the row-wise optimizer of sampled-softmax training
+  // and the item table's own rate: every row of an item the source knows is the source's, bit for bit.
+  std::tie(rc, out) = run("finetune --from " + dir + "/source/best.pt" + other +
+                          " finetune.known_rows=freeze finetune.item_lr=0.01 train.loss=sampled train.negatives=32"
+                          " train.sparse_embeddings=true train.output_dir=" + dir + "/frozen");
+  ASSERT_EQ(rc, 0) << out;
+  const CheckpointInfo source_info = read_checkpoint_info(dir + "/source/best.pt");
+  const CheckpointInfo frozen_info = read_checkpoint_info(dir + "/frozen/best.pt");
+  SASRec frozen = load_checkpoint_model(dir + "/frozen/best.pt", torch::kCPU);
+  int known = 0, moved_new = 0;
+  for (int32_t id = 1; id <= static_cast<int32_t>(frozen_info.items.size()); ++id) {
+    const int32_t in_source = source_info.items.find(frozen_info.items.external(id));
+    if (in_source < 0) {
+      moved_new += !torch::equal(frozen->item_embedding()[id], frozen->item_embedding()[frozen_info.items.size()]);
+      continue;
+    }
+    ++known;
+    EXPECT_TRUE(torch::equal(frozen->item_embedding()[id], before->item_embedding()[in_source])) << "item " << id;
+  }
+  EXPECT_EQ(known, 80);
+  EXPECT_GT(moved_new, 0);  // new items learned rows of their own
+  // A fine-tune resumes only as a fine-tune.
+  std::tie(rc, out) = run("train" + other + " train.output_dir=" + dir + "/frozen --resume " + dir + "/frozen/last.pt");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("resume it with freshrec finetune --from SOURCE --resume"), std::string::npos) << out;
 
   // Refusals leave nothing behind: another width, and an ids file for a checkpoint.
   std::tie(rc, out) = run("finetune --from " + dir + "/source/best.pt" + other + " model.hidden=32 train.output_dir=" + dir + "/wide");

@@ -112,6 +112,10 @@ FinetunePlan::FinetunePlan(SASRec& model, const FinetuneOptions& options, const 
                  std::to_string(table_rows) + " item rows";
 }
 
+void FinetunePlan::snapshot() {
+  if (frozen_rows_.defined()) frozen_values_ = model_->item_embedding().detach().index_select(0, frozen_rows_).clone();
+}
+
 void FinetunePlan::restore() {
   if (!frozen_rows_.defined()) return;
   torch::NoGradGuard no_grad;

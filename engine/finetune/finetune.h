@@ -49,6 +49,8 @@ class FinetunePlan {
   bool item_table_trained() const { return true; }  // new items always learn their rows
   // Writes the frozen rows back (an optimizer's step moves every row it is given).
   void restore();
+  // Takes the frozen rows' values from the model again (after a resumed run loaded its weights).
+  void snapshot();
   int64_t trained_parameters() const { return trained_; }
   std::string describe() const { return description_; }
 

@@ -3,9 +3,11 @@
 
 #include <torch/script.h>
 #include <torch/serialize.h>
+#include <caffe2/serialize/inline_container.h>
 
 #include <nlohmann/json.hpp>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -111,9 +113,17 @@ void place_weights(PretrainedModel& m) {
       } catch (const std::exception&) {
       }
     }
-  m.blocks = block_ids.empty() ? 0 : *block_ids.rbegin() + 1;
+  m.blocks = static_cast<int64_t>(block_ids.size());
   if (m.blocks <= 0) throw std::runtime_error(m.path + ": no 'blocks.N.*' weights: not a SASRec model");
+  if (*block_ids.begin() != 0 || *block_ids.rbegin() != m.blocks - 1 || m.blocks > 256)
+    throw std::runtime_error(m.path + ": the blocks are numbered " + std::to_string(*block_ids.begin()) + " to " +
+                             std::to_string(*block_ids.rbegin()) + " (" + std::to_string(m.blocks) +
+                             " of them): a SASRec has blocks 0 to N - 1, at most 256");
   m.ffn_hidden = dim("blocks.0.ffn_in.weight", 0);
+  if (m.hidden < 1 || m.maxlen < 1 || m.ffn_hidden < 1)
+    throw std::runtime_error(m.path + ": item_embedding, position_embedding and blocks.0.ffn_in.weight must have "
+                             "non-empty shapes (hidden " + std::to_string(m.hidden) + ", maxlen " + std::to_string(m.maxlen) +
+                             ", feed-forward " + std::to_string(m.ffn_hidden) + ")");
   const int64_t rows = dim("item_embedding", 0);
   if (rows < 2) throw std::runtime_error(m.path + ": item_embedding has " + std::to_string(rows) + " rows; it needs padding and an item");
 
@@ -169,8 +179,17 @@ PretrainedModel from_checkpoint(const std::string& path, const CheckpointInfo& i
 PretrainedModel from_torchscript(const std::string& path, torch::jit::Module& module) {
   PretrainedModel m;
   m.path = path, m.kind = "TorchScript export";
-  std::map<std::string, torch::Tensor> p;
-  for (const auto& named : module.named_parameters(/*recurse=*/false)) p[named.name] = named.value;
+  std::map<std::string, torch::Tensor> found;
+  for (const auto& named : module.named_parameters(/*recurse=*/false)) found[named.name] = named.value;
+  struct Named {
+    const std::map<std::string, torch::Tensor>& map;
+    const std::string& path;
+    const torch::Tensor& at(const std::string& name) const {
+      const auto it = map.find(name);
+      if (it == map.end()) throw std::runtime_error(path + ": the export has no parameter '" + name + "'");
+      return it->second;
+    }
+  } p{found, path};
   const int64_t blocks = module.attr("blocks").toInt();
   m.weights["item_embedding"] = p.at("item_embedding");
   m.weights["position_embedding"] = p.at("position_embedding");
@@ -192,11 +211,55 @@ PretrainedModel from_torchscript(const std::string& path, torch::jit::Module& mo
   return m;
 }
 
-bool is_zip(const std::string& path) {
+
+}  // namespace
+
+namespace {
+
+// What kind of zip archive `path` is, from its record names alone (nothing in it is run): TorchScript
+// archives (checkpoints, exports) hold code/ or constants.pkl; a torch.save file holds data.pkl and data/.
+bool is_torchscript_archive(const std::string& path) {
+  caffe2::serialize::PyTorchStreamReader archive(path);
+  for (const auto& name : archive.getAllRecords())
+    if (name.rfind("code/", 0) == 0 || name == "constants.pkl") return true;
+  return false;
+}
+
+PretrainedModel read_source(const std::string& path) {
+  PretrainedModel m;
   std::ifstream in(path, std::ios::binary);
   char magic[4] = {};
   in.read(magic, 4);
-  return in && std::memcmp(magic, "PK\x03\x04", 4) == 0;
+  if (in && std::memcmp(magic, "PK\x03\x04", 4) == 0) {
+    if (!is_torchscript_archive(path)) {
+      m.kind = "PyTorch state_dict", m.weights = read_state_dict(path);
+      return m;
+    }
+    // A TorchScript archive: a freshrec checkpoint, or an export. Loading one runs its code, as
+    // torch.jit.load does: load only files you trust.
+    std::string checkpoint_error;
+    try {
+      return from_checkpoint(path, read_checkpoint_info(path));
+    } catch (const std::exception& e) {
+      checkpoint_error = e.what();
+    }
+    torch::jit::Module module;
+    try {
+      module = torch::jit::load(path, torch::kCPU);
+    } catch (const c10::Error& e) {
+      throw std::runtime_error(path + ": a TorchScript archive that does not load (" + e.what_without_backtrace() +
+                               "); as a checkpoint: " + checkpoint_error);
+    }
+    if (!module.hasattr("item_ids") || !module.hasattr("blocks") || !module.hasattr("heads") || !module.hasattr("original_block"))
+      throw std::runtime_error(path + ": a TorchScript archive but not a freshrec export (no item_ids, blocks, heads); "
+                               "as a checkpoint: " + checkpoint_error);
+    return from_torchscript(path, module);
+  }
+  if (in && static_cast<unsigned char>(magic[0]) == 0x80)
+    throw std::runtime_error(path + ": a pickle without its zip archive (torch.save before PyTorch 1.6, or "
+                             "_use_new_zipfile_serialization=False): save it again with a current torch");
+  m.kind = "safetensors", m.weights = read_safetensors(path);
+  return m;
 }
 
 }  // namespace
@@ -204,32 +267,10 @@ bool is_zip(const std::string& path) {
 PretrainedModel load_pretrained(const std::string& path, const std::string& ids_path) {
   if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such file");
   PretrainedModel m;
-  if (is_zip(path)) {
-    std::optional<CheckpointInfo> info;
-    try {
-      info = read_checkpoint_info(path);
-    } catch (const std::exception&) {  // not a checkpoint: an export or a state_dict
-    }
-    std::optional<torch::jit::Module> module;
-    if (!info) {
-      try {
-        module = torch::jit::load(path, torch::kCPU);
-        if (!module->hasattr("item_ids") || !module->hasattr("blocks")) module.reset();
-      } catch (const std::exception&) {
-      }
-    }
-    if (info) m = from_checkpoint(path, *info);
-    else if (module) m = from_torchscript(path, *module);
-    else {
-      m.kind = "PyTorch state_dict";
-      try {
-        m.weights = read_state_dict(path);
-      } catch (const std::runtime_error& e) {
-        throw std::runtime_error(std::string(e.what()) + " (nor is it a freshrec checkpoint or TorchScript export)");
-      }
-    }
-  } else {
-    m.kind = "safetensors", m.weights = read_safetensors(path);
+  try {
+    m = read_source(path);
+  } catch (const c10::Error& e) {  // LibTorch's readers name no file
+    throw std::runtime_error(path + ": cannot read: " + e.what_without_backtrace());
   }
   m.path = path;
   const bool own_ids = m.kind == "freshrec checkpoint" || m.kind == "TorchScript export";
@@ -248,7 +289,11 @@ PretrainedModel load_pretrained(const std::string& path, const std::string& ids_
     m.weights = std::move(renamed);
     m.item_ids = read_ids(ids_path);
   }
-  place_weights(m);
+  try {
+    place_weights(m);
+  } catch (const c10::Error& e) {
+    throw std::runtime_error(path + ": " + e.what_without_backtrace());
+  }
   return m;
 }
 

@@ -1,7 +1,9 @@
 // A model trained elsewhere, read for fine-tuning: its weights under this engine's parameter names
 // and the external item id of each row of its item table.
 //
-// Sources (found by content, not by file name):
+// Sources (found by content, not by file name; a zip's reader is chosen from its record names, so a
+// state_dict is never handed to TorchScript; checkpoints and exports are TorchScript archives, whose
+// loading runs their code: trusted files only):
 // - a freshrec checkpoint (`train`, `distill`, `stream`): weights, config and item ids inside;
 // - a freshrec TorchScript export: the same;
 // - a PyTorch state_dict saved with `torch.save(model.state_dict(), path)`, or a safetensors file,

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -52,8 +53,13 @@ std::map<std::string, torch::Tensor> read_safetensors(const std::string& path) {
   if (!header.is_object()) fail("its header is not a JSON object");
   const uint64_t data_bytes = file_bytes - 8 - header_bytes;
 
-  std::map<std::string, torch::Tensor> tensors;
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  struct Entry {
+    std::string name;
+    const DType* dtype;
+    std::vector<int64_t> shape;
+    uint64_t begin, end;
+  };
+  std::vector<Entry> entries;
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") continue;
     auto bad = [&](const std::string& what) { fail("tensor '" + name + "': " + what); };
@@ -84,16 +90,24 @@ std::map<std::string, torch::Tensor> read_safetensors(const std::string& path) {
     if (end - begin != numel * static_cast<uint64_t>(dtype->bytes))
       bad("holds " + std::to_string(end - begin) + " bytes, its shape and dtype need " +
           std::to_string(numel * static_cast<uint64_t>(dtype->bytes)));
-    ranges.emplace_back(begin, end);
-    auto tensor = torch::empty(shape, torch::TensorOptions().dtype(dtype->type));
-    in.seekg(static_cast<std::streamoff>(8 + header_bytes + begin));
-    in.read(static_cast<char*>(tensor.data_ptr()), static_cast<std::streamsize>(end - begin));
-    if (!in) bad("cannot read its bytes");
-    tensors.emplace(name, std::move(tensor));
+    entries.push_back({name, dtype, std::move(shape), begin, end});
   }
-  std::sort(ranges.begin(), ranges.end());
-  for (size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i].first < ranges[i - 1].second) fail("two tensors share bytes");
+  // Every range is checked before a tensor is allocated: overlapping ranges would let a small file
+  // claim its bytes many times over.
+  std::vector<const Entry*> by_offset;
+  for (const auto& e : entries) by_offset.push_back(&e);
+  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
+  for (size_t i = 1; i < by_offset.size(); ++i)
+    if (by_offset[i]->begin < by_offset[i - 1]->end)
+      fail("tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name + "' share bytes");
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& e : entries) {
+    auto tensor = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype->type));
+    in.seekg(static_cast<std::streamoff>(8 + header_bytes + e.begin));
+    in.read(static_cast<char*>(tensor.data_ptr()), static_cast<std::streamsize>(e.end - e.begin));
+    if (!in) fail("tensor '" + e.name + "': cannot read its bytes");
+    tensors.emplace(e.name, std::move(tensor));
+  }
   return tensors;
 }
 

@@ -6,7 +6,10 @@
 #include <torch/torch.h>
 #include <caffe2/serialize/inline_container.h>
 
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <unordered_map>
@@ -18,7 +21,17 @@ namespace {
 struct Value;
 using ValuePtr = std::shared_ptr<Value>;
 
+void dismantle(std::vector<ValuePtr> work, bool all = false);
+
 struct Value {
+  Value() = default;
+  Value(const Value&) = delete;
+  Value& operator=(const Value&) = delete;
+  // Children are torn down with a work list, never by recursion: a file can nest containers a
+  // million deep, and any value (a BUILD's state, a REDUCE's arguments) may be dropped.
+  ~Value() {
+    if (!items.empty()) dismantle(std::move(items));
+  }
   enum class Kind { None, Bool, Int, Float, String, Tuple, List, Dict, Tensor, Global, Mark } kind = Kind::None;
   int64_t integer = 0;
   double number = 0;
@@ -43,14 +56,14 @@ const std::unordered_map<std::string, torch::ScalarType>& storage_types() {
   return types;
 }
 
-// Empties every container reachable from `values` with a work list, so that no destructor recurses
-// (a file can nest containers a million deep) and no cycle (a dict holding itself through the memo)
-// outlives the reader.
-void dismantle(std::vector<ValuePtr> work) {
+// Tears down the containers reachable from `work` with a work list, so that no destructor recurses:
+// those held nowhere else (a value still held elsewhere loses one reference and lives on), or with
+// `all`, every one (the reader's end: no cycle, a dict holding itself through the memo, outlives it).
+void dismantle(std::vector<ValuePtr> work, bool all) {
   while (!work.empty()) {
     ValuePtr v = std::move(work.back());
     work.pop_back();
-    if (!v) continue;
+    if (!v || (!all && v.use_count() > 1)) continue;
     for (auto& child : v->items) work.push_back(std::move(child));
     v->items.clear();
   }
@@ -58,12 +71,14 @@ void dismantle(std::vector<ValuePtr> work) {
 
 class Unpickler {
  public:
-  Unpickler(const std::string& path, const char* data, size_t size, caffe2::serialize::PyTorchStreamReader& archive)
-      : path_(path), data_(data), size_(size), archive_(archive) {}
+  Unpickler(const std::string& path, const char* data, size_t size, caffe2::serialize::PyTorchStreamReader& archive,
+            uint64_t file_bytes)
+      : path_(path), data_(data), size_(size), archive_(archive), file_bytes_(file_bytes) {}
   ~Unpickler() {
     std::vector<ValuePtr> all(stack_.begin(), stack_.end());
     for (auto& [key, value] : memo_) all.push_back(value);
-    dismantle(std::move(all));
+    for (auto& [key, value] : storages_) all.push_back(value);
+    dismantle(std::move(all), /*all=*/true);
   }
 
   ValuePtr run() {
@@ -233,8 +248,8 @@ class Unpickler {
     if (kind == Value::Kind::Dict && items.size() % 2) fail("SETITEMS with an odd number of values");
     target->items.insert(target->items.end(), items.begin(), items.end());
   }
-  static const std::string& as_string(const ValuePtr& v) {
-    if (v->kind != Value::Kind::String) throw std::runtime_error("expected a string");
+  const std::string& as_string(const ValuePtr& v) const {
+    if (v->kind != Value::Kind::String) fail("STACK_GLOBAL with a module or name that is not a string");
     return v->text;
   }
   ValuePtr global(const std::string& name) {
@@ -252,7 +267,9 @@ class Unpickler {
     if (tuple->kind != Value::Kind::Tuple) fail("a tensor's size or stride is not a tuple");
     std::vector<int64_t> out;
     for (const auto& v : tuple->items) {
-      if (v->kind != Value::Kind::Int || v->integer < 0) fail("a tensor's size or stride holds a non-integer or negative value");
+      if (v->kind != Value::Kind::Int || v->integer < 0 || v->integer > (int64_t{1} << 31))
+        fail("a tensor's size or stride holds a non-integer, negative or over 2^31 value");
+      if (out.size() >= 16) fail("a tensor of over 16 dimensions");
       out.push_back(v->integer);
     }
     return out;
@@ -275,15 +292,26 @@ class Unpickler {
       const int64_t offset = a[1]->integer;
       const auto sizes = ints(a[2]), strides = ints(a[3]);
       if (sizes.size() != strides.size()) fail("a tensor whose size and stride differ in length");
-      int64_t last = offset;  // the furthest element the view reads
+      // Sizes and strides are in [0, 2^31] (ints() checks): each product below fits, and the sums are
+      // checked before they could overflow.
+      if (offset < 0 || offset > storage.numel()) fail("a tensor whose offset lies outside its storage");
+      int64_t last = offset, elements = 1;  // the furthest element the view reads; how many it holds
       bool empty = false;
       for (size_t d = 0; d < sizes.size(); ++d) {
-        if (sizes[d] == 0) empty = true;
-        else if (sizes[d] > (int64_t{1} << 40) || strides[d] > (int64_t{1} << 40)) fail("a tensor too large");
-        else last += (sizes[d] - 1) * strides[d];
+        if (sizes[d] == 0) {
+          empty = true;
+          continue;
+        }
+        const int64_t reach = (sizes[d] - 1) * strides[d];
+        if (reach > std::numeric_limits<int64_t>::max() / 2 - last) fail("a tensor whose strides reach past 2^62 elements");
+        last += reach;
+        elements = std::min<int64_t>(elements * sizes[d], int64_t{1} << 40);
       }
-      if (offset < 0 || (!empty && last >= storage.numel()))
+      if (!empty && last >= storage.numel())
         fail("a tensor that reads past its storage (" + std::to_string(storage.numel()) + " elements)");
+      if (!empty && elements > storage.numel())
+        fail("a tensor of " + std::to_string(elements) + " elements over a storage of " + std::to_string(storage.numel()) +
+             " (an expanded view, which a state_dict does not hold)");
       auto v = make(Value::Kind::Tensor);
       v->tensor = storage.as_strided(sizes, strides, offset).clone();
       return v;
@@ -297,15 +325,22 @@ class Unpickler {
         a[4]->kind != Value::Kind::Int || a[4]->integer < 0)
       fail("a persistent id that is not ('storage', type, key, location, size)");
     const std::string record = "data/" + a[2]->text;
+    const auto cached = storages_.find(record);  // tensors sharing a storage read it once, as torch.load does
+    if (cached != storages_.end()) return cached->second;
     if (!archive_.hasRecord(record)) fail("no record " + record + " in the archive");
-    auto [bytes, size] = archive_.getRecord(record);
+    const uint64_t size = archive_.getRecordSize(record);
     const auto dtype = a[1]->dtype;
+    const uint64_t element = c10::elementSize(dtype);
+    if (static_cast<uint64_t>(a[4]->integer) > size / element)
+      fail("record " + record + " holds " + std::to_string(size) + " bytes, its storage claims " +
+           std::to_string(a[4]->integer) + " elements of " + std::to_string(element));
+    if (size > file_bytes_) fail("record " + record + " claims " + std::to_string(size) + " bytes, more than the file");
+    auto [bytes, read] = archive_.getRecord(record);
     const int64_t numel = a[4]->integer;
-    const uint64_t need = static_cast<uint64_t>(numel) * c10::elementSize(dtype);
-    if (size < need) fail("record " + record + " holds " + std::to_string(size) + " bytes, its storage needs " + std::to_string(need));
     auto v = make(Value::Kind::Tensor);
     v->tensor = torch::empty({numel}, torch::TensorOptions().dtype(dtype));
-    if (need) std::memcpy(v->tensor.data_ptr(), bytes.get(), need);
+    if (numel) std::memcpy(v->tensor.data_ptr(), bytes.get(), static_cast<size_t>(numel) * element);
+    storages_.emplace(record, v);
     return v;
   }
 
@@ -313,6 +348,8 @@ class Unpickler {
   const char* data_;
   size_t size_, at_ = 0;
   caffe2::serialize::PyTorchStreamReader& archive_;
+  uint64_t file_bytes_;
+  std::unordered_map<std::string, ValuePtr> storages_;
   std::vector<ValuePtr> stack_;
   std::unordered_map<uint32_t, ValuePtr> memo_;
 };
@@ -320,19 +357,23 @@ class Unpickler {
 }  // namespace
 
 std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
+  std::error_code ec;
+  const uint64_t file_bytes = std::filesystem::file_size(path, ec);
+  if (ec) throw std::runtime_error(path + ": cannot read: " + ec.message());
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> archive;
   try {
     archive = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+    if (!archive->hasRecord("data.pkl")) throw std::runtime_error(path + ": no data.pkl: not a file torch.save wrote");
+    if (archive->getRecordSize("data.pkl") > file_bytes) throw std::runtime_error(path + ": data.pkl claims more bytes than the file");
   } catch (const c10::Error& e) {
     throw std::runtime_error(path + ": not a torch.save zip archive: " + e.what_without_backtrace());
   }
-  if (!archive->hasRecord("data.pkl")) throw std::runtime_error(path + ": no data.pkl: not a file torch.save wrote");
   auto [pickle, size] = archive->getRecord("data.pkl");
-  Unpickler unpickler(path, static_cast<const char*>(pickle.get()), size, *archive);
+  Unpickler unpickler(path, static_cast<const char*>(pickle.get()), size, *archive, file_bytes);
   const ValuePtr root = unpickler.run();
   struct Dismantle {
     ValuePtr root;
-    ~Dismantle() { dismantle({root}); }
+    ~Dismantle() { dismantle({root}, /*all=*/true); }
   } dismantle_root{root};
   if (root->kind != Value::Kind::Dict)
     throw std::runtime_error(path + ": holds something other than a dict of tensors: save model.state_dict(), not the model");

@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <sstream>
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/ids.h"
@@ -941,9 +942,15 @@ class StreamLearner {
     }
     adapted->to(device_);
     Config saved = info_.config();
+    auto exact = [](double v) {  // 17 significant digits: the same double when read back
+      std::ostringstream out;
+      out.precision(17);
+      out << v;
+      return out.str();
+    };
     saved.apply_override("finetune.lora_rank=" + std::to_string(options.lora_rank));
-    saved.apply_override("finetune.lora_alpha=" + std::to_string(options.lora_alpha));
-    saved.apply_override("finetune.lora_dropout=" + std::to_string(options.lora_dropout));
+    saved.apply_override("finetune.lora_alpha=" + exact(options.lora_alpha));
+    saved.apply_override("finetune.lora_dropout=" + exact(options.lora_dropout));
     info_.config_yaml = saved.to_yaml();
     spdlog::info("stream: the teacher's updates change its rank-{} LoRA adapters and the touched item rows alone",
                  options.lora_rank);

@@ -179,6 +179,13 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   int64_t decays_done = 0;
   if (!resume_path.empty()) {
     const auto saved = read_checkpoint_info(resume_path);
+    const std::string saved_kind = saved.meta.value("kind", "train");
+    if (from && saved_kind != "finetune")
+      throw std::runtime_error(resume_path + ": a " + saved_kind + " checkpoint, not a fine-tune's: resume a fine-tune from its own last.pt");
+    if (!from && saved_kind == "finetune")
+      throw std::runtime_error(resume_path + ": a fine-tune's checkpoint: resume it with freshrec finetune --from SOURCE --resume");
+    if (from && saved.meta.value("finetune_from", "") != from->path)
+      spdlog::warn("{} was fine-tuned from {}, resumed with --from {}", resume_path, saved.meta.value("finetune_from", ""), from->path);
     const auto saved_options = sasrec_options_from_config(saved.config(), saved.meta.at("num_items").get<int64_t>());
     const auto& now = model->options();
     if (saved_options.num_items != now.num_items || saved_options.hidden != now.hidden ||
@@ -186,6 +193,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
         saved_options.ffn_hidden != now.ffn_hidden)
       throw std::runtime_error(resume_path + ": the checkpoint's model or item count differs from this config and data");
     load_checkpoint_weights(resume_path, model);
+    if (plan) plan->snapshot();  // frozen rows keep the values the run froze
     load_checkpoint_optimizer(resume_path, *optimizer, sparse_state);
     start_epoch = saved.meta.at("epoch").get<int64_t>() + 1;
     step = saved.meta.at("step").get<int64_t>();
