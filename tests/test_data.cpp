@@ -13,6 +13,7 @@
 #include "engine/config/config.h"
 #include "engine/data/generator.h"
 #include "engine/data/ids.h"
+#include "engine/data/item_features.h"
 #include "engine/data/readers.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/metrics.h"
@@ -200,6 +201,30 @@ TEST(Readers, MovielensFormats) {
   ReadReport report;
   EXPECT_EQ(read_event_log(dat, filtered, &report).events.size(), 2u);
   EXPECT_EQ(report.below_min_rating, 1u);
+}
+
+// Item side features: MovieLens movies.dat and movies.csv (quoted titles with commas, a header,
+// "(no genres listed)"), a two-column CSV; lines it cannot read are named with file and line.
+TEST(Readers, ItemFeaturesOfEachForm) {
+  TempDir dir;
+  const auto dat = read_item_features(dir.write("movies.dat", "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Heat (1995)::Action\n"));
+  EXPECT_EQ(dat.at("1"), (std::vector<std::string>{"Animation", "Children's", "Comedy"}));
+  EXPECT_EQ(dat.at("2"), (std::vector<std::string>{"Action"}));
+  const auto csv = read_item_features(dir.write(
+      "movies.csv", "movieId,title,genres\n11,\"American President, The (1995)\",Comedy|Drama|Romance\n"
+                    "12,Dracula (1995),Comedy|Horror\n13,Untitled,(no genres listed)\n"));
+  EXPECT_EQ(csv.size(), 3u);
+  EXPECT_EQ(csv.at("11"), (std::vector<std::string>{"Comedy", "Drama", "Romance"}));
+  EXPECT_TRUE(csv.at("13").empty());
+  const auto plain = read_item_features(dir.write("tags.csv", "a,x|y\nb,\n"));
+  EXPECT_EQ(plain.at("a"), (std::vector<std::string>{"x", "y"}));
+  EXPECT_TRUE(plain.at("b").empty());
+  std::string e = error_of([&] { read_item_features(dir.write("twice.csv", "a,x\nb,y\na,z\n")); });
+  EXPECT_NE(e.find("twice.csv:3: item a is listed twice (first at line 1)"), std::string::npos) << e;
+  e = error_of([&] { read_item_features(dir.write("bad.dat", "1::A::B\n2 no separator\n")); });
+  EXPECT_NE(e.find("bad.dat:2: no '::' separator"), std::string::npos) << e;
+  e = error_of([&] { read_item_features(dir.write("empty.csv", "\n\n")); });
+  EXPECT_NE(e.find("empty.csv"), std::string::npos) << e;
 }
 
 TEST(Readers, RecboleAndGenericCsv) {

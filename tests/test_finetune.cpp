@@ -333,6 +333,26 @@ TEST(Finetune, AlignsRowsByIdAndTrainsWhatItSays) {
   EXPECT_TRUE(torch::equal(rows[0], torch::zeros({16})));
   EXPECT_TRUE(torch::equal(model->named_parameters()["blocks.1.qkv.weight"], source.weights.at("blocks.1.qkv.weight")));
 
+  // content: a new item's row is the mean, over its features, of the mean row of the known items with
+  // that feature; without a shared feature (or features), the mean of every known row.
+  {
+    const ItemFeatures features = {{"a", {"X"}}, {"b", {"X", "Y"}}, {"c", {"Y"}},
+                                   {"x", {"X"}}, {"y", {"X", "Y", "Z"}}, {"z", {"Q"}}};
+    const IdMap more = ids_of({"a", "b", "c", "x", "y", "z", "w"});
+    SASRec with_features(options(7));
+    const Alignment c = align_to_catalogue(with_features, source, more, "content", &features);
+    EXPECT_EQ(c.known, 3);
+    EXPECT_EQ(c.fresh, 4);
+    EXPECT_EQ(c.from_features, 2);
+    const auto& t = with_features->item_embedding();
+    const auto x_mean = (table[1] + table[2]) / 2, y_mean = (table[2] + table[3]) / 2;
+    EXPECT_TRUE(torch::allclose(t[4], x_mean));
+    EXPECT_TRUE(torch::allclose(t[5], (x_mean + y_mean) / 2));  // Z: no known item has it
+    const auto all_mean = (table[1] + table[2] + table[3]) / 3;
+    EXPECT_TRUE(torch::allclose(t[6], all_mean));
+    EXPECT_TRUE(torch::allclose(t[7], all_mean));
+  }
+
   // random keeps the model's own initialisation for new rows.
   torch::manual_seed(9);
   SASRec fresh(options(4));

@@ -83,8 +83,10 @@ const std::vector<KeySpec>& config_schema() {
 
       // ---- finetune: starting from a model trained elsewhere (`freshrec finetune --from`) ----
       {"finetune.new_items", K::Choice, "mean",
-       "rows of items the source does not know: random (the model's own initialisation) or mean (the mean of the known rows)",
-       {"random", "mean"}},
+       "rows of items the source does not know: random (the model's own initialisation), mean (the mean of the known rows) or content (the mean row of the known items sharing each of its features, from finetune.item_features)",
+       {"random", "mean", "content"}},
+      {"finetune.item_features", K::String, "",
+       "items' side features for finetune.new_items=content: MovieLens movies.dat or movies.csv (genres), or a CSV of id,Feature|Feature"},
       {"finetune.unmentioned_items", K::Choice, "drop",
        "items the source knows and the new data never mentions: drop them, or keep them in the catalogue (after the new data's own)",
        {"drop", "keep"}},

@@ -10,6 +10,10 @@ namespace freshrec {
 FinetuneOptions FinetuneOptions::from_config(const Config& config) {
   FinetuneOptions o;
   o.new_items = config.get_string("finetune.new_items");
+  o.item_features = config.get_string("finetune.item_features");
+  if (o.new_items == "content" && o.item_features.empty())
+    throw ConfigError(config.origin("finetune.new_items") +
+                      ": finetune.new_items=content needs finetune.item_features (a file of the items' side features)");
   o.keep_unmentioned = config.get_string("finetune.unmentioned_items") == "keep";
   o.train = config.get_string("finetune.train");
   o.top_blocks = config.get_int("finetune.top_blocks");
@@ -31,13 +35,15 @@ int64_t add_unmentioned_items(EventLog& log, const PretrainedModel& source) {
   return added;
 }
 
-Alignment align_to_catalogue(SASRec& model, const PretrainedModel& source, const IdMap& items, const std::string& new_items) {
+Alignment align_to_catalogue(SASRec& model, const PretrainedModel& source, const IdMap& items, const std::string& new_items,
+                             const ItemFeatures* features) {
   check_same_architecture(source, model->options());
   if (static_cast<int64_t>(items.size()) > model->options().num_items)
     throw std::invalid_argument("align_to_catalogue: the model has " + std::to_string(model->options().num_items) +
                                 " item rows for " + std::to_string(items.size()) + " items");
-  if (new_items != "random" && new_items != "mean")
-    throw std::invalid_argument("finetune.new_items must be random or mean, got '" + new_items + "'");
+  if (new_items != "random" && new_items != "mean" && new_items != "content")
+    throw std::invalid_argument("finetune.new_items must be random, mean or content, got '" + new_items + "'");
+  if (new_items == "content" && !features) throw std::invalid_argument("finetune.new_items=content needs the items' features");
   torch::NoGradGuard no_grad;
   auto params = model->named_parameters();
   for (const auto& [name, weight] : source.weights)
@@ -66,10 +72,43 @@ Alignment align_to_catalogue(SASRec& model, const PretrainedModel& source, const
     const auto rows = torch::tensor(a.known_rows, torch::kLong).to(device);
     table.index_copy_(0, rows, source_table.index_select(0, torch::tensor(from, torch::kLong)).to(device, table.scalar_type()));
   }
-  if (new_items == "mean" && a.fresh > 0) {
-    if (a.known == 0) throw std::invalid_argument(source.path + ": finetune.new_items=mean needs items the source knows; the new data shares none with it");
-    const auto mean = table.index_select(0, torch::tensor(a.known_rows, torch::kLong).to(device)).mean(0);
-    table.index_copy_(0, torch::tensor(fresh_rows, torch::kLong).to(device), mean.expand({a.fresh, mean.size(0)}).contiguous());
+  if (new_items != "random" && a.fresh > 0) {
+    if (a.known == 0)
+      throw std::invalid_argument(source.path + ": finetune.new_items=" + new_items +
+                                  " needs items the source knows; the new data shares none with it");
+    const auto known_rows = table.index_select(0, torch::tensor(a.known_rows, torch::kLong).to(device)).cpu();
+    const auto mean = known_rows.mean(0);
+    auto fresh_values = mean.expand({a.fresh, mean.size(0)}).clone();
+    if (new_items == "content") {
+      // The mean row of the known items with each feature, then each new item's mean over its features.
+      std::unordered_map<std::string, std::pair<torch::Tensor, int64_t>> by_feature;
+      for (size_t k = 0; k < a.known_rows.size(); ++k) {
+        const auto it = features->find(items.external(static_cast<int32_t>(a.known_rows[k])));
+        if (it == features->end()) continue;
+        for (const auto& f : it->second) {
+          auto& [sum, count] = by_feature[f];
+          sum = sum.defined() ? sum + known_rows[k] : known_rows[k].clone();
+          ++count;
+        }
+      }
+      for (size_t n = 0; n < fresh_rows.size(); ++n) {
+        const auto it = features->find(items.external(static_cast<int32_t>(fresh_rows[n])));
+        if (it == features->end()) continue;
+        torch::Tensor sum;
+        int64_t shared = 0;
+        for (const auto& f : it->second) {
+          const auto found = by_feature.find(f);
+          if (found == by_feature.end()) continue;
+          const auto feature_mean = found->second.first / static_cast<double>(found->second.second);
+          sum = sum.defined() ? sum + feature_mean : feature_mean;
+          ++shared;
+        }
+        if (shared == 0) continue;
+        fresh_values[static_cast<int64_t>(n)] = sum / static_cast<double>(shared);
+        ++a.from_features;
+      }
+    }
+    table.index_copy_(0, torch::tensor(fresh_rows, torch::kLong).to(device), fresh_values.to(device, table.scalar_type()));
   }
   table[0].zero_();  // padding
   return a;

@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/config/config.h"
@@ -15,8 +16,12 @@
 
 namespace freshrec {
 
+// External item id -> its side features (engine/data/item_features.h).
+using ItemFeatures = std::unordered_map<std::string, std::vector<std::string>>;
+
 struct FinetuneOptions {
-  std::string new_items = "mean";  // random | mean: the rows of items the source does not know
+  std::string new_items = "mean";  // random | mean | content: the rows of items the source does not know
+  std::string item_features;       // with content: the file of items' side features
   bool keep_unmentioned = false;   // items the source knows and the new data never mentions
   std::string train = "all";       // all | embeddings | top_blocks | adapters
   int64_t top_blocks = 1;          // with train=top_blocks: how many of the last blocks are trained
@@ -31,13 +36,17 @@ int64_t add_unmentioned_items(EventLog& log, const PretrainedModel& source);
 
 struct Alignment {
   int64_t known = 0, fresh = 0;          // rows copied from the source; rows initialised here
+  int64_t from_features = 0;             // with content: new rows made from known items sharing a feature
   std::vector<int64_t> known_rows;        // the model's rows (item ids) of known items
 };
 
 // Copies the source's weights into `model` (same architecture, checked), its item rows by external
 // id onto `items`; the rows of items it does not know are `new_items`: random keeps the model's own
-// initialisation, mean is the mean of the known rows.
-Alignment align_to_catalogue(SASRec& model, const PretrainedModel& source, const IdMap& items, const std::string& new_items);
+// initialisation, mean is the mean of the known rows, content (with `features`) is the mean over the
+// item's features of the mean row of the known items with that feature (the mean of all known rows
+// for an item none of whose features a known item has).
+Alignment align_to_catalogue(SASRec& model, const PretrainedModel& source, const IdMap& items, const std::string& new_items,
+                             const ItemFeatures* features = nullptr);
 
 // What a fine-tune trains: sets requires_grad on `model`'s parameters as `options` says and keeps
 // the known rows' values when they are frozen (restore() after each optimizer step).

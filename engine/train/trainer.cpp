@@ -13,6 +13,7 @@
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
+#include "engine/data/item_features.h"
 #include "engine/finetune/finetune.h"
 #include "engine/progress.h"
 #include "engine/runtime.h"
@@ -122,11 +123,15 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   if (from) {
     if (!teacher_path.empty()) throw std::invalid_argument("a fine-tune cannot also distil from a teacher");
     const FinetuneOptions finetune = FinetuneOptions::from_config(config);
-    const Alignment aligned = align_to_catalogue(model, *from, log.items, finetune.new_items);
+    ItemFeatures features;
+    if (finetune.new_items == "content") features = read_item_features(finetune.item_features);
+    const Alignment aligned = align_to_catalogue(model, *from, log.items, finetune.new_items, &features);
     plan.emplace(model, finetune, aligned.known_rows);
     if (finetune.item_lr > 0) item_lr = finetune.item_lr;
-    spdlog::info("fine-tuning {} ({}): {} of this data's {} items known to it, {} new ({} rows); {}", from->path,
-                 from->kind, aligned.known, log.items.size(), aligned.fresh, finetune.new_items, plan->describe());
+    spdlog::info("fine-tuning {} ({}): {} of this data's {} items known to it, {} new ({} rows{}); {}", from->path,
+                 from->kind, aligned.known, log.items.size(), aligned.fresh, finetune.new_items,
+                 finetune.new_items == "content" ? ", " + std::to_string(aligned.from_features) + " from shared features" : "",
+                 plan->describe());
   }
   SparseRowAdam sparse_optimizer{nullptr};
   auto optimizer = make_optimizers(config, model, sparse ? &sparse_optimizer : nullptr, plan ? &*plan : nullptr, item_lr);

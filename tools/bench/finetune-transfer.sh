@@ -30,9 +30,13 @@ declare -A commands=(
   [embeddings]="finetune --from $source -c $config finetune.train=embeddings"
   [frozen-known-rows]="finetune --from $source -c $config finetune.known_rows=freeze"
   [new-items-random]="finetune --from $source -c $config finetune.new_items=random"
+  [same-item-lr]="finetune --from $source -c $config finetune.item_lr=0"
+  [new-items-content]="finetune --from $source -c $config finetune.new_items=content finetune.item_features=../shared/data/ml-latest-small/movies.csv"
+  [lora-rows-trained]="finetune --from $source -c $config finetune.train=adapters finetune.lora_rank=3"
   [lora]="finetune --from $source -c $config finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze"
 )
-order=(scratch-s1 scratch-s2 scratch-s3 full-s1 full-s2 full-s3 lora top-block embeddings frozen-known-rows new-items-random)
+order=(scratch-s1 scratch-s2 scratch-s3 full-s1 full-s2 full-s3 lora lora-rows-trained top-block embeddings frozen-known-rows
+       new-items-random new-items-content same-item-lr)
 rows=("$@")
 [[ ${#rows[@]} -gt 0 ]] || rows=("${order[@]}")
 for row in "${rows[@]}"; do
@@ -74,10 +78,13 @@ if src:
 groups = [("from scratch", ["scratch-s1", "scratch-s2", "scratch-s3"], "train -c configs/mlsmall-finetune.yaml train.seed=S"),
           ("full fine-tune", ["full-s1", "full-s2", "full-s3"], f"finetune --from {source} -c configs/mlsmall-finetune.yaml train.seed=S"),
           ("LoRA adapters (rank 3) and new items' rows only", ["lora"], "... finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze"),
+          ("LoRA adapters (rank 3) and the whole item table", ["lora-rows-trained"], "... finetune.train=adapters finetune.lora_rank=3"),
           ("top block only", ["top-block"], "... finetune.train=top_blocks finetune.top_blocks=1"),
           ("embeddings only", ["embeddings"], "... finetune.train=embeddings"),
           ("known rows frozen", ["frozen-known-rows"], "... finetune.known_rows=freeze"),
-          ("new rows random", ["new-items-random"], "... finetune.new_items=random")]
+          ("new rows random", ["new-items-random"], "... finetune.new_items=random"),
+          ("new rows from genres", ["new-items-content"], "... finetune.new_items=content finetune.item_features=.../movies.csv"),
+          ("item table at the transformer's rate", ["same-item-lr"], "... finetune.item_lr=0")]
 for label, names, command in groups:
     runs = [load(n) for n in names]
     runs = [r for r in runs if r]
