@@ -3,7 +3,8 @@
 # (configs/ml1m-pretrain.yaml) fine-tuned on ml-latest-small (configs/mlsmall-finetune.yaml), beside
 # the same model trained there from scratch, each row a real run of the command it names.
 #   bash tools/bench/finetune-transfer.sh [OUT_DIR] [ROW ...]
-# Rows: scratch-s1..3 and full-s1..3 (the headline pair, three seeds each), lora (rank-3 adapters and
+# Rows: scratch-s1..3 and full-s1..3 (the headline pair, three seeds each), full-s42 (the seed of the
+# single rows that follow), lora (rank-3 adapters and
 # the new items' rows alone), top-block, embeddings, frozen-known-rows, new-items-random. With no ROW, all of them. The pre-trained model must exist
 # (SOURCE, default runs/ml1m-pretrain/best.pt: `freshrec train -c configs/ml1m-pretrain.yaml`).
 # Prints the table (markdown) from the runs' test.json and source_test.json files.
@@ -26,6 +27,7 @@ declare -A commands=(
   [full-s1]="finetune --from $source -c $config train.seed=1"
   [full-s2]="finetune --from $source -c $config train.seed=2"
   [full-s3]="finetune --from $source -c $config train.seed=3"
+  [full-s42]="finetune --from $source -c $config"
   [top-block]="finetune --from $source -c $config finetune.train=top_blocks finetune.top_blocks=1"
   [embeddings]="finetune --from $source -c $config finetune.train=embeddings"
   [frozen-known-rows]="finetune --from $source -c $config finetune.known_rows=freeze"
@@ -35,7 +37,7 @@ declare -A commands=(
   [lora-rows-trained]="finetune --from $source -c $config finetune.train=adapters finetune.lora_rank=3"
   [lora]="finetune --from $source -c $config finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze"
 )
-order=(scratch-s1 scratch-s2 scratch-s3 full-s1 full-s2 full-s3 lora lora-rows-trained top-block embeddings frozen-known-rows
+order=(scratch-s1 scratch-s2 scratch-s3 full-s1 full-s2 full-s3 full-s42 lora lora-rows-trained top-block embeddings frozen-known-rows
        new-items-random new-items-content same-item-lr)
 rows=("$@")
 [[ ${#rows[@]} -gt 0 ]] || rows=("${order[@]}")
@@ -77,6 +79,7 @@ if src:
           f"| `freshrec eval`-style, printed by `finetune` | 0 | {src['test']['HR@10']:.4f} | {src['test']['NDCG@10']:.4f} | |")
 groups = [("from scratch", ["scratch-s1", "scratch-s2", "scratch-s3"], "train -c configs/mlsmall-finetune.yaml train.seed=S"),
           ("full fine-tune", ["full-s1", "full-s2", "full-s3"], f"finetune --from {source} -c configs/mlsmall-finetune.yaml train.seed=S"),
+          ("full fine-tune, train.seed=42 (the seed of every row below)", ["full-s42"], f"finetune --from {source} -c configs/mlsmall-finetune.yaml"),
           ("LoRA adapters (rank 3) and new items' rows only", ["lora"], "... finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze"),
           ("LoRA adapters (rank 3) and the whole item table", ["lora-rows-trained"], "... finetune.train=adapters finetune.lora_rank=3"),
           ("top block only", ["top-block"], "... finetune.train=top_blocks finetune.top_blocks=1"),
