@@ -224,7 +224,9 @@ TEST(Readers, ItemFeaturesOfEachForm) {
   e = error_of([&] { read_item_features(dir.write("bad.dat", "1::A::B\n2 no separator\n")); });
   EXPECT_NE(e.find("bad.dat:2: no '::' separator"), std::string::npos) << e;
   e = error_of([&] { read_item_features(dir.write("empty.csv", "\n\n")); });
-  EXPECT_NE(e.find("empty.csv"), std::string::npos) << e;
+  EXPECT_NE(e.find("empty.csv: no item features in it"), std::string::npos) << e;
+  e = error_of([&] { read_item_features(dir.write("quoted.csv", "1,\"Comedy|Drama\"\n")); });
+  EXPECT_NE(e.find("quoted.csv:1: a quoted features field"), std::string::npos) << e;
 }
 
 TEST(Readers, RecboleAndGenericCsv) {

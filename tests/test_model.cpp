@@ -875,6 +875,16 @@ TEST(Stream, AdapterUpdatesChangeTheAdaptersAndItemRowsAlone) {
       crash_and_resume(adapters, source, cut, warm, {teacher, "", true, dir + "/crashed", "crashed"}, cut + 1500 + 11);
   EXPECT_EQ(resumed.events, whole.events);
   expect_same_weights(whole.checkpoint, resumed.checkpoint);
+  // A resume under the other update mode is refused by name (its optimizer state is the other's).
+  Config all_update = adapters;
+  all_update.apply_override("stream.update=all");
+  try {
+    run_stream(all_update, source, warm, {teacher, dir + "/crashed/stream.pt", true, dir + "/crashed", "crashed"});
+    ADD_FAILURE() << "a resume under another stream.update was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("was written with stream.update=adapters, this run asks for all"), std::string::npos)
+        << e.what();
+  }
   fs::remove_all(dir);
 }
 

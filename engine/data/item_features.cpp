@@ -54,6 +54,8 @@ std::unordered_map<std::string, std::vector<std::string>> read_item_features(con
       if (a == std::string::npos) fail("no ',' separator");
       id = line.substr(0, a);
       list = line.substr(b + 1);
+      if (list.find('"') != std::string::npos)
+        fail("a quoted features field (features are the last, unquoted field: Feature|Feature)");
     }
     const std::string problem = id_problem(id);
     if (!problem.empty()) fail("invalid item id (" + problem + ")");

@@ -225,13 +225,17 @@ bool is_torchscript_archive(const std::string& path) {
   return false;
 }
 
-PretrainedModel read_source(const std::string& path) {
+PretrainedModel read_source(const std::string& path, bool with_ids) {
   PretrainedModel m;
   std::ifstream in(path, std::ios::binary);
   char magic[4] = {};
   in.read(magic, 4);
   if (in && std::memcmp(magic, "PK\x03\x04", 4) == 0) {
-    if (!is_torchscript_archive(path)) {
+    const bool torchscript = is_torchscript_archive(path);
+    if (torchscript && with_ids)  // never loaded: a source given with ids must be a state_dict
+      throw std::runtime_error(path + ": a TorchScript archive (a freshrec checkpoint or export, which holds its own "
+                               "item ids): drop the ids file, or give a torch.save state_dict");
+    if (!torchscript) {
       m.kind = "PyTorch state_dict", m.weights = read_state_dict(path);
       return m;
     }
@@ -268,7 +272,7 @@ PretrainedModel load_pretrained(const std::string& path, const std::string& ids_
   if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(path + ": no such file");
   PretrainedModel m;
   try {
-    m = read_source(path);
+    m = read_source(path, !ids_path.empty());
   } catch (const c10::Error& e) {  // LibTorch's readers name no file
     throw std::runtime_error(path + ": cannot read: " + e.what_without_backtrace());
   }

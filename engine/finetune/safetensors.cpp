@@ -96,7 +96,8 @@ std::map<std::string, torch::Tensor> read_safetensors(const std::string& path) {
   // claim its bytes many times over.
   std::vector<const Entry*> by_offset;
   for (const auto& e : entries) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const Entry* a, const Entry* b) { return a->begin != b->begin ? a->begin < b->begin : a->end < b->end; });
   for (size_t i = 1; i < by_offset.size(); ++i)
     if (by_offset[i]->begin < by_offset[i - 1]->end)
       fail("tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name + "' share bytes");

@@ -41,11 +41,6 @@ struct Value {
   torch::ScalarType dtype = torch::kFloat;           // Global naming a typed storage
 };
 
-ValuePtr make(Value::Kind kind) {
-  auto v = std::make_shared<Value>();
-  v->kind = kind;
-  return v;
-}
 
 const std::unordered_map<std::string, torch::ScalarType>& storage_types() {
   static const std::unordered_map<std::string, torch::ScalarType> types = {
@@ -75,10 +70,8 @@ class Unpickler {
             uint64_t file_bytes)
       : path_(path), data_(data), size_(size), archive_(archive), file_bytes_(file_bytes) {}
   ~Unpickler() {
-    std::vector<ValuePtr> all(stack_.begin(), stack_.end());
-    for (auto& [key, value] : memo_) all.push_back(value);
-    for (auto& [key, value] : storages_) all.push_back(value);
-    dismantle(std::move(all), /*all=*/true);
+    stack_.clear(), memo_.clear(), storages_.clear();
+    dismantle(std::move(arena_), /*all=*/true);
   }
 
   ValuePtr run() {
@@ -165,6 +158,24 @@ class Unpickler {
   }
 
  private:
+  // Every value is made here and kept in the arena until the reader ends, which then empties them
+  // all with a work list: nothing is destroyed recursively, no cycle outlives the reader, and the
+  // number of values is bounded.
+  ValuePtr make(Value::Kind kind) {
+    if (arena_.size() >= kMaxValues) fail("over " + std::to_string(kMaxValues) + " values: not a state_dict");
+    auto v = std::make_shared<Value>();
+    v->kind = kind;
+    arena_.push_back(v);
+    return v;
+  }
+  // Storages and tensors together may hold at most a few times the file's size.
+  void spend(uint64_t bytes) {
+    spent_ += bytes;
+    if (spent_ > 4 * file_bytes_ + (uint64_t{64} << 20))
+      fail("its tensors would take " + std::to_string(spent_) + " bytes, far more than the file's " + std::to_string(file_bytes_));
+  }
+  static constexpr size_t kMaxValues = 20'000'000;
+
   [[noreturn]] void fail(const std::string& what) const {
     throw std::runtime_error(path_ + ": cannot read the state_dict: " + what + " (at byte " + std::to_string(at_) + " of data.pkl)");
   }
@@ -198,12 +209,12 @@ class Unpickler {
     v->text.assign(bytes(n), n);
     return v;
   }
-  static ValuePtr integer(int64_t i) {
+  ValuePtr integer(int64_t i) {
     auto v = make(Value::Kind::Int);
     v->integer = i;
     return v;
   }
-  static ValuePtr collection(Value::Kind kind, std::vector<ValuePtr> items) {
+  ValuePtr collection(Value::Kind kind, std::vector<ValuePtr> items) {
     auto v = make(kind);
     v->items = std::move(items);
     return v;
@@ -305,13 +316,14 @@ class Unpickler {
         const int64_t reach = (sizes[d] - 1) * strides[d];
         if (reach > std::numeric_limits<int64_t>::max() / 2 - last) fail("a tensor whose strides reach past 2^62 elements");
         last += reach;
-        elements = std::min<int64_t>(elements * sizes[d], int64_t{1} << 40);
+        elements = sizes[d] > (int64_t{1} << 40) / elements ? int64_t{1} << 40 : elements * sizes[d];
       }
       if (!empty && last >= storage.numel())
         fail("a tensor that reads past its storage (" + std::to_string(storage.numel()) + " elements)");
       if (!empty && elements > storage.numel())
         fail("a tensor of " + std::to_string(elements) + " elements over a storage of " + std::to_string(storage.numel()) +
              " (an expanded view, which a state_dict does not hold)");
+      spend(static_cast<uint64_t>(empty ? 0 : elements) * storage.element_size());
       auto v = make(Value::Kind::Tensor);
       v->tensor = storage.as_strided(sizes, strides, offset).clone();
       return v;
@@ -335,6 +347,7 @@ class Unpickler {
       fail("record " + record + " holds " + std::to_string(size) + " bytes, its storage claims " +
            std::to_string(a[4]->integer) + " elements of " + std::to_string(element));
     if (size > file_bytes_) fail("record " + record + " claims " + std::to_string(size) + " bytes, more than the file");
+    spend(size);
     auto [bytes, read] = archive_.getRecord(record);
     const int64_t numel = a[4]->integer;
     auto v = make(Value::Kind::Tensor);
@@ -350,6 +363,8 @@ class Unpickler {
   caffe2::serialize::PyTorchStreamReader& archive_;
   uint64_t file_bytes_;
   std::unordered_map<std::string, ValuePtr> storages_;
+  std::vector<ValuePtr> arena_;
+  uint64_t spent_ = 0;
   std::vector<ValuePtr> stack_;
   std::unordered_map<uint32_t, ValuePtr> memo_;
 };

@@ -175,6 +175,12 @@ class StreamLearner {
     const std::string& start = run.resume.empty() ? run.teacher : run.resume;
     if (start.empty()) throw std::runtime_error("stream: a teacher checkpoint (or a stream checkpoint to resume) is needed");
     info_ = read_checkpoint_info(start);
+    if (!run.resume.empty()) {  // the optimizer state saved is that of one update mode
+      const std::string saved = info_.meta.value("update", "all"), now = settings_.adapters_only ? "adapters" : "all";
+      if (saved != now)
+        throw ConfigError(config.origin("stream.update") + ": " + run.resume + " was written with stream.update=" + saved +
+                          ", this run asks for " + now + ": resume with the same, or start a new run from its teacher");
+    }
     SASRec teacher = load_checkpoint_model(start, device_);
     if (settings_.adapters_only && teacher->options().lora_rank == 0) teacher = with_adapters(teacher, config);
     teacher_ = Learner(teacher, config, settings_.lr, settings_.adapters_only);
@@ -847,7 +853,8 @@ class StreamLearner {
                  {"dead_letter_bytes", dead_letter_bytes},
                  {"metrics_bytes", metrics_bytes},
                  {"source_position", position},
-                 {"learn", run_.learn}};
+                 {"learn", run_.learn},
+                 {"update", settings_.adapters_only ? "adapters" : "all"}};
     visit_counters(CounterWriter{info.meta, info.tensors});
     info.texts["history_users"] = store_.serialize_users();
     info.tensors["history_lengths"] = torch::tensor(store_.lengths(), torch::kLong);

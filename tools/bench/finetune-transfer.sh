@@ -4,8 +4,9 @@
 # the same model trained there from scratch, each row a real run of the command it names.
 #   bash tools/bench/finetune-transfer.sh [OUT_DIR] [ROW ...]
 # Rows: scratch-s1..3 and full-s1..3 (the headline pair, three seeds each), full-s42 (the seed of the
-# single rows that follow), lora (rank-3 adapters and
-# the new items' rows alone), top-block, embeddings, frozen-known-rows, new-items-random. With no ROW, all of them. The pre-trained model must exist
+# single rows that follow), lora (rank-3 adapters and the new items' rows alone), lora-rows-trained,
+# top-block, embeddings, frozen-known-rows, new-items-random, new-items-content (genres),
+# same-item-lr. With no ROW, all of them. The pre-trained model must exist
 # (SOURCE, default runs/ml1m-pretrain/best.pt: `freshrec train -c configs/ml1m-pretrain.yaml`).
 # Prints the table (markdown) from the runs' test.json and source_test.json files.
 set -euo pipefail
@@ -76,7 +77,7 @@ if first:
 src = load("full-s1", "source_test.json")
 if src:
     print(f"| pre-trained model as it is (its {src['test']['users']} users' test items it knows; {src['events_left_out']} events of unknown items left out) "
-          f"| `freshrec eval`-style, printed by `finetune` | 0 | {src['test']['HR@10']:.4f} | {src['test']['NDCG@10']:.4f} | |")
+          f"| printed by each `finetune` (its own split: see below) | 0 | {src['test']['HR@10']:.4f} | {src['test']['NDCG@10']:.4f} | |")
 groups = [("from scratch", ["scratch-s1", "scratch-s2", "scratch-s3"], "train -c configs/mlsmall-finetune.yaml train.seed=S"),
           ("full fine-tune", ["full-s1", "full-s2", "full-s3"], f"finetune --from {source} -c configs/mlsmall-finetune.yaml train.seed=S"),
           ("full fine-tune, train.seed=42 (the seed of every row below)", ["full-s42"], f"finetune --from {source} -c configs/mlsmall-finetune.yaml"),
