@@ -353,6 +353,19 @@ TEST(Finetune, AlignsRowsByIdAndTrainsWhatItSays) {
     EXPECT_TRUE(torch::allclose(t[7], all_mean));
   }
 
+  // finetune.unmentioned_items=keep: the source's items the data never mentions join the catalogue
+  // after the data's own, whose ids keep their numbers.
+  {
+    EventLog log;
+    log.items.intern("c"), log.items.intern("x");
+    EXPECT_EQ(add_unmentioned_items(log, source), 4);
+    ASSERT_EQ(log.items.size(), 6u);
+    EXPECT_EQ(log.items.external(1), "c");
+    EXPECT_EQ(log.items.external(2), "x");
+    EXPECT_EQ(log.items.external(3), "a");
+    EXPECT_EQ(log.items.external(6), "e");
+  }
+
   // random keeps the model's own initialisation for new rows.
   torch::manual_seed(9);
   SASRec fresh(options(4));
