@@ -107,8 +107,7 @@ int run_finetune_job(const Config& config, const std::string& from, const std::s
     const int64_t added = add_unmentioned_items(log, source);
     spdlog::info("kept {} items the source knows and the data never mentions", added);
   }
-  configure_threads(config.get_int("train.threads"));
-  const TrainSummary s = train_model(config, log, resume_path, "", &source);
+  const TrainSummary s = train_model(config, log, resume_path, "", &source);  // sets the threads
 
   // The source as it is, on this data restricted to the items it knows (its own leave-one-out split).
   const torch::Device device = select_device(config.get_string("train.device"));

@@ -22,31 +22,15 @@
 #include "engine/finetune/safetensors.h"
 #include "engine/finetune/state_dict.h"
 #include "models/sasrec.h"
+#include "tests/test_support.h"
 
 namespace fs = std::filesystem;
 using namespace freshrec;
+using namespace freshrec::testing_support;
 
 namespace {
 
-std::string temp_folder(const std::string& name) {
-  const auto p = fs::temp_directory_path() / ("freshrec-finetune-" + std::to_string(::getpid()) + "-" + name);
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
-
 void write_text(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
-
-// The message of what `f` throws ("" when it does not throw).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 SASRecOptions options(int64_t items, int64_t heads = 2) {
   SASRecOptions o;
@@ -95,7 +79,8 @@ torch::Tensor scores_of(SASRec& model, const torch::Tensor& histories) {
 TEST(Finetune, APyTorchStateDictImportsWithTheSameScores) {
   const std::string python = std::string(FRESHREC_SOURCE_DIR) + "/.venv/bin/python";
   if (!fs::exists(python)) GTEST_SKIP() << "no Python with torch at " << python << " (tools/quickstart.sh makes it)";
-  const std::string dir = temp_folder("python");
+  const TempDir scratch;
+  const std::string dir = scratch.path().string();
   const std::string command = python + " " + FRESHREC_SOURCE_DIR + "/tests/finetune_reference.py " + dir + " 2>/dev/null";
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
 
@@ -142,7 +127,8 @@ TEST(Finetune, APyTorchStateDictImportsWithTheSameScores) {
 // storage (the second a view at an offset), and the _metadata state set by BUILD. Also a BUILD whose
 // state nests a million tuples deep, which is dropped without recursion.
 TEST(Finetune, TorchSaveStateDictPicklesAreRead) {
-  const std::string dir = temp_folder("pickle");
+  const TempDir scratch;
+  const std::string dir = scratch.path().string();
   // Opcodes by name (protocol 2); every byte pushed one by one, so NULs stay.
   auto b = [](std::initializer_list<int> bytes) {
     std::string out;
@@ -209,7 +195,8 @@ TEST(Finetune, TorchSaveStateDictPicklesAreRead) {
 
 // Sources that do not fit are refused, naming what and where, before anything is written.
 TEST(Finetune, RefusesSourcesThatDoNotFit) {
-  const std::string dir = temp_folder("refusals");
+  const TempDir scratch;
+  const std::string dir = scratch.path().string();
   torch::manual_seed(1);
   SASRec model(options(5));
   const std::string ids = dir + "/ids.txt";
@@ -309,7 +296,8 @@ TEST(Finetune, RefusesSourcesThatDoNotFit) {
 // Rows follow their external ids; new items get the mean of the known rows; each finetune.train mode
 // trains what it says, and frozen known rows keep the source's values through optimizer steps.
 TEST(Finetune, AlignsRowsByIdAndTrainsWhatItSays) {
-  const std::string dir = temp_folder("align");
+  const TempDir scratch;
+  const std::string dir = scratch.path().string();
   torch::manual_seed(2);
   SASRec source_model(options(5));
   save_state_dict(source_model, dir + "/source.pt");
@@ -412,7 +400,8 @@ TEST(Finetune, AlignsRowsByIdAndTrainsWhatItSays) {
 // From the command line: train on one generated log, fine-tune on another (other users, an
 // overlapping item catalogue), export the result, and fine-tune again from the export.
 TEST(Finetune, CommandLineTrainsFineTunesAndExports) {
-  const std::string dir = temp_folder("cli");
+  const TempDir scratch;
+  const std::string dir = scratch.path().string();
   auto run = [&](const std::string& args) {
     const std::string command = std::string(FRESHREC_BINARY) + " --log-level warn " + args + " > " + dir + "/out.txt 2>&1";
     const int rc = std::system(command.c_str());

@@ -768,6 +768,11 @@ StreamSetup prepare_stream(const Config& config, ReplaySource source, double fra
   return {std::move(source), cut, std::move(warm), teacher};
 }
 
+// The same over the config's generated log.
+StreamSetup prepare_stream(const Config& config, double fraction = 0.7) {
+  return prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), fraction);
+}
+
 // Runs `run` over the stream from `cut`, crashing when the record at `crash_at` passes, then resumes
 // it from the checkpoint it left; returns the resumed run's summary.
 StreamSummary crash_and_resume(const Config& config, ReplaySource& source, uint64_t cut,
@@ -785,7 +790,7 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   const auto dir = temp_folder("stream");
   const Config config = stream_config(dir);
   auto [source, cut, warm, teacher] =
-      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+      prepare_stream(config);
   const int64_t teacher_items = read_checkpoint_info(teacher).items.size();
 
   Config checkpointing = config;
@@ -846,7 +851,7 @@ TEST(Stream, AdapterUpdatesChangeTheAdaptersAndItemRowsAlone) {
   const auto dir = temp_folder("stream-adapters");
   Config config = stream_config(dir);
   auto [source, cut, warm, teacher] =
-      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+      prepare_stream(config);
   Config adapters = config;
   adapters.apply_override("stream.update=adapters");
   adapters.apply_override("finetune.lora_rank=2");
@@ -895,7 +900,7 @@ TEST(Stream, FullSoftmaxUpdatesLeaveTheReservedRowsAlone) {
   config.apply_override("stream.loss=full");
   config.apply_override("stream.grow_chunk=64");  // rows reserved ahead of the items that will use them
   auto [source, cut, warm, teacher] =
-      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+      prepare_stream(config);
   source.skip_to(cut);
   const StreamSummary summary = run_stream(config, source, warm, StreamRun{teacher, "", true, dir + "/run", "run"});
   const auto info = read_checkpoint_info(summary.checkpoint);
@@ -917,7 +922,7 @@ TEST(Stream, StudentLearnsOnlinePublishesAndResumesExactly) {
   const auto dir = temp_folder("stream-student");
   const Config config = stream_config(dir);
   auto [source, cut, warm, teacher] =
-      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+      prepare_stream(config);
   Config student_config = config;
   student_config.apply_override("model.hidden=8");
   student_config.apply_override("model.blocks=1");
@@ -975,7 +980,7 @@ TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
   config.apply_override("generator.drift=0.05");
   config.apply_override("generator.new_item_fraction=0.4");
   const auto [replay, cut, warm, teacher] =
-      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.6);
+      prepare_stream(config, 0.6);
 
   // The stream as JSON lines, with bad events mixed in.
   std::string lines;
@@ -1031,7 +1036,7 @@ TEST(Stream, RankingFiltersEverySeenItemAndBadSettingsAreRefused) {
   const auto dir = temp_folder("stream-seen");
   Config config = stream_config(dir);  // model.maxlen=20; generated users have longer histories
   config.apply_override("train.epochs=1");  // any model: the comparison holds its weights fixed
-  auto setup = prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+  auto setup = prepare_stream(config);
   auto frozen_run = [&](const std::string& keep) {
     Config c = config;
     c.apply_override("stream.history_keep=" + keep);
@@ -1086,7 +1091,7 @@ TEST(Stream, MicroBatchesNeverWaitForTheDeviceOnAGpu) {
   config.apply_override("train.device=cuda");
   config.apply_override("stream.checkpoint_every=0");
   config.apply_override("stream.window=200");
-  const auto setup = prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+  const auto setup = prepare_stream(config);
   const IdMap known = read_checkpoint_info(setup.teacher).items;
   std::string lines;
   for (uint64_t p = setup.cut; p < setup.source.records().size(); ++p) {
@@ -1147,7 +1152,7 @@ TEST(Stream, EmptyBatchesAndTheLossGuardLeaveTheModelAlone) {
   const auto dir = temp_folder("stream-guard");
   Config config = stream_config(dir);
   const auto setup =
-      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+      prepare_stream(config);
   // Only malformed events and events of users never seen (no history to learn from): batches that
   // score but have nothing to train on.
   std::string lines;
@@ -1266,7 +1271,7 @@ TEST(Stream, KafkaSourceSurvivesABrokerRestartAndResumesExactlyOnce) {
   config.apply_override("stream.checkpoint_every=256");
   config.apply_override("stream.max_wait_ms=200");
   const auto [replay, cut, warm, teacher] =
-      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.7);
+      prepare_stream(config);
   std::vector<std::string> messages;
   for (uint64_t p = cut; p < replay.records().size(); ++p) messages.push_back(replay.records()[p].text);
   messages.push_back("{\"this is\": \"not csv\"}");  // one dead letter
@@ -1434,7 +1439,7 @@ void expect_kafka_rebalances_and_a_sigkill_apply_every_message_once(const std::s
   config.apply_override("generator.users=200");
   config.apply_override("train.epochs=1");
   const auto [replay, cut, warm, teacher] =
-      prepare_stream(config, ReplaySource::from_log(load_event_log(config, nullptr), "generator"), 0.5);
+      prepare_stream(config, 0.5);
   std::vector<std::string> messages;
   for (uint64_t p = cut; p < replay.records().size(); ++p) messages.push_back(replay.records()[p].text);
   ASSERT_GT(messages.size(), 1000u);

@@ -55,7 +55,6 @@ class FinetunePlan {
   FinetunePlan(SASRec& model, const FinetuneOptions& options, const std::vector<int64_t>& known_rows);
   // The dense parameters the optimizer updates (the item table apart).
   std::vector<torch::Tensor> dense_trainable() const { return dense_; }
-  bool item_table_trained() const { return true; }  // new items always learn their rows
   // Writes the frozen rows back (an optimizer's step moves every row it is given).
   void restore();
   // Takes the frozen rows' values from the model again (after a resumed run loaded its weights).

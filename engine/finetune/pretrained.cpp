@@ -2,7 +2,6 @@
 #include "engine/finetune/pretrained.h"
 
 #include <torch/script.h>
-#include <torch/serialize.h>
 #include <caffe2/serialize/inline_container.h>
 
 #include <nlohmann/json.hpp>
