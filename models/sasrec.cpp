@@ -20,6 +20,8 @@ void SASRecOptions::validate() const {
     fail("model.block must be prenorm or original, got '" + block + "'");
   if (lora_rank < 0) fail("finetune.lora_rank must be >= 0, got " + std::to_string(lora_rank));
   if (lora_rank > 0 && !(lora_alpha > 0)) fail("finetune.lora_alpha must be positive, got " + std::to_string(lora_alpha));
+  if (item_lora_rank < 0) fail("finetune.item_lora_rank must be >= 0, got " + std::to_string(item_lora_rank));
+  if (item_lora_rank > 0 && !(lora_alpha > 0)) fail("finetune.lora_alpha must be positive, got " + std::to_string(lora_alpha));
   if (lora_dropout < 0 || lora_dropout >= 1) fail("finetune.lora_dropout must be in [0, 1), got " + std::to_string(lora_dropout));
 }
 
@@ -174,6 +176,11 @@ SASRecImpl::SASRecImpl(const SASRecOptions& options) : options_(options) {
                                    options_.lora_rank, options_.lora_alpha, options_.lora_dropout));
   register_module("blocks", blocks_);
   final_norm_ = register_module("final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({options_.hidden})));
+  if (options_.item_lora_rank > 0) {  // registered last: the other weights draw the same values with or without it
+    auto adapter = register_module("item_lora", std::make_shared<torch::nn::Module>());
+    item_lora_a_ = adapter->register_parameter("a", torch::empty({options_.num_items + 1, options_.item_lora_rank}));
+    item_lora_b_ = adapter->register_parameter("b", torch::empty({options_.item_lora_rank, options_.hidden}));
+  }
 
   // Xavier-normal for every matrix and zero biases: with N(0, 1) embeddings SASRec sits on a long
   // plateau (seen on ML-1M, see docs), so initialisation is part of the recipe.
@@ -187,6 +194,10 @@ SASRecImpl::SASRecImpl(const SASRecOptions& options) : options_(options) {
   }
   item_embedding_[0].zero_();  // padding
   for (auto& block : *blocks_) block->as<SASRecBlock>()->reset_adapters();  // a new adapter changes nothing
+  if (item_lora_a_.defined()) {  // as PEFT's embedding adapter: A zero (changes nothing), B N(0, 1)
+    item_lora_a_.zero_();
+    item_lora_b_.normal_();
+  }
 }
 
 torch::Tensor history_attention_mask(const torch::Tensor& items) {
@@ -238,13 +249,33 @@ torch::Tensor SASRecImpl::last_hidden(const torch::Tensor& items) {
   return final_norm_->forward(x.squeeze(1));
 }
 
+namespace {
+double item_lora_scale(const SASRecOptions& o) { return o.lora_alpha / static_cast<double>(o.item_lora_rank); }
+}  // namespace
+
 torch::Tensor SASRecImpl::lookup_items(const torch::Tensor& items) {
-  if (sparse_sink_ && is_training()) return ops::sparse_embedding_lookup(item_embedding_, items, *sparse_sink_);
-  return torch::embedding(item_embedding_, items, /*padding_idx=*/0);
+  auto rows = sparse_sink_ && is_training() ? ops::sparse_embedding_lookup(item_embedding_, items, *sparse_sink_)
+                                            : torch::embedding(item_embedding_, items, /*padding_idx=*/0);
+  if (!item_lora_a_.defined()) return rows;
+  const auto down = torch::embedding(item_lora_a_, items, /*padding_idx=*/0);  // (..., rank)
+  return rows + torch::matmul(down, item_lora_b_) * item_lora_scale(options_);
+}
+
+torch::Tensor SASRecImpl::item_table() const {
+  if (!item_lora_a_.defined()) return item_embedding_;
+  const auto rows = item_lora_a_.size(0);
+  // Row 0 (padding) takes no update, so that A's padding row never learns from the scores.
+  auto update = torch::mm(item_lora_a_.narrow(0, 1, rows - 1), item_lora_b_) * item_lora_scale(options_);
+  return item_embedding_ + torch::constant_pad_nd(update, {0, 0, 1, 0});
+}
+
+std::vector<torch::Tensor> SASRecImpl::item_adapter() const {
+  if (!item_lora_a_.defined()) return {};
+  return {item_lora_a_, item_lora_b_};
 }
 
 torch::Tensor SASRecImpl::score_all(const torch::Tensor& hidden) const {
-  return torch::matmul(hidden, item_embedding_.t());
+  return torch::matmul(hidden, item_table().t());
 }
 
 void SASRecImpl::set_dropout(double p) {
@@ -261,6 +292,8 @@ void SASRecImpl::grow_items(int64_t num_items) {
   const double spread = old.size(0) > 2 ? old.narrow(0, 1, old.size(0) - 1).std().item<double>() : 0.02;
   auto extra = torch::randn({num_items - options_.num_items, options_.hidden}, old.options()) * spread;
   item_embedding_.set_data(torch::cat({old, extra}));
+  if (item_lora_a_.defined())  // new rows start without an update
+    item_lora_a_.set_data(torch::cat({item_lora_a_.detach(), torch::zeros({extra.size(0), options_.item_lora_rank}, old.options())}));
   options_.num_items = num_items;
 }
 
@@ -275,10 +308,29 @@ std::map<std::string, torch::Tensor> SASRecImpl::plain_parameters() const {
   std::map<std::string, torch::Tensor> out;
   for (const auto& p : named_parameters())
     if (p.key().find("_lora.") == std::string::npos) out[p.key()] = p.value().detach();
+  if (item_lora_a_.defined()) {
+    torch::NoGradGuard no_grad;
+    out["item_embedding"] = item_table();
+  }
   for (size_t b = 0; b < blocks_->size(); ++b)
     for (auto& [name, weight] : (*blocks_)[b]->as<SASRecBlock>()->merged_weights())
       out["blocks." + std::to_string(b) + "." + name] = weight;
   return out;
+}
+
+SASRec fold_item_adapter(const SASRec& model) {
+  if (model->options().item_lora_rank == 0) return model;
+  auto options = model->options();
+  options.item_lora_rank = 0;
+  SASRec folded(options);
+  torch::NoGradGuard no_grad;
+  auto params = folded->named_parameters();
+  for (const auto& p : model->named_parameters())
+    if (p.key().rfind("item_lora.", 0) != 0) params[p.key()].copy_(p.value());
+  params["item_embedding"].copy_(model->item_table());
+  folded->to(model->item_embedding().device());
+  folded->train(model->is_training());
+  return folded;
 }
 
 int64_t SASRecImpl::parameter_count() const {

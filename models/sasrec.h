@@ -30,6 +30,11 @@ struct SASRecOptions {
   int64_t lora_rank = 0;
   double lora_alpha = 8;
   double lora_dropout = 0;
+  // A LoRA adapter on the item table when item_lora_rank > 0 (as PEFT adapts an embedding): every
+  // row reads E[i] + (lora_alpha / item_lora_rank) A[i] B, with A (num_items + 1, rank) zero at the
+  // start and B (rank, hidden) drawn N(0, 1), so the rows move in a shared rank-r subspace while E
+  // itself may stay frozen. The input lookup and the output scores both read the adapted table.
+  int64_t item_lora_rank = 0;
   void validate() const;  // throws std::invalid_argument naming the bad option
 };
 
@@ -101,6 +106,9 @@ class SASRecImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& items);
   // Scores of every item, padding included (column 0): (..., C) -> (..., num_items + 1).
   torch::Tensor score_all(const torch::Tensor& hidden) const;
+  // The item table the model reads: item_embedding() itself, or with the item adapter's update added
+  // (differentiable in both; the padding row stays zero). (num_items + 1, C).
+  torch::Tensor item_table() const;
   // Item embedding rows for any shape of ids: (...) -> (..., C). With a sparse-gradient sink set,
   // the lookup's gradient goes there instead of into a dense table gradient.
   torch::Tensor lookup_items(const torch::Tensor& items);
@@ -117,14 +125,18 @@ class SASRecImpl : public torch::nn::Module {
   void set_dropout(double p);
 
   const SASRecOptions& options() const { return options_; }
-  // The item table, shared by the input lookup and the output scores: (num_items + 1, C).
+  // The item table's own weights, shared by the input lookup and the output scores: (num_items + 1, C).
+  // With an item adapter the model reads item_table() instead.
   const torch::Tensor& item_embedding() const { return item_embedding_; }
+  // The item adapter's A and B (empty without one).
+  std::vector<torch::Tensor> item_adapter() const;
   // Every parameter but the item table (the dense optimizer's share when the table is updated
   // row-wise), or every parameter when `with_item_table`.
   std::vector<torch::Tensor> dense_parameters(bool with_item_table = false) const;
   int64_t parameter_count() const;
   // The model as a plain SASRec: every parameter but the LoRA adapters, with each adapter folded
-  // into its layer's weight (detached). Export and fine-tuning sources read these.
+  // into its layer's weight and the item adapter into the item table (detached). Export and
+  // fine-tuning sources read these.
   std::map<std::string, torch::Tensor> plain_parameters() const;
 
  private:
@@ -138,9 +150,15 @@ class SASRecImpl : public torch::nn::Module {
   torch::nn::Dropout embedding_dropout_{nullptr};
   torch::nn::ModuleList blocks_;
   torch::nn::LayerNorm final_norm_{nullptr};
+  torch::Tensor item_lora_a_, item_lora_b_;  // the item adapter, when options_.item_lora_rank > 0
   ops::SparseGradients* sparse_sink_ = nullptr;
 };
 TORCH_MODULE(SASRec);
+
+// The same model with its item adapter folded into the item table (item_lora_rank 0), the block
+// adapters and every other weight kept; `model` itself when it has no item adapter. For consumers
+// that grow the table or update its rows in place (the stream).
+SASRec fold_item_adapter(const SASRec& model);
 
 // Attention mask for left-padded histories: causal, padding keys hidden, and each position may
 // always see itself (so rows of padding are never fully masked). (B, T) -> (B, 1, T, T) bool.

@@ -429,6 +429,31 @@ TEST(Finetune, CommandLineTrainsFineTunesAndExports) {
   SASRec after = load_checkpoint_model(dir + "/tuned/best.pt", torch::kCPU);
   EXPECT_TRUE(torch::equal(before->named_parameters()["blocks.0.qkv.weight"], after->named_parameters()["blocks.0.qkv.weight"]));
   EXPECT_FALSE(torch::equal(before->named_parameters()["blocks.1.qkv.weight"], after->named_parameters()["blocks.1.qkv.weight"]));
+  // Its checkpoints hold the trained weights alone, over the frozen ones written once as base.pt.
+  {
+    torch::serialize::InputArchive archive;
+    archive.load_from(dir + "/tuned/best.pt");
+    c10::IValue names;
+    torch::serialize::InputArchive model_archive;
+    EXPECT_FALSE(archive.try_read("model", model_archive));
+    ASSERT_TRUE(archive.try_read("trained_names", names));
+    const std::string listed = names.toStringRef();
+    EXPECT_EQ(listed.find("blocks.0."), std::string::npos) << listed;
+    EXPECT_NE(listed.find("blocks.1.qkv.weight\n"), std::string::npos) << listed;
+    EXPECT_NE(listed.find("item_embedding\n"), std::string::npos) << listed;
+  }
+  std::tie(rc, out) = run("finetune --from " + dir + "/source/best.pt" + other + " finetune.train=top_blocks train.epochs=3 train.output_dir=" +
+                          dir + "/tuned --resume " + dir + "/tuned/last.pt");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_EQ(read_checkpoint_info(dir + "/tuned/last.pt").meta.at("epoch"), 3);
+  EXPECT_TRUE(torch::equal(before->named_parameters()["blocks.0.qkv.weight"],
+                           load_checkpoint_model(dir + "/tuned/last.pt", torch::kCPU)->named_parameters()["blocks.0.qkv.weight"]));
+  // Apart from its base, or beside another file of that name, it is refused by name.
+  fs::create_directories(dir + "/moved");
+  fs::copy_file(dir + "/tuned/best.pt", dir + "/moved/best.pt");
+  EXPECT_NE(error_of([&] { load_checkpoint_model(dir + "/moved/best.pt", torch::kCPU); }).find("moved/base.pt is missing"), std::string::npos);
+  fs::copy_file(dir + "/source/best.pt", dir + "/moved/base.pt");
+  EXPECT_NE(error_of([&] { load_checkpoint_model(dir + "/moved/best.pt", torch::kCPU); }).find("is not its base"), std::string::npos);
 
   std::tie(rc, out) = run("export --checkpoint " + dir + "/tuned/best.pt --out " + dir + "/tuned.pt");
   ASSERT_EQ(rc, 0) << out;
@@ -439,16 +464,19 @@ TEST(Finetune, CommandLineTrainsFineTunesAndExports) {
   ASSERT_EQ(rc, 0) << out;
   EXPECT_TRUE(fs::exists(dir + "/again/best.pt"));
 
-  // Known rows frozen through the trainer, with the row-wise optimizer of sampled-softmax training
-  // and the item table's own rate: every row of an item the source knows is the source's, bit for bit.
+  // Known rows frozen through the trainer, with the row-wise optimizer of sampled-softmax training,
+  // the item table's own rate and an item adapter: every row of an item the source knows is the
+  // source's, bit for bit, while what the model reads of them moves with the adapter.
   std::tie(rc, out) = run("finetune --from " + dir + "/source/best.pt" + other +
-                          " finetune.known_rows=freeze finetune.item_lr=0.01 train.loss=sampled train.negatives=32"
-                          " train.sparse_embeddings=true train.output_dir=" + dir + "/frozen");
+                          " finetune.known_rows=freeze finetune.item_lr=0.01 finetune.item_lora_rank=2 train.loss=sampled"
+                          " train.negatives=32 train.sparse_embeddings=true train.output_dir=" + dir + "/frozen");
   ASSERT_EQ(rc, 0) << out;
   const CheckpointInfo source_info = read_checkpoint_info(dir + "/source/best.pt");
   const CheckpointInfo frozen_info = read_checkpoint_info(dir + "/frozen/best.pt");
   SASRec frozen = load_checkpoint_model(dir + "/frozen/best.pt", torch::kCPU);
-  int known = 0, moved_new = 0;
+  ASSERT_EQ(frozen->options().item_lora_rank, 2);
+  const auto read = frozen->item_table().detach();
+  int known = 0, moved_new = 0, adapted = 0;
   for (int32_t id = 1; id <= static_cast<int32_t>(frozen_info.items.size()); ++id) {
     const int32_t in_source = source_info.items.find(frozen_info.items.external(id));
     if (in_source < 0) {
@@ -457,9 +485,14 @@ TEST(Finetune, CommandLineTrainsFineTunesAndExports) {
     }
     ++known;
     EXPECT_TRUE(torch::equal(frozen->item_embedding()[id], before->item_embedding()[in_source])) << "item " << id;
+    adapted += !torch::equal(read[id], before->item_embedding()[in_source]);
   }
   EXPECT_EQ(known, 80);
   EXPECT_GT(moved_new, 0);  // new items learned rows of their own
+  EXPECT_EQ(adapted, 80);   // and the adapter moved every known one
+  std::tie(rc, out) = run("export --checkpoint " + dir + "/frozen/best.pt --out " + dir + "/frozen.pt");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_EQ(ExportedModel(dir + "/frozen.pt").meta().at("parameters").get<int64_t>(), before->parameter_count() + 40 * 16);
   // A fine-tune resumes only as a fine-tune.
   std::tie(rc, out) = run("train" + other + " train.output_dir=" + dir + "/frozen --resume " + dir + "/frozen/last.pt");
   EXPECT_NE(rc, 0);
@@ -470,6 +503,11 @@ TEST(Finetune, CommandLineTrainsFineTunesAndExports) {
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("model.hidden 16, the config asks for 32"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(dir + "/wide"));
+  std::tie(rc, out) = run("finetune --from " + dir + "/source/best.pt" + other + " finetune.new_items=content finetune.item_features=" +
+                          dir + "/none.csv train.output_dir=" + dir + "/featureless");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("none.csv"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir + "/featureless"));
 }
 
 // LoRA: a new adapter changes nothing; finetune.train=adapters moves the adapters and the item table
@@ -535,4 +573,79 @@ TEST(Finetune, LoraAdaptersTrainAloneAndFoldIntoTheExport) {
   const auto scored = exported.get_method("score")({rows, candidates}).toTensor();
   EXPECT_LT((scored - engine.narrow(1, 1, 30)).abs().max().item<double>(), 1e-5);
   EXPECT_EQ(torchscript_meta(exported).at("parameters").get<int64_t>(), plain->parameter_count());
+}
+
+// The item adapter: a new one changes nothing; with the known rows frozen, training moves the adapter,
+// the new rows and, through the adapter, what the model reads of the known rows, while their own
+// weights stay the source's bit for bit; the padding row stays zero; folding it into the table (the
+// stream, the export) scores as the adapted model; a grown table's new rows start without an update.
+TEST(Finetune, AnItemAdapterMovesFrozenRowsAndFoldsIntoTheTable) {
+  torch::manual_seed(5);
+  SASRec plain(options(30));
+  auto adapted_options = options(30);
+  adapted_options.lora_rank = 2, adapted_options.item_lora_rank = 3, adapted_options.lora_alpha = 4;
+  SASRec model(adapted_options);
+  {
+    torch::NoGradGuard no_grad;
+    auto params = model->named_parameters();
+    for (const auto& [name, weight] : plain->plain_parameters()) params[name].copy_(weight);
+  }
+  const auto histories = torch::tensor({0, 0, 0, 0, 3, 7, 7, 1, 9, 12, 4, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 25, 5}, torch::kLong).view({2, 12});
+  EXPECT_TRUE(torch::equal(scores_of(model, histories), scores_of(plain, histories)));  // A = 0
+
+  FinetuneOptions adapters;
+  adapters.train = "adapters", adapters.freeze_known_rows = true;
+  std::vector<int64_t> known;
+  for (int64_t id = 1; id <= 20; ++id) known.push_back(id);
+  FinetunePlan plan(model, adapters, known);
+  ASSERT_EQ(plan.item_adapter().size(), 2u);
+  EXPECT_EQ(plan.dense_trainable().size(), 2u * 4 * 2);  // the block adapters only
+  EXPECT_EQ(plan.trained_parameters(), 2 * (2 * (8 * 16 + 2 * 16)) + 10 * 16 + 31 * 3 + 3 * 16);
+  const auto table_before = model->item_embedding().detach().clone();
+  const auto read_before = model->item_table().detach().clone();
+  std::vector<torch::Tensor> trained = plan.dense_trainable();
+  trained.push_back(model->item_embedding());
+  for (const auto& p : plan.item_adapter()) trained.push_back(p);
+  torch::optim::Adam adam(trained, torch::optim::AdamOptions(0.05));
+  model->train();
+  for (int step = 0; step < 3; ++step) {
+    adam.zero_grad();
+    torch::nn::functional::cross_entropy(model->score_all(model->last_hidden(histories)), torch::tensor({4, 22}, torch::kLong)).backward();
+    adam.step();
+    plan.restore();
+  }
+  const auto table = model->item_embedding().detach();
+  const auto read = model->item_table().detach();
+  for (int64_t id = 1; id <= 20; ++id) EXPECT_TRUE(torch::equal(table[id], table_before[id])) << "item " << id;
+  EXPECT_FALSE(torch::equal(table.narrow(0, 21, 10), table_before.narrow(0, 21, 10)));  // new rows learn
+  EXPECT_FALSE(torch::equal(read.narrow(0, 1, 20), read_before.narrow(0, 1, 20)));      // the known ones move
+  EXPECT_TRUE(torch::equal(read[0], table[0]));  // the padding row takes no update
+  EXPECT_TRUE(torch::equal(model->item_adapter()[0][0], torch::zeros({3})));
+  // The input lookup reads the adapted rows too.
+  EXPECT_LT((model->lookup_items(torch::tensor({4, 22}, torch::kLong)) - read.index_select(0, torch::tensor({4, 22}, torch::kLong)))
+                .abs().max().item<double>(), 1e-6);
+
+  const auto engine = scores_of(model, histories);
+  SASRec folded = fold_item_adapter(model);
+  EXPECT_EQ(folded->options().item_lora_rank, 0);
+  EXPECT_EQ(folded->options().lora_rank, 2);  // the block adapters stay adapters
+  EXPECT_TRUE(folded->item_adapter().empty());
+  EXPECT_LT((scores_of(folded, histories) - engine).abs().max().item<double>(), 1e-5);
+  auto exported = export_torchscript(model, ids_of(numbered("", 30)), "model:\n  hidden: 16\n", {});
+  c10::List<c10::List<int64_t>> rows, candidates;
+  for (int64_t r = 0; r < 2; ++r) {
+    c10::List<int64_t> row, every;
+    for (int64_t t = 0; t < 12; ++t)
+      if (histories[r][t].item<int64_t>()) row.push_back(histories[r][t].item<int64_t>());
+    for (int64_t i = 1; i <= 30; ++i) every.push_back(i);
+    rows.push_back(row), candidates.push_back(every);
+  }
+  const auto scored = exported.get_method("score")({rows, candidates}).toTensor();
+  EXPECT_LT((scored - engine.narrow(1, 1, 30)).abs().max().item<double>(), 1e-5);
+  EXPECT_EQ(torchscript_meta(exported).at("parameters").get<int64_t>(), plain->parameter_count());
+
+  model->grow_items(34);
+  EXPECT_EQ(model->item_adapter()[0].size(0), 35);
+  EXPECT_TRUE(torch::equal(model->item_adapter()[0].narrow(0, 31, 4), torch::zeros({4, 3})));
+  EXPECT_TRUE(torch::allclose(scores_of(model, histories).narrow(1, 0, 31), engine, 0, 1e-6));
 }

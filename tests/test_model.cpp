@@ -893,6 +893,37 @@ TEST(Stream, AdapterUpdatesChangeTheAdaptersAndItemRowsAlone) {
   fs::remove_all(dir);
 }
 
+// A teacher with an item adapter (a fine-tune's finetune.item_lora_rank): the stream folds it into the
+// table it grows and updates row by row, starts from the same answers, and its checkpoints say the
+// model has none, so a crash resumes into the same model.
+TEST(Stream, ATeachersItemAdapterIsFoldedIntoTheTable) {
+  const auto dir = temp_folder("stream-item-adapter");
+  Config config = stream_config(dir);
+  config.apply_override("finetune.item_lora_rank=2");
+  config.apply_override("stream.checkpoint_every=640");
+  auto [source, cut, warm, teacher] = prepare_stream(config);
+  SASRec adapted = load_checkpoint_model(teacher, torch::kCPU);
+  ASSERT_EQ(adapted->options().item_lora_rank, 2);
+  ASSERT_GT(adapted->item_adapter()[0].abs().max().item<double>(), 0);  // the teacher's training moved it
+  source.skip_to(cut);
+  const StreamSummary whole = run_stream(config, source, warm, {teacher, "", true, dir + "/whole", "whole"});
+  SASRec after = load_checkpoint_model(whole.checkpoint, torch::kCPU);
+  EXPECT_EQ(after->options().item_lora_rank, 0);
+  EXPECT_TRUE(after->item_adapter().empty());
+  const StreamSummary resumed =
+      crash_and_resume(config, source, cut, warm, {teacher, "", true, dir + "/crashed", "crashed"}, cut + 1500 + 11);
+  EXPECT_EQ(resumed.events, whole.events);
+  expect_same_weights(whole.checkpoint, resumed.checkpoint);
+  // The folded model answers as the adapted one.
+  SASRec folded = fold_item_adapter(adapted);
+  const auto histories = torch::randint(1, adapted->options().num_items + 1, {4, adapted->options().maxlen}, torch::kLong);
+  adapted->eval(), folded->eval();
+  torch::NoGradGuard no_grad;
+  EXPECT_LT((adapted->score_all(adapted->last_hidden(histories)) - folded->score_all(folded->last_hidden(histories)))
+                .abs().max().item<double>(), 1e-5);
+  fs::remove_all(dir);
+}
+
 TEST(Stream, FullSoftmaxUpdatesLeaveTheReservedRowsAlone) {
   const auto dir = temp_folder("stream-full");
   Config config = stream_config(dir);

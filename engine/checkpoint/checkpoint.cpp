@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 
@@ -32,12 +33,25 @@ torch::serialize::InputArchive open_archive(const std::string& path) {
   return archive;
 }
 
-// The model and its optimizers' state as entries "model", "optimizer", "sparse_optimizer".
+// The model and its optimizers' state as entries "model", "optimizer", "sparse_optimizer"; with
+// `trained_only`, the weights that require gradients instead of the model, as entries "trained.N"
+// named by the lines of "trained_names" (an archive's keys cannot hold a parameter's dotted name).
 void write_training_state(torch::serialize::OutputArchive& archive, SASRec& model, torch::optim::Optimizer* optimizer,
-                          torch::nn::Module* sparse_optimizer) {
-  torch::serialize::OutputArchive model_archive;
-  model->save(model_archive);
-  archive.write("model", model_archive);
+                          torch::nn::Module* sparse_optimizer, bool trained_only = false) {
+  if (trained_only) {
+    std::string names;
+    int64_t n = 0;
+    for (const auto& p : model->named_parameters()) {
+      if (!p.value().requires_grad()) continue;
+      archive.write("trained." + std::to_string(n++), p.value().detach().cpu());
+      names += p.key() + "\n";
+    }
+    archive.write("trained_names", c10::IValue(names));
+  } else {
+    torch::serialize::OutputArchive model_archive;
+    model->save(model_archive);
+    archive.write("model", model_archive);
+  }
   if (optimizer) {
     torch::serialize::OutputArchive optimizer_archive;
     optimizer->save(optimizer_archive);
@@ -65,13 +79,14 @@ SASRecOptions sasrec_options_from_config(const Config& config, int64_t num_items
   o.lora_rank = config.get_int("finetune.lora_rank");
   o.lora_alpha = config.get_float("finetune.lora_alpha");
   o.lora_dropout = config.get_float("finetune.lora_dropout");
+  o.item_lora_rank = config.get_int("finetune.item_lora_rank");
   return o;
 }
 
 void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optimizer* optimizer,
                      const CheckpointInfo& info, torch::nn::Module* sparse_optimizer) {
   torch::serialize::OutputArchive archive;
-  write_training_state(archive, model, optimizer, sparse_optimizer);
+  write_training_state(archive, model, optimizer, sparse_optimizer, /*trained_only=*/info.meta.contains("base"));
   nlohmann::json meta = info.meta;
   meta["format_version"] = kFormatVersion;
   meta["num_items"] = model->options().num_items;
@@ -84,6 +99,16 @@ void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optim
   for (const auto& [name, tensor] : info.tensors) archive.write("tensor." + name, tensor.cpu()), names += "T" + name + "\n";
   archive.write("extra_names", c10::IValue(names));
   save_atomically(path, [&](std::ostream& out) { archive.save_to(out); });
+}
+
+nlohmann::json write_base_checkpoint(const std::string& path, SASRec& model, const CheckpointInfo& info) {
+  std::random_device entropy;
+  std::ostringstream id;
+  id << std::hex << entropy() << entropy() << entropy() << entropy();
+  CheckpointInfo base = info;
+  base.meta = {{"kind", "base"}, {"base_id", id.str()}};
+  save_checkpoint(path, model, nullptr, base);
+  return {{"file", std::filesystem::path(path).filename().string()}, {"id", id.str()}};
 }
 
 CheckpointInfo read_checkpoint_info(const std::string& path) {
@@ -122,8 +147,49 @@ SASRec load_checkpoint_model(const std::string& path, torch::Device device) {
   return model;
 }
 
+namespace {
+
+// A checkpoint of trained weights alone: its base's weights, then its own over them.
+void load_over_base(const std::string& path, torch::serialize::InputArchive& archive, const nlohmann::json& base,
+                    SASRec& model) {
+  if (!base.is_object() || !base.contains("file") || !base["file"].is_string() || !base.contains("id") || !base["id"].is_string())
+    throw std::runtime_error(path + ": its base entry is not {\"file\": NAME, \"id\": ID}: " + base.dump());
+  const std::string file = base["file"].get<std::string>(), id = base["id"].get<std::string>();
+  if (file.empty() || file != std::filesystem::path(file).filename().string() || file == "." || file == "..")
+    throw std::runtime_error(path + ": its base is not a file name beside it: '" + file + "'");
+  const auto base_path = (std::filesystem::path(path).parent_path() / file).string();
+  if (!std::filesystem::exists(base_path))
+    throw std::runtime_error(path + " holds the weights its run trained alone, and their base " + base_path +
+                             " is missing: keep the two files together (freshrec export writes a self-contained model)");
+  const CheckpointInfo base_info = read_checkpoint_info(base_path);
+  if (base_info.meta.value("kind", "") != "base" || base_info.meta.value("base_id", "") != id)
+    throw std::runtime_error(path + ": " + base_path + " is not its base (another run wrote over it?): its id is '" +
+                             base_info.meta.value("base_id", "") + "', the checkpoint's '" + id + "'");
+  load_checkpoint_weights(base_path, model);
+  const std::string names = read_string(archive, "trained_names", path);
+  auto params = model->named_parameters();
+  std::istringstream lines(names);
+  int64_t n = 0;
+  torch::NoGradGuard no_grad;
+  for (std::string name; std::getline(lines, name); ++n) {
+    torch::Tensor* target = params.find(name);
+    torch::Tensor value;
+    if (!target || !archive.try_read("trained." + std::to_string(n), value) || !value.sizes().equals(target->sizes()))
+      throw std::runtime_error(path + ": its trained weight '" + name + "' does not fit this model" +
+                               (target && value.defined() ? " (" + c10::str(value.sizes()) + " for " + c10::str(target->sizes()) + ")" : ""));
+    target->copy_(value);
+  }
+}
+
+}  // namespace
+
 void load_checkpoint_weights(const std::string& path, SASRec& model) {
   auto archive = open_archive(path);
+  const auto meta = nlohmann::json::parse(read_string(archive, "meta", path));
+  if (meta.contains("base")) {
+    if (meta.value("kind", "") == "base") throw std::runtime_error(path + ": a base checkpoint that names a base");
+    return load_over_base(path, archive, meta.at("base"), model);
+  }
   torch::serialize::InputArchive model_archive;
   if (!archive.try_read("model", model_archive)) throw std::runtime_error(path + ": checkpoint has no model");
   try {

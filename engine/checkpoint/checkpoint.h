@@ -26,14 +26,22 @@ struct CheckpointInfo {
 };
 
 // `sparse_optimizer` (optional): the row-wise optimizer's state module (moments of the item table).
+// With info.meta["base"] = {"file": NAME, "id": ID} (a base checkpoint of write_base_checkpoint in the
+// same folder), the checkpoint holds only the weights that require gradients, the ones its run
+// trains; loading reads the base's weights first, then these over them.
 void save_checkpoint(const std::string& path, SASRec& model, torch::optim::Optimizer* optimizer,
                      const CheckpointInfo& info, torch::nn::Module* sparse_optimizer = nullptr);
+
+// Writes `model`'s weights (no optimizer state) as the base of checkpoints that hold their trained
+// weights alone, and returns the meta["base"] entry they carry: the file's name and an id drawn here,
+// so that a base another run wrote over is recognised. `path`'s folder is the checkpoints' folder.
+nlohmann::json write_base_checkpoint(const std::string& path, SASRec& model, const CheckpointInfo& info);
 
 // Everything but the tensors.
 CheckpointInfo read_checkpoint_info(const std::string& path);
 // The model, rebuilt from the checkpoint's own config and item count, on `device`.
 SASRec load_checkpoint_model(const std::string& path, torch::Device device);
-// Loads the checkpoint's weights into a model of the same shape.
+// Loads the checkpoint's weights into a model of the same shape (its base's first, when it has one).
 void load_checkpoint_weights(const std::string& path, SASRec& model);
 // Restores optimizer state saved with the checkpoint (the optimizer must hold the same parameters).
 // With `sparse_optimizer`, its state is restored too (and must be in the checkpoint).

@@ -103,6 +103,12 @@ const std::vector<KeySpec>& config_schema() {
        {}, 0, 4096},
       {"finetune.lora_alpha", K::Float, "8", "LoRA scale numerator: an adapter adds (lora_alpha / lora_rank) B A x", {}, 1e-06, 1000000},
       {"finetune.lora_dropout", K::Float, "0", "dropout on the adapters' input while training", {}, 0, 0.99},
+      {"finetune.checkpoint_weights", K::Choice, "trained",
+       "what a fine-tune's checkpoints hold when it freezes weights: the trained weights alone, over the frozen ones written once beside them as base.pt (trained), or every weight (all)",
+       {"trained", "all"}},
+      {"finetune.item_lora_rank", K::Int, "0",
+       "a LoRA adapter of this rank on the item table (0: none): each row reads E[i] + (lora_alpha / rank) A[i] B, so that with finetune.known_rows=freeze the known rows still move, in a shared rank-r subspace; it learns at finetune.item_lr and is folded into the table on export and by the stream",
+       {}, 0, 4096},
 
       // ---- distill: a student learning from a frozen teacher (freshrec distill, and stream --student) ----
       {"distill.alpha", K::Float, "0.5", "weight of the true-next-item cross-entropy; 1 - alpha weighs the teacher term", {}, 0, 1},

@@ -118,7 +118,7 @@ FinetunePlan::FinetunePlan(SASRec& model, const FinetuneOptions& options, const 
     : model_(model) {
   const int64_t blocks = model->options().blocks;
   auto trained = [&](const std::string& name) {
-    if (name == "item_embedding") return true;
+    if (name == "item_embedding" || name.rfind("item_lora.", 0) == 0) return true;  // the item side always learns
     if (options.train == "all") return true;
     if (options.train == "adapters") return name.find("_lora.") != std::string::npos;
     if (options.train == "embeddings") return name == "position_embedding";
@@ -131,7 +131,13 @@ FinetunePlan::FinetunePlan(SASRec& model, const FinetuneOptions& options, const 
   for (const auto& p : model->named_parameters()) {
     const bool on = trained(p.key());
     p.value().set_requires_grad(on);
+    freezes_weights_ = freezes_weights_ || !on;
     if (p.key() == "item_embedding") continue;
+    if (p.key().rfind("item_lora.", 0) == 0) {
+      item_adapter_.push_back(p.value());
+      item_adapter_values_ += p.value().numel();
+      continue;
+    }
     dense_total += p.value().numel();
     if (on) dense_.push_back(p.value()), trained_ += p.value().numel();
   }
@@ -144,11 +150,13 @@ FinetunePlan::FinetunePlan(SASRec& model, const FinetuneOptions& options, const 
     frozen_values_ = table.detach().index_select(0, frozen_rows_).clone();
     item_rows -= static_cast<int64_t>(known_rows.size());
   }
-  trained_ += item_rows * hidden;
+  const int64_t dense_trained = trained_;
+  trained_ += item_rows * hidden + item_adapter_values_;
   description_ = "training " + options.train + (options.train == "top_blocks" ? "=" + std::to_string(options.top_blocks) : "") +
-                 ": " + std::to_string(dense_.size()) + " transformer tensors (" + std::to_string(trained_ - item_rows * hidden) +
-                 " of " + std::to_string(dense_total) + " values) and " + std::to_string(item_rows) + " of " +
-                 std::to_string(table_rows) + " item rows";
+                 ": " + std::to_string(dense_.size()) + " transformer tensors (" + std::to_string(dense_trained) + " of " +
+                 std::to_string(dense_total) + " values) and " + std::to_string(item_rows) + " of " +
+                 std::to_string(table_rows) + " item rows" +
+                 (item_adapter_.empty() ? "" : ", and the item adapter (" + std::to_string(item_adapter_values_) + " values)");
 }
 
 void FinetunePlan::snapshot() {

@@ -53,20 +53,26 @@ Alignment align_to_catalogue(SASRec& model, const PretrainedModel& source, const
 class FinetunePlan {
  public:
   FinetunePlan(SASRec& model, const FinetuneOptions& options, const std::vector<int64_t>& known_rows);
-  // The dense parameters the optimizer updates (the item table apart).
+  // The dense parameters the optimizer updates (the item table and its adapter apart).
   std::vector<torch::Tensor> dense_trainable() const { return dense_; }
+  // The item adapter's A and B (finetune.item_lora_rank > 0), which learn with the item table.
+  std::vector<torch::Tensor> item_adapter() const { return item_adapter_; }
   // Writes the frozen rows back (an optimizer's step moves every row it is given).
   void restore();
   // Takes the frozen rows' values from the model again (after a resumed run loaded its weights).
   void snapshot();
   int64_t trained_parameters() const { return trained_; }
+  // Whether some weights are not trained at all (rows frozen in a trained table do not count).
+  bool freezes_weights() const { return freezes_weights_; }
   std::string describe() const { return description_; }
 
  private:
   SASRec model_;
-  std::vector<torch::Tensor> dense_;
+  std::vector<torch::Tensor> dense_, item_adapter_;
+  int64_t item_adapter_values_ = 0;
   torch::Tensor frozen_rows_, frozen_values_;
   int64_t trained_ = 0;
+  bool freezes_weights_ = false;
   std::string description_;
 };
 

@@ -181,7 +181,7 @@ class StreamLearner {
         throw ConfigError(config.origin("stream.update") + ": " + run.resume + " was written with stream.update=" + saved +
                           ", this run asks for " + now + ": resume with the same, or start a new run from its teacher");
     }
-    SASRec teacher = load_checkpoint_model(start, device_);
+    SASRec teacher = without_item_adapter(load_checkpoint_model(start, device_), info_.config_yaml);
     if (settings_.adapters_only && teacher->options().lora_rank == 0) teacher = with_adapters(teacher, config);
     teacher_ = Learner(teacher, config, settings_.lr, settings_.adapters_only);
     model_ = teacher_.model;
@@ -206,7 +206,7 @@ class StreamLearner {
                                  std::to_string(student_info.items.size()) + " vs " + std::to_string(items_.size()) +
                                  "); distil it from this teacher");
       student_config_ = student_info.config_yaml;
-      student_ = Learner(load_checkpoint_model(run.student, device_), config, settings_.lr);
+      student_ = Learner(without_item_adapter(load_checkpoint_model(run.student, device_), student_config_), config, settings_.lr);
       if (student_.model->options().maxlen > model_->options().maxlen)
         throw std::runtime_error(run.student + ": the student's maxlen exceeds the teacher's");
       if (student_.model->options().num_items < model_->options().num_items) {  // the teacher's spare rows
@@ -927,6 +927,19 @@ class StreamLearner {
       reservoir_.histories.emplace_back(flat.begin() + at, flat.begin() + at + n);
       at += n;
     }
+  }
+
+  // `model` with its item adapter (a fine-tune's finetune.item_lora_rank) folded into the item table,
+  // which the stream grows and updates row by row; `config_yaml`, the config saved with the model,
+  // then says it has none, so that checkpoints and published models rebuild the same shape.
+  static SASRec without_item_adapter(SASRec model, std::string& config_yaml) {
+    if (model->options().item_lora_rank == 0) return model;
+    Config saved = Config::from_stored_yaml(config_yaml, "checkpoint config", nullptr);
+    saved.apply_override("finetune.item_lora_rank=0");
+    config_yaml = saved.to_yaml();
+    spdlog::info("stream: the item adapter (rank {}) is folded into the item table, whose rows the stream updates",
+                 model->options().item_lora_rank);
+    return fold_item_adapter(model);
   }
 
   // The teacher with LoRA adapters of the stream config's finetune.lora_* added (they start at zero,

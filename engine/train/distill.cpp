@@ -37,9 +37,9 @@ torch::Tensor distillation_loss(const DistillOptions& options, SASRec& student, 
                   known_items <= teacher->item_embedding().size(0),
               "distillation_loss: ", known_items, " known items do not fit the student (",
               student->item_embedding().size(0), " rows) and the teacher (", teacher->item_embedding().size(0), " rows)");
-  const auto teacher_table = teacher->item_embedding().detach().narrow(0, 0, known_items);
+  const auto teacher_table = teacher->item_table().detach().narrow(0, 0, known_items);
   if (!sampled)
-    return full_softmax_distillation(student_hidden, student->item_embedding().narrow(0, 0, known_items), targets,
+    return full_softmax_distillation(student_hidden, student->item_table().narrow(0, 0, known_items), targets,
                                      teacher_hidden, teacher_table, options.alpha, options.temperature, chunk_rows);
 
   const auto& negatives = sampled->negatives;

@@ -55,8 +55,9 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, S
   const double lr = config.get_float("train.lr"), wd = config.get_float("train.weight_decay");
   const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
   std::vector<torch::Tensor> dense = plan ? plan->dense_trainable() : model->dense_parameters(/*with_item_table=*/false);
-  std::vector<torch::Tensor> table;
+  std::vector<torch::Tensor> table;  // the item table's group: its weights (unless row-wise) and a fine-tune's item adapter
   if (!sparse) table.push_back(model->item_embedding());
+  if (plan) for (const auto& p : plan->item_adapter()) table.push_back(p);
   if (sparse) {
     ops::RowwiseAdamOptions o;
     o.lr = item_lr, o.beta1 = beta1, o.beta2 = beta2, o.weight_decay = wd, o.decoupled_weight_decay = wd > 0;
@@ -70,7 +71,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, S
     using Optimizer = std::conditional_t<std::is_same_v<Options, torch::optim::AdamWOptions>, FusedAdamW, FusedAdam>;
     if (table.empty() || item_lr == lr) {  // one group, in the order dense_parameters(true) gives
       std::vector<torch::Tensor> all = plan ? dense : model->dense_parameters(/*with_item_table=*/!sparse);
-      if (plan && !table.empty()) all.insert(all.begin(), table.front());
+      if (plan) all.insert(all.begin(), table.begin(), table.end());
       return std::make_unique<Optimizer>(all, options_of(lr));
     }
     std::vector<torch::optim::OptimizerParamGroup> groups;
@@ -105,8 +106,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                       ": train.exclude_seen needs train.loss=full (it shapes the full-softmax cross-entropy)");
   if (epochs <= 0 || batch_size <= 0) throw ConfigError("train.epochs and train.batch_size must be positive");
   if (sampled && negatives <= 0) throw ConfigError("train.negatives must be positive for train.loss=sampled");
-  const std::filesystem::path out_dir = config.get_string("train.output_dir");
-  std::filesystem::create_directories(out_dir);
+  const std::filesystem::path out_dir = config.get_string("train.output_dir");  // made once the set-up has passed
 
   const UserSequences sequences = UserSequences::from_log(log);
   const auto train_users_all = sequences.training_users();
@@ -163,10 +163,17 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                  sampled ? ", teacher top-" + std::to_string(distill.top_k) + " plus sampled negatives" : ", full catalog");
   }
 
+  std::filesystem::create_directories(out_dir);
   CheckpointInfo info;
   info.config_yaml = config.to_yaml();
   info.items = log.items;
   info.users = log.users;
+  // A fine-tune that freezes weights writes them once, as the base of checkpoints that hold the
+  // trained weights alone (finetune.checkpoint_weights=trained); a resume keeps its run's base.
+  nlohmann::json base;
+  if (plan && plan->freezes_weights() && config.get_string("finetune.checkpoint_weights") == "trained") {
+    if (resume_path.empty()) base = write_base_checkpoint((out_dir / "base.pt").string(), model, info);
+  }
   TrainSummary summary;
   summary.parameters = model->parameter_count();
   summary.trained_parameters = plan ? plan->trained_parameters() : summary.parameters;
@@ -198,6 +205,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
         saved_options.ffn_hidden != now.ffn_hidden)
       throw std::runtime_error(resume_path + ": the checkpoint's model or item count differs from this config and data");
     load_checkpoint_weights(resume_path, model);
+    base = saved.meta.value("base", nlohmann::json());
     if (plan) plan->snapshot();  // frozen rows keep the values the run froze
     load_checkpoint_optimizer(resume_path, *optimizer, sparse_state);
     start_epoch = saved.meta.at("epoch").get<int64_t>() + 1;
@@ -266,7 +274,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                                                drawn, log_q);
         } else {
           const auto excluded = exclude_seen ? earlier_items(inputs, all_targets, positions) : torch::Tensor();
-          loss = full_softmax_cross_entropy(hidden, model->item_embedding(), targets, chunk, excluded);
+          loss = full_softmax_cross_entropy(hidden, model->item_table(), targets, chunk, excluded);
         }
       }
       optimizer->zero_grad();
@@ -318,6 +326,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                  {"lr_decays_done", decays_done},
                  {"validation", nlohmann::json::parse(validation.to_json())},
                  {"torch_version", TORCH_VERSION}};
+    if (!base.is_null()) info.meta["base"] = base;
     if (improved) save_checkpoint(summary.best_checkpoint, model, optimizer.get(), info, sparse_state);
     save_checkpoint(summary.last_checkpoint, model, optimizer.get(), info, sparse_state);
     summary.epochs_run = epoch;
