@@ -79,9 +79,10 @@ struct ServeJobOptions {
 };
 int run_serve_job(const ServeJobOptions& options);
 
-// `freshrec bench serve`: latency (p50, p99) of one recommendation request for an exported model,
-// as a direct TorchScript call and through the HTTP server, in one run.
-int run_serve_bench_job(const std::string& model, int64_t requests, int64_t history_length, int64_t k);
+// `freshrec bench serve`: latency (p50, p99) of one recommendation call for an exported model, each
+// call answering `batch` histories, and the requests (histories) answered per second, as a direct
+// TorchScript call and through the HTTP server, in one run.
+int run_serve_bench_job(const std::string& model, int64_t requests, int64_t history_length, int64_t k, int64_t batch = 1);
 
 // `freshrec bench train`: freshrec's SASRec training step beside the PyTorch-eager reference
 // (tools/bench/sasrec_reference.py, run with `python`), same device, shapes, loss and precision.

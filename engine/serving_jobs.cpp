@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <numeric>
 #include <random>
 #include <csignal>
 #include <cstdio>
@@ -110,9 +111,10 @@ int run_recommend_job(const std::string& model_path, const std::string& history,
   return failed ? 1 : 0;
 }
 
-int run_serve_bench_job(const std::string& model_path, int64_t requests, int64_t history_length, int64_t k) {
-  if (requests <= 0 || history_length < 0 || k <= 0)
-    throw std::invalid_argument("bench serve: --requests and -k must be positive, --history >= 0");
+int run_serve_bench_job(const std::string& model_path, int64_t requests, int64_t history_length, int64_t k, int64_t batch) {
+  if (requests <= 0 || history_length < 0 || k <= 0 || batch <= 0 || batch > requests)
+    throw std::invalid_argument("bench serve: --requests, -k and --batch must be positive, --batch at most --requests, "
+                                "--history >= 0");
   configure_threads(0);
   ExportedModel model(model_path);
   const int64_t parameters = model.meta().value("parameters", int64_t{-1});
@@ -122,40 +124,53 @@ int run_serve_bench_job(const std::string& model_path, int64_t requests, int64_t
   std::vector<std::vector<std::string>> histories(static_cast<size_t>(requests));
   for (auto& h : histories)
     for (int64_t j = 0; j < history_length; ++j) h.push_back(vocabulary[rng() % vocabulary.size()]);
-  auto quantiles = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return std::make_pair(quantile_of_sorted(v, 0.5), quantile_of_sorted(v, 0.99));
+  // Calls of `batch` consecutive histories, the last call's wrapping around to the first.
+  const int64_t calls = (requests + batch - 1) / batch, warmup = std::min<int64_t>(20, calls);
+  auto call_histories = [&](int64_t call) {
+    std::vector<std::vector<std::string>> out;
+    for (int64_t j = 0; j < batch; ++j) out.push_back(histories[static_cast<size_t>((call * batch + j) % requests)]);
+    return out;
   };
-  const int64_t warmup = std::min<int64_t>(20, requests);
+  // p50 and p99 of the calls' milliseconds, and histories answered per second over all the calls.
+  auto summary = [&](std::vector<double> v) {
+    const double total = std::accumulate(v.begin(), v.end(), 0.0);
+    std::sort(v.begin(), v.end());
+    return std::make_tuple(quantile_of_sorted(v, 0.5), quantile_of_sorted(v, 0.99),
+                           static_cast<double>(batch) * static_cast<double>(v.size()) / (total / 1000.0));
+  };
   std::vector<double> direct;
-  for (int64_t i = 0; i < requests + warmup; ++i) {
+  for (int64_t i = 0; i < calls + warmup; ++i) {
+    const auto call = call_histories(i % calls);
     const auto begun = std::chrono::steady_clock::now();
-    model.recommend({histories[static_cast<size_t>(i % requests)]}, k);
+    model.recommend(call, k);
     if (i >= warmup) direct.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begun).count());
   }
-  const auto [direct_p50, direct_p99] = quantiles(direct);
-  std::printf("serving latency of %s (%lld parameters, %lld items, maxlen %lld), one request of %lld history items, "
-              "k=%lld, %lld requests, %d threads:\n",
+  const auto [direct_p50, direct_p99, direct_rate] = summary(direct);
+  std::printf("serving latency of %s (%lld parameters, %lld items, maxlen %lld), calls of %lld histories of %lld items, "
+              "k=%lld, %lld calls, %d threads:\n",
               model_path.c_str(), static_cast<long long>(parameters), static_cast<long long>(model.num_items()),
-              static_cast<long long>(model.maxlen()), static_cast<long long>(history_length), static_cast<long long>(k),
-              static_cast<long long>(requests), torch::get_num_threads());
-  std::printf("%-34s %10s %10s\n", "path", "p50 ms", "p99 ms");
-  std::printf("%-34s %10.3f %10.3f\n", "TorchScript call (in process)", direct_p50, direct_p99);
+              static_cast<long long>(model.maxlen()), static_cast<long long>(batch), static_cast<long long>(history_length),
+              static_cast<long long>(k), static_cast<long long>(calls), torch::get_num_threads());
+  std::printf("%-34s %10s %10s %14s\n", "path", "p50 ms", "p99 ms", "requests/s");
+  std::printf("%-34s %10.3f %10.3f %14.1f\n", "TorchScript call (in process)", direct_p50, direct_p99, direct_rate);
 #ifdef FRESHREC_WITH_HTTP
-  // The same requests through `serve`: JSON over HTTP on loopback, one connection, one at a time.
+  // The same calls through `serve`: JSON over HTTP on loopback, one connection, one at a time.
   const auto dir = std::filesystem::temp_directory_path() / ("freshrec-bench-serve-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::filesystem::copy_file(model_path, dir / "model.pt", std::filesystem::copy_options::overwrite_existing);
   write_file_atomically((dir / "manifest.json").string(), nlohmann::json{{"version", 1}, {"file", "model.pt"}}.dump());
   ServeOptions options;
   options.models_dir = dir.string(), options.http.host = "127.0.0.1", options.http.port = 0, options.http.workers = 2;
+  options.max_batch = std::max(options.max_batch, batch);
+  options.max_history = std::max(options.max_history, history_length);
   ModelServer server(options);
   const int port = server.start();
   HttpClient client("127.0.0.1", port);
   std::vector<double> http;
-  for (int64_t i = 0; i < requests + warmup; ++i) {
-    const std::string body =
-        nlohmann::json{{"history", histories[static_cast<size_t>(i % requests)]}, {"k", k}}.dump();
+  for (int64_t i = 0; i < calls + warmup; ++i) {
+    const auto call = call_histories(i % calls);
+    const std::string body = (batch == 1 ? nlohmann::json{{"history", call[0]}, {"k", k}}
+                                         : nlohmann::json{{"histories", call}, {"k", k}}).dump();
     const auto begun = std::chrono::steady_clock::now();
     auto r = client.post("/recommend", body);
     if (!r || r->status != 200)
@@ -164,8 +179,8 @@ int run_serve_bench_job(const std::string& model_path, int64_t requests, int64_t
   }
   server.stop();
   std::filesystem::remove_all(dir);
-  const auto [http_p50, http_p99] = quantiles(http);
-  std::printf("%-34s %10.3f %10.3f\n", "HTTP POST /recommend (serve)", http_p50, http_p99);
+  const auto [http_p50, http_p99, http_rate] = summary(http);
+  std::printf("%-34s %10.3f %10.3f %14.1f\n", "HTTP POST /recommend (serve)", http_p50, http_p99, http_rate);
 #endif
   return 0;
 }

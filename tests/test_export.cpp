@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <filesystem>
 #include <fstream>
@@ -128,6 +129,85 @@ TEST(Distillation, CandidateFormIsTheKlOverTheList) {
   EXPECT_TRUE(std::isfinite(loss.item<double>()));
   EXPECT_TRUE(student->item_embedding().grad().defined());
   EXPECT_FALSE(teacher->item_embedding().grad().defined());
+}
+
+// Ranking distillation against a hand-computed case, and its gradient pushes the teacher's top items up,
+// the first the most.
+TEST(Distillation, RankingTermIsTheWeightedLogSigmoidOfTheTeachersTopItems) {
+  auto scores = torch::tensor({{2.0f, 0.0f, -1.0f}, {0.5f, 0.5f, 0.5f}}).requires_grad_();
+  const double h3 = 1.0 + 0.5 + 1.0 / 3;  // w_k = (1/k) / H_3
+  auto log_sigmoid = [](double x) { return -std::log1p(std::exp(-x)); };
+  const double row0 = -(log_sigmoid(2.0) * 1 + log_sigmoid(0.0) * 0.5 + log_sigmoid(-1.0) / 3) / h3;
+  const double row1 = -log_sigmoid(0.5);
+  auto loss = ranking_distillation_loss(scores);
+  EXPECT_NEAR(loss.item<double>(), (row0 + row1) / 2, 1e-6);
+  loss.backward();
+  const auto grad = scores.grad();
+  EXPECT_LT(grad[1][0].item<double>(), grad[1][1].item<double>());  // equal scores: the first pushed hardest
+  EXPECT_LT(grad[1][1].item<double>(), grad[1][2].item<double>());
+  EXPECT_LT(grad.max().item<double>(), 0.0);
+}
+
+// The full form with soft targets over the teacher's top-K alone is the full-softmax CE plus the KL
+// over those K items, renormalised; the ranking term adds to any form; the teacher gets no gradient.
+TEST(Distillation, TopKSoftTargetsAndTheRankingTermThroughTheModels) {
+  torch::manual_seed(6);
+  SASRec student = random_model(40, 8, 1), teacher = random_model(40, 16, 2);
+  student->train();
+  auto items = torch::randint(1, 41, {5, 8}, torch::kLong);
+  auto targets = torch::randint(1, 41, {5}, torch::kLong);
+  auto sh = student->last_hidden(items);
+  torch::Tensor th;
+  {
+    torch::NoGradGuard no_grad;
+    th = teacher->last_hidden(items);
+  }
+  DistillOptions o;
+  o.top_k = 7, o.top_k_targets = true, o.alpha = 0.25, o.temperature = 2;
+  auto loss = distillation_loss(o, student, teacher, sh, th, targets, 41, nullptr, 2);
+  // By hand: the teacher's top 7 of items 1..40 for each row, both score lists over them.
+  torch::Tensor expected;
+  {
+    torch::NoGradGuard no_grad;
+    auto teacher_scores = torch::matmul(th, teacher->item_embedding().narrow(0, 1, 40).t());
+    auto [top_values, top_index] = teacher_scores.topk(7, 1);
+    auto student_scores = torch::matmul(sh, student->item_embedding().narrow(0, 1, 40).t());
+    auto top_student = student_scores.gather(1, top_index);
+    auto ce = torch::nn::functional::cross_entropy(student_scores, targets - 1);
+    auto log_ps = torch::log_softmax(top_student / 2, 1), log_pt = torch::log_softmax(top_values / 2, 1);
+    expected = ce * 0.25 + (log_pt.exp() * (log_pt - log_ps)).sum(1).mean() * 4 * 0.75;
+    // The ranking term over the teacher's top 3, weighted 0.5.
+    auto top3 = top_student.narrow(1, 0, 3);
+    DistillOptions ranked = o;
+    ranked.ranking_k = 3, ranked.ranking_weight = 0.5;
+    EXPECT_NEAR(distillation_loss(ranked, student, teacher, sh, th, targets, 41, nullptr, 2).item<double>(),
+                (expected + ranking_distillation_loss(top3) * 0.5).item<double>(), 1e-5);
+  }
+  EXPECT_NEAR(loss.item<double>(), expected.item<double>(), 1e-5);
+  loss.backward();
+  EXPECT_TRUE(student->item_embedding().grad().defined());
+  EXPECT_FALSE(teacher->item_embedding().grad().defined());
+}
+
+// The student's table from the teacher's: the rank-C projection keeps the teacher rows' inner
+// products as well as any rank-C map can (the Eckart-Young bound: the discarded singular values), and
+// at the teacher's own width it keeps them exactly; the padding row is zero.
+TEST(Distillation, TeacherItemsProjectOntoTheirLeadingSingularVectors) {
+  torch::manual_seed(7);
+  auto table = torch::randn({31, 12});
+  const auto projected = project_teacher_items(table, 31, 4);
+  ASSERT_EQ(projected.sizes(), torch::IntArrayRef({31, 4}));
+  EXPECT_TRUE(torch::equal(projected[0], torch::zeros({4})));
+  const auto rows = table.narrow(0, 1, 30).to(torch::kDouble);
+  const auto gram = torch::matmul(rows, rows.t());
+  const auto kept = projected.narrow(0, 1, 30).to(torch::kDouble);
+  const double error = (gram - torch::matmul(kept, kept.t())).norm().item<double>();
+  const auto singular = torch::linalg_svdvals(rows);
+  const double bound = singular.narrow(0, 4, singular.size(0) - 4).pow(2).norm().item<double>();
+  EXPECT_NEAR(error, bound, 1e-3 * bound);
+  const auto whole = project_teacher_items(table, 31, 12).narrow(0, 1, 30).to(torch::kDouble);
+  EXPECT_LT((gram - torch::matmul(whole, whole.t())).abs().max().item<double>(), 1e-4);
+  EXPECT_THROW(project_teacher_items(table, 31, 13), c10::Error);  // a student wider than its teacher
 }
 
 TEST(Export, OriginalBlockMatchesTheEngineModel) {
@@ -510,4 +590,34 @@ TEST(Export, RecommendCommandAnswersEachLineAndNamesBadOnes) {
   EXPECT_NE(out[1].at("error").get<std::string>().find("histories.txt:2: unknown item id '999'"), std::string::npos)
       << out[1];
   EXPECT_EQ(out[2].at("ids").size(), 3u);  // an empty history still gets an answer (the most likely first items)
+}
+
+// bench serve answers calls of several histories, directly and (where built) through HTTP, and
+// reports each path's latency and requests per second; a batch larger than the requests is refused.
+TEST(Export, ServeBenchAnswersBatchedCalls) {
+  SASRec model = random_model(15, 8, 3);
+  const std::string dir = temp_folder("bench-serve");
+  auto module = export_torchscript(model, id_map(15, "", 10), "", nlohmann::json::object());
+  save_torchscript(module, dir + "/model.pt");
+  auto run = [&](const std::string& args) {
+    const std::string command = std::string(FRESHREC_BINARY) + " --log-level warn bench serve --model " + dir + "/model.pt " + args +
+                                " > " + dir + "/out.txt 2>&1";
+    const int rc = std::system(command.c_str());
+    std::ifstream in(dir + "/out.txt");
+    std::stringstream text;
+    text << in.rdbuf();
+    return std::make_pair(rc, text.str());
+  };
+  auto [rc, out] = run("--requests 12 --history 5 --batch 4");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("calls of 4 histories of 5 items"), std::string::npos) << out;
+  EXPECT_NE(out.find("requests/s"), std::string::npos) << out;
+  EXPECT_NE(out.find("TorchScript call (in process)"), std::string::npos) << out;
+#ifdef FRESHREC_WITH_HTTP
+  EXPECT_NE(out.find("HTTP POST /recommend (serve)"), std::string::npos) << out;
+#endif
+  std::tie(rc, out) = run("--requests 3 --batch 4");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--batch at most --requests"), std::string::npos) << out;
+  fs::remove_all(dir);
 }

@@ -29,6 +29,7 @@
 #include "engine/train/sparse_adam.h"
 #include "engine/train/trainer.h"
 #include "models/sasrec.h"
+#include "tests/test_support.h"
 
 namespace fs = std::filesystem;
 using namespace freshrec;
@@ -590,6 +591,30 @@ void expect_learns_with(const std::string& name, const std::vector<std::string>&
 }
 
 }  // namespace
+
+// A student distilled with the literature's options together (soft targets over the teacher's top-K,
+// ranking distillation, its item table projected from the teacher's) learns; a student wider than
+// the teacher cannot take the projection and is refused by key.
+TEST(Training, DistillationOptionsTrainAStudent) {
+  const auto dir = temp_folder("distill-options");
+  Config teacher_config = small_training_config(dir + "/teacher");
+  teacher_config.apply_override("train.epochs=4");
+  const EventLog log = load_event_log(teacher_config, nullptr);
+  const std::string teacher = train_model(teacher_config, log).best_checkpoint;
+  Config student = small_training_config(dir + "/student");
+  for (const char* o : {"train.epochs=6", "model.hidden=16", "model.heads=1", "distill.soft_targets=top_k", "distill.top_k=20",
+                        "distill.ranking_k=5", "distill.ranking_weight=0.5", "distill.init_items=teacher"})
+    student.apply_override(o);
+  const TrainSummary s = train_model(student, log, "", teacher);
+  EXPECT_GT(s.test.ndcg(10), s.popularity_test.ndcg(10) * 1.2)
+      << "student NDCG@10 " << s.test.ndcg(10) << " vs popularity " << s.popularity_test.ndcg(10);
+  Config wide = student;
+  wide.apply_override("model.hidden=64");  // the teacher's is 32
+  wide.apply_override("train.output_dir=" + dir + "/wide");
+  const std::string error = testing_support::error_of([&] { train_model(wide, log, "", teacher); });
+  EXPECT_NE(error.find("distill.init_items=teacher"), std::string::npos) << error;
+  fs::remove_all(dir);
+}
 
 TEST(Training, SampledSoftmaxAlsoLearns) { expect_learns_with("sampled", {"train.loss=sampled", "train.negatives=64"}); }
 

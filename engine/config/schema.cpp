@@ -114,7 +114,17 @@ const std::vector<KeySpec>& config_schema() {
       {"distill.alpha", K::Float, "0.5", "weight of the true-next-item cross-entropy; 1 - alpha weighs the teacher term", {}, 0, 1},
       {"distill.temperature", K::Float, "2.0", "softmax temperature tau of the teacher term (scaled by tau^2)", {}, 0.01, 100},
       {"distill.top_k", K::Int, "50",
-       "with a sampled loss: the teacher term covers each row's teacher top-K items plus the sampled negatives", {}, 1, 100000},
+       "with a sampled loss (or distill.soft_targets=top_k): the teacher term covers each row's teacher top-K items (plus the sampled negatives)", {}, 1, 100000},
+      {"distill.soft_targets", K::Choice, "catalog",
+       "with a full softmax: the teacher term over every item (catalog), or over each row's teacher distill.top_k items alone, both distributions renormalised (top_k)",
+       {"catalog", "top_k"}},
+      {"distill.ranking_k", K::Int, "0",
+       "ranking distillation (Tang & Wang 2018): each row's teacher top-K items as extra positives, -sum_k w_k log sigmoid(student score), w_k proportional to 1/k (0: off)",
+       {}, 0, 100000},
+      {"distill.ranking_weight", K::Float, "0", "the ranking-distillation term's weight (with distill.ranking_k > 0)", {}, 0, 1000},
+      {"distill.init_items", K::Choice, "random",
+       "the offline student's item table at the start: its own initialisation (random), or the teacher's rows projected onto their leading right singular vectors, one per student dimension (teacher)",
+       {"random", "teacher"}},
 
       // ---- student: the small model the stream job distils and publishes (when no --student is given) ----
       {"student.hidden", K::Int, "0", "student width (0: no student unless --student names a checkpoint)", {}, 0, 65536},

@@ -7,6 +7,14 @@
 //    in losses.h, the cross-entropy's own fused function with a teacher term;
 //  - large catalogs: the CE term is the sampled softmax, and the KL runs over each row's teacher
 //    top-K items plus the shared sampled negatives (both distributions renormalised over that list).
+// Options from the distillation literature, each a config switch:
+//  - soft targets over the teacher's top-K items alone in the full form (distill.soft_targets=top_k):
+//    the full-softmax CE, and the KL over each row's teacher top-K, both distributions renormalised;
+//  - ranking distillation (Tang & Wang, KDD 2018): the teacher's top-K items of each row as extra,
+//    weighted positives, loss += distill.ranking_weight * -sum_k w_k log sigmoid(student score of
+//    the teacher's k-th item), with w_k proportional to 1/k and summing to 1 (distill.ranking_k > 0);
+//  - the student's item table started from the teacher's (distill.init_items=teacher): the teacher's
+//    rows projected onto their leading right singular vectors (see project_teacher_items).
 #pragma once
 
 #include <torch/torch.h>
@@ -18,11 +26,25 @@
 namespace freshrec {
 
 struct DistillOptions {
-  double alpha = 0.5;        // weight of the label term
-  double temperature = 2.0;  // tau
-  int64_t top_k = 50;        // teacher's top items per row in the sampled form
-  static DistillOptions from_config(const Config& config);  // distill.alpha, .temperature, .top_k
+  double alpha = 0.5;              // weight of the label term
+  double temperature = 2.0;        // tau
+  int64_t top_k = 50;              // teacher's top items per row in the sampled form (and with top_k_targets)
+  bool top_k_targets = false;      // full form: the teacher term over each row's teacher top-K alone
+  int64_t ranking_k = 0;           // ranking distillation's teacher items per row (0: off)
+  double ranking_weight = 0;       // its weight
+  bool init_from_teacher = false;  // the student's item table from the teacher's (distill.init_items)
+  static DistillOptions from_config(const Config& config);  // distill.*
 };
+
+// The ranking-distillation term: -sum_k w_k log sigmoid(student_scores[:, k]), w_k = (1/k) / H_K (the
+// K-th harmonic number), mean over rows. student_scores: (N, K), the student's scores of each row's
+// teacher top-K items in the teacher's order.
+torch::Tensor ranking_distillation_loss(const torch::Tensor& student_scores);
+
+// The teacher's item rows (1..known_items-1) projected onto their `width` leading right singular
+// vectors (the rank-`width` linear map that best keeps their inner products): (known_items, width),
+// row 0 zero. A student of that width starts its item table from it.
+torch::Tensor project_teacher_items(const torch::Tensor& teacher_table, int64_t known_items, int64_t width);
 
 // tau^2 * KL(softmax(teacher/tau) || softmax(student/tau)) over the columns, mean over rows.
 // student_logits, teacher_logits: (N, M).

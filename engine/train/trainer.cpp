@@ -158,6 +158,17 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       throw ConfigError(config.origin("model.maxlen") + ": the student's model.maxlen (" +
                         std::to_string(model->options().maxlen) + ") exceeds the teacher's (" +
                         std::to_string(teacher->options().maxlen) + ")");
+    if (distill.init_from_teacher && model->options().hidden > teacher->options().hidden)
+      throw ConfigError(config.origin("distill.init_items") + ": distill.init_items=teacher projects the teacher's rows onto "
+                        "fewer dimensions: the student's model.hidden (" + std::to_string(model->options().hidden) +
+                        ") exceeds the teacher's (" + std::to_string(teacher->options().hidden) + ")");
+    if (distill.init_from_teacher && resume_path.empty()) {
+      torch::NoGradGuard no_grad;
+      const int64_t known = log.num_items() + 1;
+      model->item_embedding().narrow(0, 0, known).copy_(project_teacher_items(teacher->item_table(), known, model->options().hidden));
+      spdlog::info("the student's item table starts as the teacher's rows projected onto their {} leading singular vectors",
+                   model->options().hidden);
+    }
     spdlog::info("distilling from {} ({} parameters): alpha {}, temperature {}{}", teacher_path,
                  teacher->parameter_count(), distill.alpha, distill.temperature,
                  sampled ? ", teacher top-" + std::to_string(distill.top_k) + " plus sampled negatives" : ", full catalog");

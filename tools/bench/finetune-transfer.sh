@@ -4,7 +4,8 @@
 # the same model trained there from scratch, each row a real run of the command it names.
 #   bash tools/bench/finetune-transfer.sh [OUT_DIR] [ROW ...]
 # Rows: scratch-s1..3 and full-s1..3 (the headline pair, three seeds each), full-s42 (the seed of the
-# single rows that follow), lora (rank-3 adapters and the new items' rows alone), lora-rows-trained,
+# single rows that follow), lora (rank-3 adapters and the new items' rows alone), lora-item-r8 and
+# lora-item-r32 (the same with an item adapter of rank 8 or 32 moving the frozen rows), lora-rows-trained,
 # top-block, embeddings, frozen-known-rows, new-items-random, new-items-content (genres),
 # same-item-lr. With no ROW, all of them. The pre-trained model must exist
 # (SOURCE, default runs/ml1m-pretrain/best.pt: `freshrec train -c configs/ml1m-pretrain.yaml`).
@@ -37,8 +38,10 @@ declare -A commands=(
   [new-items-content]="finetune --from $source -c $config finetune.new_items=content finetune.item_features=../shared/data/ml-latest-small/movies.csv"
   [lora-rows-trained]="finetune --from $source -c $config finetune.train=adapters finetune.lora_rank=3"
   [lora]="finetune --from $source -c $config finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze"
+  [lora-item-r8]="finetune --from $source -c $config finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze finetune.item_lora_rank=8"
+  [lora-item-r32]="finetune --from $source -c $config finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze finetune.item_lora_rank=32"
 )
-order=(scratch-s1 scratch-s2 scratch-s3 full-s1 full-s2 full-s3 full-s42 lora lora-rows-trained top-block embeddings frozen-known-rows
+order=(scratch-s1 scratch-s2 scratch-s3 full-s1 full-s2 full-s3 full-s42 lora lora-item-r8 lora-item-r32 lora-rows-trained top-block embeddings frozen-known-rows
        new-items-random new-items-content same-item-lr)
 rows=("$@")
 [[ ${#rows[@]} -gt 0 ]] || rows=("${order[@]}")
@@ -82,6 +85,9 @@ groups = [("from scratch", ["scratch-s1", "scratch-s2", "scratch-s3"], "train -c
           ("full fine-tune", ["full-s1", "full-s2", "full-s3"], f"finetune --from {source} -c configs/mlsmall-finetune.yaml train.seed=S"),
           ("full fine-tune, train.seed=42 (the seed of every row below)", ["full-s42"], f"finetune --from {source} -c configs/mlsmall-finetune.yaml"),
           ("LoRA adapters (rank 3) and new items' rows only", ["lora"], "... finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze"),
+          ("LoRA adapters (rank 3), new items' rows and an item adapter of rank 8 (known rows frozen)", ["lora-item-r8"],
+           "... finetune.train=adapters finetune.lora_rank=3 finetune.known_rows=freeze finetune.item_lora_rank=8"),
+          ("the same with an item adapter of rank 32", ["lora-item-r32"], "... finetune.item_lora_rank=32"),
           ("LoRA adapters (rank 3) and the whole item table", ["lora-rows-trained"], "... finetune.train=adapters finetune.lora_rank=3"),
           ("top block only", ["top-block"], "... finetune.train=top_blocks finetune.top_blocks=1"),
           ("embeddings only", ["embeddings"], "... finetune.train=embeddings"),

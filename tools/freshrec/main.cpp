@@ -190,13 +190,15 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))->capture_default_str();
 
   std::string bench_serve_model;
-  int64_t bench_serve_requests = 2000, bench_serve_history = 200, bench_serve_k = 10;
+  int64_t bench_serve_requests = 2000, bench_serve_history = 200, bench_serve_k = 10, bench_serve_batch = 1;
   auto* bench_serve = bench->add_subcommand(
       "serve", "latency of one recommendation request: direct TorchScript call and through HTTP serve");
   bench_serve->add_option("--model", bench_serve_model, "exported TorchScript file")->required()->check(CLI::ExistingFile);
   bench_serve->add_option("--requests", bench_serve_requests, "timed requests")->capture_default_str();
   bench_serve->add_option("--history", bench_serve_history, "history items per request")->capture_default_str();
   bench_serve->add_option("-k", bench_serve_k, "items per answer")->capture_default_str();
+  bench_serve->add_option("--batch", bench_serve_batch, "histories per call (one HTTP request with `histories`)")
+      ->capture_default_str();
 
   freshrec::TrainBenchOptions train_bench;
   auto* bench_train = bench->add_subcommand(
@@ -291,7 +293,8 @@ int main(int argc, char** argv) {
         return freshrec::run_stream_job(whole, teacher, "", false, false);
       });
     if (*bench_serve)
-      return freshrec::run_serve_bench_job(bench_serve_model, bench_serve_requests, bench_serve_history, bench_serve_k);
+      return freshrec::run_serve_bench_job(bench_serve_model, bench_serve_requests, bench_serve_history, bench_serve_k,
+                                           bench_serve_batch);
     if (*bench_train) return freshrec::run_train_bench_job(train_bench);
     if (*bench_kernels) return freshrec::run_kernel_bench_job(kernel_bench);
     if (*stats) return with_config(stats_args, [](const freshrec::Config& c) { return freshrec::run_data_stats_job(c); });
