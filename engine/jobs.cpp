@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include "engine/bench/reference.h"
 #include "engine/checkpoint/checkpoint.h"
@@ -197,6 +198,7 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
       throw std::runtime_error(continual.resume + ": nothing to resume (no stream checkpoint there)");
   }
   std::vector<std::pair<std::string, StreamSummary>> results;
+  std::optional<StreamSummary> labels_only;  // --compare-frozen with a student: the student without the teacher
   if (config.get_string("stream.source") == "stdin") {
     if (continual.teacher.empty() && !resume) throw ConfigError("stream.source=stdin needs --teacher CHECKPOINT");
     LineStreamSource source(std::cin, parse_line_format(config.get_string("stream.line_format")));
@@ -252,6 +254,21 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
         results.emplace_back("continual", run_stream(plain, source, warm, without_replay));
         continual.output_dir = (out / "replay").string(), continual.label = "replay";
       }
+      if (!continual.student.empty()) {
+        // The same student updated on the stream's labels alone (distill.alpha=1: no teacher term), so
+        // that what online distillation adds shows; its teacher's updates repeat the continual run's.
+        Config alone = config;
+        alone.set("distill.alpha", "1", "stream job");
+        alone.set("distill.ranking_k", "0", "stream job");
+        alone.set("distill.ranking_weight", "0", "stream job");
+        alone.set("stream.publish_every", "0", "stream job");
+        alone.set("stream.publish_seconds", "0", "stream job");
+        StreamRun labels = continual;
+        labels.resume.clear(), labels.publish_dir.clear(), labels.label = kLabelsOnlyRun;
+        labels.output_dir = (out / "student-labels").string();
+        source.skip_to(cut);
+        labels_only = run_stream(alone, source, warm, labels);
+      }
     }
     source.skip_to(cut);
     results.emplace_back(continual.label, run_stream(config, source, warm, continual));
@@ -270,6 +287,11 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
       std::printf("%-10s %9llu %9.4f %9.4f %8.4f   (the student of '%s', distilled online, scored before each step)\n",
                   "student", static_cast<unsigned long long>(s.student_overall.count()), s.student_overall.hit_rate(10),
                   s.student_overall.ndcg(10), s.student_overall.mrr(), name.c_str());
+  if (labels_only && labels_only->student_overall.count() > 0)
+    std::printf("%-10s %9llu %9.4f %9.4f %8.4f   (the same student updated on the labels alone, no teacher term)\n",
+                "student", static_cast<unsigned long long>(labels_only->student_overall.count()),
+                labels_only->student_overall.hit_rate(10), labels_only->student_overall.ndcg(10),
+                labels_only->student_overall.mrr());
   if (results.size() >= 2 && results[0].second.overall.ndcg(10) > 0)
     for (size_t i = 1; i < results.size(); ++i)
       std::printf("%s / frozen NDCG@10: %.3f\n", results[i].first.c_str(),

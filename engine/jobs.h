@@ -51,7 +51,8 @@ int run_config_job(const Config& config, bool markdown);
 // replayed log pre-trains one on its events before stream.pretrain_fraction, and with student.hidden
 // > 0 (and no student checkpoint) distils a student from it on the same events; the student then
 // learns online from the teacher and is published (stream.publish_*). compare_frozen also replays
-// the stream through the frozen teacher and prints both.
+// the stream through the frozen teacher and, with a student, once more with the student updated on
+// the labels alone (distill.alpha=1), and prints them all.
 // reference_python (bench stream): also time the PyTorch-eager reference's test-then-train step
 // (tools/bench/sasrec_reference.py --mode stream) on the same device and shapes with that Python.
 int run_stream_job(const Config& config, const std::string& teacher, const std::string& student, bool resume,

@@ -163,6 +163,16 @@ int run_serve_bench_job(const std::string& model_path, int64_t requests, int64_t
   options.models_dir = dir.string(), options.http.host = "127.0.0.1", options.http.port = 0, options.http.workers = 2;
   options.max_batch = std::max(options.max_batch, batch);
   options.max_history = std::max(options.max_history, history_length);
+  size_t body_bytes = 0;  // the largest request the bench sends, with room for the JSON around each id
+  for (int64_t c = 0; c < calls; ++c) {
+    size_t bytes = 64;
+    for (const auto& h : call_histories(c)) {
+      bytes += 8;
+      for (const auto& id : h) bytes += id.size() + 4;
+    }
+    body_bytes = std::max(body_bytes, bytes);
+  }
+  options.http.max_body_bytes = std::max(options.http.max_body_bytes, body_bytes);
   ModelServer server(options);
   const int port = server.start();
   HttpClient client("127.0.0.1", port);

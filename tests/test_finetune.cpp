@@ -448,6 +448,13 @@ TEST(Finetune, CommandLineTrainsFineTunesAndExports) {
   EXPECT_EQ(read_checkpoint_info(dir + "/tuned/last.pt").meta.at("epoch"), 3);
   EXPECT_TRUE(torch::equal(before->named_parameters()["blocks.0.qkv.weight"],
                            load_checkpoint_model(dir + "/tuned/last.pt", torch::kCPU)->named_parameters()["blocks.0.qkv.weight"]));
+  // A resume into another folder writes a base of its own there, so its checkpoints load.
+  std::tie(rc, out) = run("finetune --from " + dir + "/source/best.pt" + other + " finetune.train=top_blocks train.epochs=4 train.output_dir=" +
+                          dir + "/elsewhere --resume " + dir + "/tuned/last.pt");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_TRUE(fs::exists(dir + "/elsewhere/base.pt"));
+  EXPECT_TRUE(torch::equal(before->named_parameters()["blocks.0.qkv.weight"],
+                           load_checkpoint_model(dir + "/elsewhere/last.pt", torch::kCPU)->named_parameters()["blocks.0.qkv.weight"]));
   // Apart from its base, or beside another file of that name, it is refused by name.
   fs::create_directories(dir + "/moved");
   fs::copy_file(dir + "/tuned/best.pt", dir + "/moved/best.pt");

@@ -174,10 +174,17 @@ void load_over_base(const std::string& path, torch::serialize::InputArchive& arc
   for (std::string name; std::getline(lines, name); ++n) {
     torch::Tensor* target = params.find(name);
     torch::Tensor value;
-    if (!target || !archive.try_read("trained." + std::to_string(n), value) || !value.sizes().equals(target->sizes()))
-      throw std::runtime_error(path + ": its trained weight '" + name + "' does not fit this model" +
-                               (target && value.defined() ? " (" + c10::str(value.sizes()) + " for " + c10::str(target->sizes()) + ")" : ""));
-    target->copy_(value);
+    try {
+      if (!target || !archive.try_read("trained." + std::to_string(n), value) || !value.sizes().equals(target->sizes()) ||
+          value.scalar_type() != target->scalar_type())
+        throw std::runtime_error(path + ": its trained weight '" + name + "' does not fit this model" +
+                                 (target && value.defined() ? " (" + c10::str(value.sizes(), " ", value.scalar_type()) + " for " +
+                                                                  c10::str(target->sizes(), " ", target->scalar_type()) + ")"
+                                                            : ""));
+      target->copy_(value);
+    } catch (const c10::Error& e) {
+      throw std::runtime_error(path + ": cannot read its trained weight '" + name + "': " + e.what_without_backtrace());
+    }
   }
 }
 

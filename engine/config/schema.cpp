@@ -107,7 +107,7 @@ const std::vector<KeySpec>& config_schema() {
        "what a fine-tune's checkpoints hold when it freezes weights: the trained weights alone, over the frozen ones written once beside them as base.pt (trained), or every weight (all)",
        {"trained", "all"}},
       {"finetune.item_lora_rank", K::Int, "0",
-       "a LoRA adapter of this rank on the item table (0: none): each row reads E[i] + (lora_alpha / rank) A[i] B, so that with finetune.known_rows=freeze the known rows still move, in a shared rank-r subspace; it learns at finetune.item_lr and is folded into the table on export and by the stream",
+       "a LoRA adapter of this rank on the item table (0: none): each row reads E[i] + (lora_alpha / rank) A[i] B, so that with finetune.known_rows=freeze the known rows still move, in a shared rank-r subspace; in a fine-tune it learns at finetune.item_lr; export and the stream fold it into the table",
        {}, 0, 4096},
 
       // ---- distill: a student learning from a frozen teacher (freshrec distill, and stream --student) ----
@@ -119,7 +119,7 @@ const std::vector<KeySpec>& config_schema() {
        "with a full softmax: the teacher term over every item (catalog), or over each row's teacher distill.top_k items alone, both distributions renormalised (top_k)",
        {"catalog", "top_k"}},
       {"distill.ranking_k", K::Int, "0",
-       "ranking distillation (Tang & Wang 2018): each row's teacher top-K items as extra positives, -sum_k w_k log sigmoid(student score), w_k proportional to 1/k (0: off)",
+       "ranking distillation after Tang & Wang 2018: each row's teacher top-K items as extra positives, -sum_k w_k log sigmoid(student score), position weights w_k proportional to 1/k (0: off)",
        {}, 0, 100000},
       {"distill.ranking_weight", K::Float, "0", "the ranking-distillation term's weight (with distill.ranking_k > 0)", {}, 0, 1000},
       {"distill.init_items", K::Choice, "random",

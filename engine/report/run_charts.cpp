@@ -72,13 +72,16 @@ LineChart stream_chart(const std::string& dir_name) {
     std::string label = run_name(file, dir, "stream");
     if (const auto it = lines.front().second.find("label"); it != lines.front().second.end() && it->is_string())
       label = it->get<std::string>();
-    ChartSeries model{label, {}}, student{"student (" + label + ")", {}};
+    // The labels-only pass of `stream --compare-frozen` (its student updated without the teacher)
+    // repeats the continual run's teacher: only its student is drawn.
+    const bool student_only = label == kLabelsOnlyRun;
+    ChartSeries model{label, {}}, student{student_only ? "student (labels only)" : "student (" + label + ")", {}};
     for (const auto& [number, j] : lines) {
       const double events = number_at(j, "events");
       model.points.emplace_back(events, number_at(j, "NDCG@10"));
       student.points.emplace_back(events, number_at(j, "student_NDCG@10"));
     }
-    chart.series.push_back(std::move(model));
+    if (!student_only) chart.series.push_back(std::move(model));
     const bool has_student = std::any_of(student.points.begin(), student.points.end(),
                                          [](const auto& p) { return std::isfinite(p.second); });
     if (has_student) chart.series.push_back(std::move(student));

@@ -9,8 +9,12 @@
 
 namespace freshrec {
 
+// The label of the pass of `stream --compare-frozen` whose student learns from the labels alone.
+inline constexpr const char* kLabelsOnlyRun = "student-labels";
+
 // The stream chart of `dir`: rolling NDCG@10 against events streamed, one series per metrics.jsonl
-// in `dir` or in its immediate subfolders (frozen, continual, replay), plus each run's online student.
+// in `dir` or in its immediate subfolders (frozen, continual, replay), plus each run's online student
+// (of the labels-only pass, its student alone).
 // Empty series list when there is none. Throws DataError naming file:line for a line that is not JSON.
 LineChart stream_chart(const std::string& dir);
 

@@ -20,8 +20,10 @@ DistillOptions DistillOptions::from_config(const Config& config) {
   o.top_k_targets = config.get_string("distill.soft_targets") == "top_k";
   o.ranking_k = config.get_int("distill.ranking_k");
   o.ranking_weight = config.get_float("distill.ranking_weight");
-  if (o.ranking_k > 0 && !(o.ranking_weight > 0))
-    throw ConfigError(config.origin("distill.ranking_k") + ": distill.ranking_k > 0 needs a positive distill.ranking_weight");
+  if ((o.ranking_k > 0) != (o.ranking_weight > 0))
+    throw ConfigError(config.origin(o.ranking_k > 0 ? "distill.ranking_k" : "distill.ranking_weight") +
+                      ": ranking distillation needs both distill.ranking_k and distill.ranking_weight positive (got " +
+                      std::to_string(o.ranking_k) + " and " + std::to_string(o.ranking_weight) + ")");
   o.init_from_teacher = config.get_string("distill.init_items") == "teacher";
   return o;
 }
@@ -67,20 +69,28 @@ torch::Tensor distillation_loss(const DistillOptions& options, SASRec& student, 
               student->item_embedding().size(0), " rows) and the teacher (", teacher->item_embedding().size(0), " rows)");
   const auto teacher_table = teacher->item_table().detach().narrow(0, 0, known_items);
   const int64_t N = student_hidden.size(0);
-  // The teacher's top-K items of each row and their scores, highest first (chunked: a large
-  // catalog's (N, V) scores never exist whole).
-  auto teacher_top = [&](int64_t k) {
+  // The teacher's top-K items of each row and their scores, highest first, for the largest K any term
+  // needs, computed once (chunked: a large catalog's (N, V) scores never exist whole); a term takes
+  // its first k columns.
+  const bool soft_top = sampled || options.top_k_targets;
+  const int64_t widest = std::min<int64_t>(std::max(soft_top && options.alpha < 1 ? options.top_k : 0, options.ranking_k),
+                                           known_items - 1);
+  torch::Tensor top_ids_all, top_values_all;
+  if (widest > 0) {
     torch::NoGradGuard no_grad;
-    k = std::min<int64_t>(k, known_items - 1);
     const auto items = teacher_table.narrow(0, 1, known_items - 1);
     std::vector<torch::Tensor> ids, values;
     for (int64_t start = 0; start < N; start += chunk_rows) {
       const int64_t rows = std::min(chunk_rows, N - start);
-      auto top = torch::matmul(teacher_hidden.narrow(0, start, rows), items.t()).topk(k, 1);
+      auto top = torch::matmul(teacher_hidden.narrow(0, start, rows), items.t()).topk(widest, 1);
       values.push_back(std::get<0>(top));
       ids.push_back(std::get<1>(top) + 1);
     }
-    return std::make_pair(torch::cat(ids), torch::cat(values));
+    top_ids_all = torch::cat(ids), top_values_all = torch::cat(values);
+  }
+  auto teacher_top = [&](int64_t k) {
+    k = std::min(k, widest);
+    return std::make_pair(top_ids_all.narrow(1, 0, k).contiguous(), top_values_all.narrow(1, 0, k).contiguous());
   };
   // The student's scores of each row's items: (N, C) x (N, K, C) -> (N, K).
   auto student_scores = [&](const torch::Tensor& ids) { return (student_hidden.unsqueeze(1) * student->lookup_items(ids)).sum(2); };

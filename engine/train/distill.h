@@ -10,9 +10,10 @@
 // Options from the distillation literature, each a config switch:
 //  - soft targets over the teacher's top-K items alone in the full form (distill.soft_targets=top_k):
 //    the full-softmax CE, and the KL over each row's teacher top-K, both distributions renormalised;
-//  - ranking distillation (Tang & Wang, KDD 2018): the teacher's top-K items of each row as extra,
-//    weighted positives, loss += distill.ranking_weight * -sum_k w_k log sigmoid(student score of
-//    the teacher's k-th item), with w_k proportional to 1/k and summing to 1 (distill.ranking_k > 0);
+//  - ranking distillation after Tang & Wang (KDD 2018): the teacher's top-K items of each row as
+//    extra, weighted positives, loss += distill.ranking_weight * -sum_k w_k log sigmoid(student score
+//    of the teacher's k-th item), with position weights w_k proportional to 1/k and summing to 1 (the
+//    paper weighs positions by exp(-k / lambda) and adds a dynamic weight; distill.ranking_k > 0);
 //  - the student's item table started from the teacher's (distill.init_items=teacher): the teacher's
 //    rows projected onto their leading right singular vectors (see project_teacher_items).
 #pragma once

@@ -105,6 +105,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     throw ConfigError(config.origin("train.exclude_seen") +
                       ": train.exclude_seen needs train.loss=full (it shapes the full-softmax cross-entropy)");
   if (epochs <= 0 || batch_size <= 0) throw ConfigError("train.epochs and train.batch_size must be positive");
+  if (const double decay = config.get_float("train.lr_decay"); decay <= 0 || decay > 1)
+    throw ConfigError(config.origin("train.lr_decay") + ": train.lr_decay must be in (0, 1], got " + std::to_string(decay));
   if (sampled && negatives <= 0) throw ConfigError("train.negatives must be positive for train.loss=sampled");
   const std::filesystem::path out_dir = config.get_string("train.output_dir");  // made once the set-up has passed
 
@@ -158,6 +160,10 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       throw ConfigError(config.origin("model.maxlen") + ": the student's model.maxlen (" +
                         std::to_string(model->options().maxlen) + ") exceeds the teacher's (" +
                         std::to_string(teacher->options().maxlen) + ")");
+    if (distill.init_from_teacher && model->options().hidden > log.num_items())
+      throw ConfigError(config.origin("distill.init_items") + ": distill.init_items=teacher needs at least as many items (" +
+                        std::to_string(log.num_items()) + ") as the student's model.hidden (" +
+                        std::to_string(model->options().hidden) + ")");
     if (distill.init_from_teacher && model->options().hidden > teacher->options().hidden)
       throw ConfigError(config.origin("distill.init_items") + ": distill.init_items=teacher projects the teacher's rows onto "
                         "fewer dimensions: the student's model.hidden (" + std::to_string(model->options().hidden) +
@@ -169,22 +175,25 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       spdlog::info("the student's item table starts as the teacher's rows projected onto their {} leading singular vectors",
                    model->options().hidden);
     }
-    spdlog::info("distilling from {} ({} parameters): alpha {}, temperature {}{}", teacher_path,
+    spdlog::info("distilling from {} ({} parameters): alpha {}, temperature {}, soft targets over {}", teacher_path,
                  teacher->parameter_count(), distill.alpha, distill.temperature,
-                 sampled ? ", teacher top-" + std::to_string(distill.top_k) + " plus sampled negatives" : ", full catalog");
+                 sampled || distill.top_k_targets ? "each row's teacher top " + std::to_string(distill.top_k) +
+                                                        (sampled ? " and the sampled negatives" : "")
+                                                  : "the full catalog");
+    if (distill.ranking_k > 0)
+      spdlog::info("ranking distillation over the teacher's top {} items, weight {}", distill.ranking_k, distill.ranking_weight);
   }
 
-  std::filesystem::create_directories(out_dir);
   CheckpointInfo info;
   info.config_yaml = config.to_yaml();
   info.items = log.items;
   info.users = log.users;
-  // A fine-tune that freezes weights writes them once, as the base of checkpoints that hold the
-  // trained weights alone (finetune.checkpoint_weights=trained); a resume keeps its run's base.
-  nlohmann::json base;
-  if (plan && plan->freezes_weights() && config.get_string("finetune.checkpoint_weights") == "trained") {
-    if (resume_path.empty()) base = write_base_checkpoint((out_dir / "base.pt").string(), model, info);
-  }
+  // A fine-tune that freezes weights saves them once, as the base of checkpoints that hold the
+  // trained weights alone (finetune.checkpoint_weights=trained). The base is written just before the
+  // run's first checkpoint, so a run that fails to start leaves an earlier run's files as they were;
+  // a resume that writes where its run did keeps that run's base.
+  const bool trained_only = plan && plan->freezes_weights() && config.get_string("finetune.checkpoint_weights") == "trained";
+  nlohmann::json base;  // the checkpoints' "base" entry, once the base exists
   TrainSummary summary;
   summary.parameters = model->parameter_count();
   summary.trained_parameters = plan ? plan->trained_parameters() : summary.parameters;
@@ -196,8 +205,6 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   // checkpoint with the learning rate times train.lr_decay, up to train.lr_decays times; then stop.
   const double lr_decay = config.get_float("train.lr_decay");
   const int64_t lr_decays = config.get_int("train.lr_decays");
-  if (lr_decay <= 0 || lr_decay > 1)
-    throw ConfigError(config.origin("train.lr_decay") + ": train.lr_decay must be in (0, 1], got " + std::to_string(lr_decay));
   double lr_scale = 1.0;
   int64_t decays_done = 0;
   if (!resume_path.empty()) {
@@ -216,7 +223,16 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
         saved_options.ffn_hidden != now.ffn_hidden)
       throw std::runtime_error(resume_path + ": the checkpoint's model or item count differs from this config and data");
     load_checkpoint_weights(resume_path, model);
-    base = saved.meta.value("base", nlohmann::json());
+    const auto resumed_dir = std::filesystem::absolute(resume_path).parent_path();
+    std::error_code not_found;  // out_dir not made yet: another folder
+    const bool same_folder = std::filesystem::equivalent(resumed_dir, out_dir, not_found) && !not_found;
+    if (trained_only && same_folder && saved.meta.contains("base")) base = saved.meta.at("base");
+    // Resumed into another folder: the run's best so far stays where it is until a better one comes.
+    if (!same_folder) {
+      if (!std::filesystem::exists(resumed_dir / "best.pt"))
+        throw std::runtime_error(resume_path + ": its run's best.pt is not beside it; resume in its own folder or copy best.pt there");
+      summary.best_checkpoint = (resumed_dir / "best.pt").string();
+    }
     if (plan) plan->snapshot();  // frozen rows keep the values the run froze
     load_checkpoint_optimizer(resume_path, *optimizer, sparse_state);
     start_epoch = saved.meta.at("epoch").get<int64_t>() + 1;
@@ -236,6 +252,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   const int64_t batches = (static_cast<int64_t>(train_users_all.size()) + batch_size - 1) / batch_size;
   const double log_every = config.get_float("train.log_every_seconds");
   const auto started = std::chrono::steady_clock::now();
+  std::filesystem::create_directories(out_dir);
   std::ofstream history(out_dir / "history.jsonl", std::ios::app);
   int64_t epoch = start_epoch;
   summary.epochs_run = start_epoch - 1;
@@ -337,8 +354,12 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                  {"lr_decays_done", decays_done},
                  {"validation", nlohmann::json::parse(validation.to_json())},
                  {"torch_version", TORCH_VERSION}};
+    if (trained_only && base.is_null()) base = write_base_checkpoint((out_dir / "base.pt").string(), model, info);
     if (!base.is_null()) info.meta["base"] = base;
-    if (improved) save_checkpoint(summary.best_checkpoint, model, optimizer.get(), info, sparse_state);
+    if (improved) {
+      summary.best_checkpoint = (out_dir / "best.pt").string();
+      save_checkpoint(summary.best_checkpoint, model, optimizer.get(), info, sparse_state);
+    }
     save_checkpoint(summary.last_checkpoint, model, optimizer.get(), info, sparse_state);
     summary.epochs_run = epoch;
   }
