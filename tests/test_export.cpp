@@ -16,6 +16,7 @@
 #include "engine/train/distill.h"
 #include "engine/train/losses.h"
 #include "models/sasrec.h"
+#include "tests/test_support.h"
 
 namespace fs = std::filesystem;
 using namespace freshrec;
@@ -65,6 +66,17 @@ torch::Tensor reference_distillation(const torch::Tensor& h, const torch::Tensor
   return ce * alpha + kl * ((1 - alpha) * tau * tau);
 }
 
+
+// Five random histories of 8 items of 40: the student's last hidden states (training mode, with
+// gradient) and the teacher's (without).
+std::pair<torch::Tensor, torch::Tensor> student_and_teacher_hidden(SASRec& student, SASRec& teacher) {
+  student->train();
+  auto items = torch::randint(1, 41, {5, 8}, torch::kLong);
+  auto student_hidden = student->last_hidden(items);
+  torch::NoGradGuard no_grad;
+  return {student_hidden, teacher->last_hidden(items)};
+}
+
 }  // namespace
 
 TEST(Distillation, FusedLossAndGradientsMatchAutograd) {
@@ -112,15 +124,8 @@ TEST(Distillation, CandidateFormIsTheKlOverTheList) {
 
   // Through the models: the sampled form runs, gives finite gradients to the student only.
   SASRec student = random_model(40, 8, 1), teacher = random_model(40, 16, 2);
-  student->train();
-  auto items = torch::randint(1, 41, {5, 8}, torch::kLong);
+  const auto [sh, teacher_hidden] = student_and_teacher_hidden(student, teacher);
   auto targets = torch::randint(1, 41, {5}, torch::kLong);
-  auto sh = student->last_hidden(items);
-  torch::Tensor teacher_hidden;
-  {
-    torch::NoGradGuard no_grad;
-    teacher_hidden = teacher->last_hidden(items);
-  }
   SampledCandidates sampled{torch::randint(1, 41, {16}, torch::kLong), torch::full({41}, -std::log(40.0))};
   DistillOptions o;
   o.top_k = 7;
@@ -153,15 +158,8 @@ TEST(Distillation, RankingTermIsTheWeightedLogSigmoidOfTheTeachersTopItems) {
 TEST(Distillation, TopKSoftTargetsAndTheRankingTermThroughTheModels) {
   torch::manual_seed(6);
   SASRec student = random_model(40, 8, 1), teacher = random_model(40, 16, 2);
-  student->train();
-  auto items = torch::randint(1, 41, {5, 8}, torch::kLong);
+  const auto [sh, th] = student_and_teacher_hidden(student, teacher);
   auto targets = torch::randint(1, 41, {5}, torch::kLong);
-  auto sh = student->last_hidden(items);
-  torch::Tensor th;
-  {
-    torch::NoGradGuard no_grad;
-    th = teacher->last_hidden(items);
-  }
   DistillOptions o;
   o.top_k = 7, o.top_k_targets = true, o.alpha = 0.25, o.temperature = 2;
   auto loss = distillation_loss(o, student, teacher, sh, th, targets, 41, nullptr, 2);
@@ -600,13 +598,8 @@ TEST(Export, ServeBenchAnswersBatchedCalls) {
   auto module = export_torchscript(model, id_map(15, "", 10), "", nlohmann::json::object());
   save_torchscript(module, dir + "/model.pt");
   auto run = [&](const std::string& args) {
-    const std::string command = std::string(FRESHREC_BINARY) + " --log-level warn bench serve --model " + dir + "/model.pt " + args +
-                                " > " + dir + "/out.txt 2>&1";
-    const int rc = std::system(command.c_str());
-    std::ifstream in(dir + "/out.txt");
-    std::stringstream text;
-    text << in.rdbuf();
-    return std::make_pair(rc, text.str());
+    return testing_support::run_command(std::string(FRESHREC_BINARY) + " --log-level warn bench serve --model " + dir +
+                                        "/model.pt " + args);
   };
   auto [rc, out] = run("--requests 12 --history 5 --batch 4");
   ASSERT_EQ(rc, 0) << out;

@@ -71,6 +71,26 @@ torch::Tensor scores_of(SASRec& model, const torch::Tensor& histories) {
   return model->score_all(model->last_hidden(histories));
 }
 
+// `model`'s parameters set to `plain`'s plain ones (its adapters, where it has them, left as they are).
+void copy_plain_parameters(SASRec& plain, SASRec& model) {
+  torch::NoGradGuard no_grad;
+  auto params = model->named_parameters();
+  for (const auto& [name, weight] : plain->plain_parameters()) params[name].copy_(weight);
+}
+
+// The exported TorchScript's scores of items 1..items for each left-padded row of `histories`.
+torch::Tensor exported_scores(torch::jit::Module& exported, const torch::Tensor& histories, int64_t items) {
+  c10::List<c10::List<int64_t>> rows, candidates;
+  for (int64_t r = 0; r < histories.size(0); ++r) {
+    c10::List<int64_t> row, every;
+    for (int64_t t = 0; t < histories.size(1); ++t)
+      if (histories[r][t].item<int64_t>()) row.push_back(histories[r][t].item<int64_t>());
+    for (int64_t i = 1; i <= items; ++i) every.push_back(i);
+    rows.push_back(row), candidates.push_back(every);
+  }
+  return exported.get_method("score")({rows, candidates}).toTensor();
+}
+
 }  // namespace
 
 // A model saved from Python (tools/bench/sasrec_reference.py's SASRec, torch.save(state_dict) and
@@ -402,14 +422,7 @@ TEST(Finetune, AlignsRowsByIdAndTrainsWhatItSays) {
 TEST(Finetune, CommandLineTrainsFineTunesAndExports) {
   const TempDir scratch;
   const std::string dir = scratch.path().string();
-  auto run = [&](const std::string& args) {
-    const std::string command = std::string(FRESHREC_BINARY) + " --log-level warn " + args + " > " + dir + "/out.txt 2>&1";
-    const int rc = std::system(command.c_str());
-    std::ifstream in(dir + "/out.txt");
-    std::stringstream text;
-    text << in.rdbuf();
-    return std::make_pair(rc, text.str());
-  };
+  auto run = [&](const std::string& args) { return run_command(std::string(FRESHREC_BINARY) + " --log-level warn " + args); };
   const std::string common =
       " model.hidden=16 model.maxlen=12 train.batch_size=64 train.threads=2 train.device=cpu train.log_every_seconds=1000"
       " generator.users=300 generator.items=80 generator.events_per_user=15 generator.new_item_fraction=0";
@@ -525,11 +538,7 @@ TEST(Finetune, LoraAdaptersTrainAloneAndFoldIntoTheExport) {
   auto lora_options = options(30);
   lora_options.lora_rank = 2, lora_options.lora_alpha = 4;
   SASRec model(lora_options);
-  {
-    torch::NoGradGuard no_grad;
-    auto params = model->named_parameters();
-    for (const auto& [name, weight] : plain->plain_parameters()) params[name].copy_(weight);
-  }
+  copy_plain_parameters(plain, model);
   const auto histories = torch::tensor({0, 0, 0, 0, 3, 7, 7, 1, 9, 12, 4, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5}, torch::kLong).view({2, 12});
   EXPECT_TRUE(torch::equal(scores_of(model, histories), scores_of(plain, histories)));  // B = 0
 
@@ -569,15 +578,7 @@ TEST(Finetune, LoraAdaptersTrainAloneAndFoldIntoTheExport) {
   const auto engine = scores_of(model, histories);
   EXPECT_LT((scores_of(folded, histories) - engine).abs().max().item<double>(), 1e-5);
   auto exported = export_torchscript(model, ids_of(numbered("", 30)), "model:\n  hidden: 16\n", {});
-  c10::List<c10::List<int64_t>> rows, candidates;
-  for (int64_t r = 0; r < 2; ++r) {
-    c10::List<int64_t> row, every;
-    for (int64_t t = 0; t < 12; ++t)
-      if (histories[r][t].item<int64_t>()) row.push_back(histories[r][t].item<int64_t>());
-    for (int64_t i = 1; i <= 30; ++i) every.push_back(i);
-    rows.push_back(row), candidates.push_back(every);
-  }
-  const auto scored = exported.get_method("score")({rows, candidates}).toTensor();
+  const auto scored = exported_scores(exported, histories, 30);
   EXPECT_LT((scored - engine.narrow(1, 1, 30)).abs().max().item<double>(), 1e-5);
   EXPECT_EQ(torchscript_meta(exported).at("parameters").get<int64_t>(), plain->parameter_count());
 }
@@ -592,11 +593,7 @@ TEST(Finetune, AnItemAdapterMovesFrozenRowsAndFoldsIntoTheTable) {
   auto adapted_options = options(30);
   adapted_options.lora_rank = 2, adapted_options.item_lora_rank = 3, adapted_options.lora_alpha = 4;
   SASRec model(adapted_options);
-  {
-    torch::NoGradGuard no_grad;
-    auto params = model->named_parameters();
-    for (const auto& [name, weight] : plain->plain_parameters()) params[name].copy_(weight);
-  }
+  copy_plain_parameters(plain, model);
   const auto histories = torch::tensor({0, 0, 0, 0, 3, 7, 7, 1, 9, 12, 4, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 25, 5}, torch::kLong).view({2, 12});
   EXPECT_TRUE(torch::equal(scores_of(model, histories), scores_of(plain, histories)));  // A = 0
 
@@ -639,15 +636,7 @@ TEST(Finetune, AnItemAdapterMovesFrozenRowsAndFoldsIntoTheTable) {
   EXPECT_TRUE(folded->item_adapter().empty());
   EXPECT_LT((scores_of(folded, histories) - engine).abs().max().item<double>(), 1e-5);
   auto exported = export_torchscript(model, ids_of(numbered("", 30)), "model:\n  hidden: 16\n", {});
-  c10::List<c10::List<int64_t>> rows, candidates;
-  for (int64_t r = 0; r < 2; ++r) {
-    c10::List<int64_t> row, every;
-    for (int64_t t = 0; t < 12; ++t)
-      if (histories[r][t].item<int64_t>()) row.push_back(histories[r][t].item<int64_t>());
-    for (int64_t i = 1; i <= 30; ++i) every.push_back(i);
-    rows.push_back(row), candidates.push_back(every);
-  }
-  const auto scored = exported.get_method("score")({rows, candidates}).toTensor();
+  const auto scored = exported_scores(exported, histories, 30);
   EXPECT_LT((scored - engine.narrow(1, 1, 30)).abs().max().item<double>(), 1e-5);
   EXPECT_EQ(torchscript_meta(exported).at("parameters").get<int64_t>(), plain->parameter_count());
 

@@ -970,16 +970,10 @@ TEST(Stream, ATeachersItemAdapterIsFoldedIntoTheTable) {
 // output; the labels-only pass publishes nothing.
 TEST(Stream, CompareFrozenAlsoRunsTheStudentOnLabelsAlone) {
   const auto dir = temp_folder("compare-labels");
-  const std::string command =
+  const auto [rc, out] = testing_support::run_command(
       std::string(FRESHREC_BINARY) + " --log-level warn stream --compare-frozen model.hidden=16 model.maxlen=12 train.epochs=2"
       " train.threads=2 train.device=cpu train.log_every_seconds=1000 generator.users=300 generator.items=80"
-      " generator.events_per_user=15 student.hidden=8 stream.batch_size=64 stream.publish_every=500 stream.output_dir=" + dir +
-      " > " + dir + "/out.txt 2>&1";
-  const int rc = std::system(command.c_str());
-  std::ifstream in(dir + "/out.txt");
-  std::stringstream text;
-  text << in.rdbuf();
-  const std::string out = text.str();
+      " generator.events_per_user=15 student.hidden=8 stream.batch_size=64 stream.publish_every=500 stream.output_dir=" + dir);
   ASSERT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("(the student of 'continual', distilled online"), std::string::npos) << out;
   EXPECT_NE(out.find("(the same student updated on the labels alone, no teacher term)"), std::string::npos) << out;

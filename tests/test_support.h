@@ -4,10 +4,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <sys/wait.h>
+#include <utility>
 
 namespace freshrec::testing_support {
 
@@ -43,6 +46,18 @@ std::string error_of(F f) {
     return e.what();
   }
   return "";
+}
+
+// Runs `command` in the shell and returns its exit status (-1 when it did not exit normally) and its
+// standard output and error together.
+inline std::pair<int, std::string> run_command(const std::string& command) {
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return {-1, "cannot start: " + command};
+  std::string out;
+  char buffer[4096];
+  for (size_t n; (n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0;) out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 }  // namespace freshrec::testing_support
