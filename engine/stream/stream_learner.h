@@ -16,6 +16,7 @@
 #include "engine/data/readers.h"
 #include "engine/eval/metrics.h"
 #include "engine/stream/sources.h"
+#include "engine/stream/stream_settings.h"  // check_stream_settings, update_dropout
 
 namespace freshrec {
 
@@ -76,12 +77,5 @@ struct StreamSummary {
 // fills the history store on a fresh start; on resume the store comes from the checkpoint.
 StreamSummary run_stream(const Config& config, EventSource& source, const std::vector<RawEvent>& warm_history,
                          const StreamRun& run);
-
-// Checks the stream.* settings that need no model, so a bad value fails before any pre-training.
-void check_stream_settings(const Config& config);
-
-// The dropout rate of the stream's updates for a model trained with `model_dropout`: stream.dropout,
-// or the model's own when that is -1.
-double update_dropout(const Config& config, double model_dropout);
 
 }  // namespace freshrec
