@@ -12,7 +12,8 @@
 namespace freshrec {
 namespace {
 
-// splitmix64's finaliser: a well-mixed 64-bit value of a counter.
+// splitmix64's output step (the golden-ratio increment, then its finaliser): a well-mixed 64-bit value of a
+// counter.
 uint64_t mix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;

@@ -4,6 +4,7 @@
 // the same choices without saving generator state.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>

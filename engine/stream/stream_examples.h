@@ -6,6 +6,7 @@
 #include <c10/core/Device.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -23,7 +24,8 @@ struct Pending {
 
 // An example as a model step takes it: a view of the items before it (oldest first: the user's kept
 // items, or a replayed window; the model reads the newest maxlen, the ranking filters them all) and
-// its target. Views into the store hold until the store settles, after the micro-batch.
+// its target. Views into the history store hold until the store settles, after the micro-batch; views
+// into the replay reservoir until its next remember() or restore().
 struct Example {
   const int32_t* history;
   size_t length;

@@ -19,7 +19,6 @@
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/ids.h"
-#include "engine/eval/evaluator.h"
 #include "engine/export/publisher.h"
 #include "engine/runtime.h"
 #include "engine/stream/history_store.h"
@@ -84,11 +83,6 @@ class StreamLearner {
     step_.emplace(load_stream_models(config, settings_, run, info_, device_), settings_, config, device_, bf16_);
     model_ = step_->teacher().model;
     items_ = info_.items;
-    if (settings_.history_keep > 0 && settings_.history_keep < model_->options().maxlen)
-      throw ConfigError(config.origin("stream.history_keep") + ": stream.history_keep (" +
-                        std::to_string(settings_.history_keep) +
-                        ") must be 0 (all) or at least the model's maxlen (" +
-                        std::to_string(model_->options().maxlen) + ")");
     store_ = HistoryStore(settings_.history_keep);
     has_student_ = static_cast<bool>(step_->student());
     if (settings_.publishing() && run.learn) {

@@ -73,6 +73,10 @@ StreamModels load_stream_models(const Config& config, const StreamSettings& sett
   if (settings.adapters_only && teacher->options().lora_rank == 0)
     teacher = with_adapters(teacher, config, settings.seed, device, info.config_yaml);
   models.teacher = Learner(teacher, config, settings.lr, settings.adapters_only);
+  if (settings.history_keep > 0 && settings.history_keep < teacher->options().maxlen)
+    throw ConfigError(config.origin("stream.history_keep") + ": stream.history_keep (" +
+                      std::to_string(settings.history_keep) + ") must be 0 (all) or at least the model's maxlen (" +
+                      std::to_string(teacher->options().maxlen) + ")");
   teacher->set_dropout(update_dropout(config, teacher->options().dropout));
   // The student: from the stream checkpoint when resuming, else from --student.
   Learner& student = models.student;

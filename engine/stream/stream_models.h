@@ -2,6 +2,8 @@
 // checkpoint when resuming) with its optimizers, and the optional student distilled online.
 #pragma once
 
+#include <c10/core/Device.h>
+
 #include <string>
 
 #include "engine/checkpoint/checkpoint.h"
@@ -21,7 +23,8 @@ struct StreamModels {
 // run.resume, read by the caller), their updates' dropout set (stream.dropout). A teacher's item adapter
 // is folded into its table and `info.config_yaml` rewritten to say so; with stream.update=adapters, a
 // teacher without LoRA adapters gets zero-initialised ones, recorded there too. Throws naming the file
-// when a resume's update mode differs from the checkpoint's, or --student does not fit the teacher.
+// when a resume's update mode differs from the checkpoint's, stream.history_keep is shorter than the
+// teacher's maxlen, or --student does not fit the teacher.
 StreamModels load_stream_models(const Config& config, const StreamSettings& settings, const StreamRun& run,
                                 CheckpointInfo& info, torch::Device device);
 

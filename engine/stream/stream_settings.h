@@ -1,5 +1,5 @@
-// The stream's settings (stream.* and the train.* keys the updates share), read and checked once from
-// the config, before any model is loaded or trained.
+// The stream's settings (stream.* and the train.* keys the updates share), read from the config into
+// typed fields and checked there, before any model is loaded or trained (check_stream_settings).
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,6 @@
-// The parts of a stream checkpoint besides the models: the counters that the summary, the metrics
-// lines and the manifest report, the side files' durable sizes, and stored item ids checked on read.
+// Pieces of the stream checkpoint shared by its writers and readers: the counters that the summary,
+// the metrics lines and the manifest report, the side files' durable sizes, and stored item ids checked
+// on read.
 #pragma once
 
 #include <cstdint>

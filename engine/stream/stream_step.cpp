@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "engine/eval/evaluator.h"
 #include "engine/runtime.h"
@@ -154,7 +155,8 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
   }
   if (settings_.replay_share > 0)
     for (size_t i = 0; i < fresh; ++i)
-      context.reservoir.remember(examples[i], model->options().maxlen);  // the store's views: still valid
+      context.reservoir.remember(examples[i], model->options().maxlen);  // views into the store, which the caller
+                                                                          // settles only after this step
   return torch::cat({torch::stack({loss.detach().to(torch::kFloat), skip}), student});
 }
 

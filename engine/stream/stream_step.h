@@ -4,7 +4,10 @@
 // One forward ranks and trains when the two would compute the same thing.
 #pragma once
 
+#include <c10/core/Device.h>
+
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "engine/stream/replay_reservoir.h"
@@ -45,7 +48,7 @@ class StreamStep {
   // forward runs over every row of the batch and ranks it there, before any weight changes.
   // Returns (teacher loss, skipped, student loss, skipped) on the device; undefined without a step.
   at::Tensor learn(const std::vector<Example>& batch, const StepInputs& in, BatchRanks* ranked, Context& context);
-  // The item tables grew to `rows` rows (both models; new rows draw from the current generator).
+  // The item tables grew to ids 0..rows (both models; new rows draw from the current generator).
   void grow(int64_t rows);
 
   Learner& teacher() { return models_.teacher; }
@@ -57,7 +60,7 @@ class StreamStep {
                            int64_t known);
 
   StreamModels models_;
-  const StreamSettings& settings_;
+  const StreamSettings settings_;
   DistillOptions distill_;
   torch::Device device_;
   bool bf16_;  // train.precision=bf16
