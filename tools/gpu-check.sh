@@ -4,12 +4,11 @@
 #                                           ML-1M file into .deps/data (both git-ignored; data never committed)
 #   there:  tools/gpu-check.sh run OUT [STAGE...]
 #                                           unpack them, build with the machine's PyTorch, then the stages
-#                                           (default: build tests kernels train-bench stream-bench ml1m;
-#                                           also: distill, the ML-1M distillation experiment); logs to OUT
-# Through the device tool: carry [".deps"]. One command may run 10 minutes, so split the default in two
-# calls on the same warm machine (the build stays): `bash tools/gpu-check.sh run $OUT build tests kernels
-# train-bench`, then `bash tools/gpu-check.sh run $OUT stream-bench ml1m` (each about 5 minutes);
-# `distill` needs about 25 minutes of device time on its own.
+#                                           (default: build tests kernels train-bench stream-bench; also:
+#                                           tests-all, ml1m, distill); logs to OUT
+# Through the device tool: carry [".deps"], and write OUT outside $OUT, then pack it (the tool brings back
+# at most 8 files): `bash tools/gpu-check.sh run /tmp/gc; tar czf $OUT/gc.tgz -C /tmp gc` took about 6.5
+# minutes on an H200 (the build 90 s); `ml1m` takes about 4 more, `distill` about 25 on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEBS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libgtest-dev libgmock-dev
@@ -30,9 +29,8 @@ case "${1:-}" in
   run)
     out=${2:?usage: $0 run OUT_DIR [STAGE...]}
     shift 2
-    # Stages, in order; the default fits about 15 minutes of device time, the start included.
-    #   build tests kernels train-bench stream-bench ml1m distill serve
-    stages=" ${*:-build tests kernels train-bench stream-bench ml1m} "
+    # Stages, in order: build tests tests-all kernels train-bench stream-bench ml1m distill
+    stages=" ${*:-build tests kernels train-bench stream-bench} "
     has() { [[ "$stages" == *" $1 "* ]]; }
     mkdir -p "$out"
     prefix=/tmp/freshrec-deps
@@ -58,30 +56,43 @@ case "${1:-}" in
       cmake --build build-gpu -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -m 20 -E "error|FAILED" "$out/build.log"; exit 1; }
       echo "build: $(( $(date +%s) - start )) s" | tee -a "$out/stages.txt"
     fi
+    # The tests that use the GPU when one is present (the rest run in CI on the CPU); `tests-all` runs
+    # every test of the torch binary as well.
+    gpu_tests='SparseEmbedding*:RowwiseAdam.*:FusedBackwardAdam.*:GpuTraining.*:Stream.MicroBatchesNeverWaitForTheDeviceOnAGpu'
     if has tests; then
-      run_stage tests 240 ./build-gpu/test_torch
-      run_stage tests-data 60 ./build-gpu/test_data
+      run_stage tests 180 ./build-gpu/test_torch --gtest_filter="$gpu_tests"
+      # A test that died of a signal (gtest printed no result for it): again under cuda-gdb, printing
+      # where each C++ exception was thrown, then the crash's backtrace and the return address on the
+      # stack (the frame that made the call, where the backtrace itself cannot unwind).
+      died=$(awk '/^\[ RUN      \]/{t=$4} /^\[       OK \]|^\[  FAILED  \]/{t=""} END{print t}' "$out/tests.txt")
+      if [[ -n "$died" ]] && command -v cuda-gdb >/dev/null; then
+        printf '%s\n' 'set pagination off' 'set print thread-events off' 'catch throw' 'commands' 'bt 12' \
+          'continue' 'end' 'run' 'bt 20' 'x/8a $sp' 'info symbol *(void**)$sp' 'thread apply all bt 8' >/tmp/crash.gdb
+        run_stage tests-gdb 150 cuda-gdb -q -batch -x /tmp/crash.gdb --args ./build-gpu/test_torch --gtest_filter="$died"
+      fi
     fi
+    has tests-all && run_stage tests-all 540 ./build-gpu/test_torch
     has kernels && run_stage bench-kernels 120 $B bench kernels --device cuda
     if has train-bench; then  # ours beside the PyTorch-eager reference, same precision, one run each
-      run_stage bench-train-h64-tf32 60 $B bench train --device cuda --precision tf32 --steps 50
-      run_stage bench-train-h256-tf32 60 $B bench train --device cuda --hidden 256 --blocks 4 --heads 4 --precision tf32 --steps 50
-      run_stage bench-train-h256-bf16 60 $B bench train --device cuda --hidden 256 --blocks 4 --heads 4 --precision bf16 --steps 50
+      run_stage bench-train-h64-tf32 60 $B bench train --device cuda --precision tf32 --steps 50 --python python3
+      run_stage bench-train-h256-tf32 60 $B bench train --device cuda --hidden 256 --blocks 4 --heads 4 --precision tf32 --steps 50 --python python3
+      run_stage bench-train-h256-bf16 60 $B bench train --device cuda --hidden 256 --blocks 4 --heads 4 --precision bf16 --steps 50 --python python3
       run_stage bench-train-100k-bf16 90 $B bench train --device cuda --items 100000 --hidden 256 --blocks 4 --heads 4 \
-        --batch 64 --precision bf16 --steps 30
+        --batch 64 --precision bf16 --steps 30 --python python3
     fi
     if has stream-bench; then  # events/s and latency on the GPU, with the reference's step
       gen="data.format=generated generator.users=20000 generator.items=3416 generator.events_per_user=60 model.maxlen=200"
       run_stage bench-stream-3416 240 $B bench stream -c configs/demo.yaml $gen train.device=cuda train.ce_chunk=8192 \
         train.precision=bf16 stream.batch_size=1024 stream.max_wait_ms=100000 train.epochs=3 --python python3
-      # A catalog of about a million items (the generated log names ~1.6 M; the table holds those seen before
-      # the cut): sparse embeddings and sampled softmax, the teacher alone, no publication.
-      big="data.format=generated generator.users=50000 generator.items=3000000 generator.popularity_exponent=0.3 \
+      # A large catalogue (the generated log names items by a flat popularity law: about 600,000 rows at
+      # the cut, past a million once the stream has grown the table): sparse embeddings and sampled
+      # softmax, the teacher alone, no publication, one checkpoint at the end (one of the table and its
+      # moments takes seconds; every 10,000 events it would be most of the run).
+      big="data.format=generated generator.users=25000 generator.items=3000000 generator.popularity_exponent=0.3 \
         generator.events_per_user=60 model.maxlen=200 train.loss=sampled train.sparse_embeddings=true stream.loss=sampled"
-      run_stage bench-stream-1m 180 $B bench stream -c configs/demo.yaml $big train.device=cuda train.precision=bf16 \
-        stream.batch_size=1024 \
-        stream.max_wait_ms=100000 train.epochs=1 student.hidden=0 stream.publish_every=0 stream.publish_seconds=0 \
-        --python python3
+      run_stage bench-stream-large 200 $B bench stream -c configs/demo.yaml $big train.device=cuda train.precision=bf16 \
+        stream.batch_size=1024 stream.max_wait_ms=100000 train.epochs=1 student.hidden=0 stream.publish_every=0 \
+        stream.publish_seconds=0 stream.checkpoint_every=0 --python python3
     fi
     if has ml1m && [[ -f .deps/data/ml-1m.txt ]]; then
       # The same 30-epoch run as on the CPU (docs/RESULTS.md), compared by its validation
@@ -105,7 +116,7 @@ case "${1:-}" in
       done
     fi
     echo "== stages"; cat "$out/stages.txt"
-    for f in "$out"/tests.txt "$out"/bench-*.txt "$out"/ml1m-*.txt "$out"/eval-*.txt "$out"/serve-*.txt; do
+    for f in "$out"/tests.txt "$out"/tests-gdb.txt "$out"/bench-*.txt "$out"/ml1m-*.txt "$out"/eval-*.txt "$out"/serve-*.txt; do
       [[ -f "$f" ]] && { echo "== $f"; grep -v "^\[.*\] \[info\]" "$f" | tail -n 14; }
     done
     exit $status
