@@ -21,8 +21,9 @@
 #include "engine/runtime.h"
 #ifdef FRESHREC_WITH_HTTP
 
-#include "engine/serve/server.h"
 #include "engine/io/atomic_file.h"
+#include "engine/io/remove_tree.h"
+#include "engine/serve/server.h"
 #endif
 
 namespace freshrec {
@@ -188,7 +189,7 @@ int run_serve_bench_job(const std::string& model_path, int64_t requests, int64_t
     if (i >= warmup) http.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - begun).count());
   }
   server.stop();
-  std::filesystem::remove_all(dir);
+  remove_tree(dir);
   const auto [http_p50, http_p99, http_rate] = summary(http);
   std::printf("%-34s %10.3f %10.3f %14.1f\n", "HTTP POST /recommend (serve)", http_p50, http_p99, http_rate);
 #endif

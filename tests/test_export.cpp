@@ -13,6 +13,7 @@
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/export/torchscript.h"
+#include "engine/io/remove_tree.h"
 #include "engine/train/distill.h"
 #include "engine/train/losses.h"
 #include "models/sasrec.h"
@@ -25,7 +26,7 @@ namespace {
 
 std::string temp_folder(const std::string& name) {
   const auto p = fs::temp_directory_path() / ("freshrec-export-" + std::to_string(::getpid()) + "-" + name);
-  fs::remove_all(p);
+  remove_tree(p);
   fs::create_directories(p);
   return p.string();
 }
@@ -475,7 +476,7 @@ TEST(Serve, VersionsOnlyGrowAndHealthTellsWhatTheServerRefuses) {
   EXPECT_EQ(http.post("/recommend", R"({"history": [1], "k": 2})")->status, 200);
 
   // The folder disappears.
-  fs::remove_all(s.dir);
+  remove_tree(s.dir);
   ASSERT_TRUE(wait_until([&] { return health().value("problem", "") == "the models folder is missing"; }, 30));
   const std::string text = http.get("/healthz")->body;
   EXPECT_EQ(text.find(s.dir), std::string::npos) << "no server path in answers: " << text;
@@ -507,7 +508,7 @@ TEST(Serve, LoopbackByDefaultAndABearerTokenWhenGiven) {
   EXPECT_EQ(http.get("/healthz")->status, 200);  // open to load balancers
   EXPECT_EQ(http.post("/healthz", std::string(1000, 'x'))->status, 401);  // but only as a bodiless GET
   server.stop();
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Serve, BadRequestsGetClearClientErrors) {
@@ -612,5 +613,5 @@ TEST(Export, ServeBenchAnswersBatchedCalls) {
   std::tie(rc, out) = run("--requests 3 --batch 4");
   EXPECT_NE(rc, 0);
   EXPECT_NE(out.find("--batch at most --requests"), std::string::npos) << out;
-  fs::remove_all(dir);
+  remove_tree(dir);
 }

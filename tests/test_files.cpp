@@ -19,6 +19,7 @@
 #include "engine/config/config.h"
 #include "engine/export/publisher.h"
 #include "engine/export/torchscript.h"
+#include "engine/io/remove_tree.h"
 
 namespace fs = std::filesystem;
 using namespace freshrec;
@@ -72,7 +73,7 @@ std::vector<std::string> temporaries(const fs::path& dir) {
 
 TEST(DurableWrites, AFullDiskStopsEveryJobWithAClearErrorAndKeepsThePreviousFiles) {
   const fs::path dir = fs::temp_directory_path() / ("freshrec-full-disk-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  remove_tree(dir);
   fs::create_directories(dir);
   const std::vector<std::string> small = {"data.format=generated", "generator.users=200", "generator.items=120",
                                           "generator.events_per_user=15", "model.hidden=32", "model.maxlen=20",
@@ -105,7 +106,7 @@ TEST(DurableWrites, AFullDiskStopsEveryJobWithAClearErrorAndKeepsThePreviousFile
   EXPECT_TRUE(stream.exited && stream.code == 1) << stream.output;
   EXPECT_NE(stream.output.find("stream.pt: cannot write"), std::string::npos) << stream.output;
   EXPECT_TRUE(temporaries(dir).empty()) << temporaries(dir).front();
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 namespace {
@@ -134,7 +135,7 @@ std::string bytes_of(const fs::path& path) {
 
 TEST(Checkpoints, CorruptOrCutFilesAreRefusedOnLoad) {
   const fs::path dir = fs::temp_directory_path() / ("freshrec-corrupt-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  remove_tree(dir);
   fs::create_directories(dir);
   SASRec model = small_model(2000);  // the item table is most of the file
   CheckpointInfo info;
@@ -169,12 +170,12 @@ TEST(Checkpoints, CorruptOrCutFilesAreRefusedOnLoad) {
     }
     return std::string();
   }().find("corrupt or incomplete archive"), std::string::npos);
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Checkpoints, NonFiniteWeightsAreNeverExportedOrPublished) {
   const fs::path dir = fs::temp_directory_path() / ("freshrec-nonfinite-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  remove_tree(dir);
   SASRec model = small_model(64);
   const IdMap items = items_of(50);  // rows 51..64 are spare: never exported, so they may hold anything
   {
@@ -197,5 +198,5 @@ TEST(Checkpoints, NonFiniteWeightsAreNeverExportedOrPublished) {
   EXPECT_THROW(publisher.publish(model, items, "", {}), std::invalid_argument);
   EXPECT_EQ(publisher.last_version(), 0);
   EXPECT_TRUE(fs::is_empty(dir)) << "nothing may be written";
-  fs::remove_all(dir);
+  remove_tree(dir);
 }

@@ -22,6 +22,7 @@
 #include "engine/eval/evaluator.h"
 #include "engine/export/publisher.h"
 #include "engine/export/torchscript.h"
+#include "engine/io/remove_tree.h"
 #include "engine/runtime.h"
 #include "engine/train/dense_adam.h"
 #include "engine/train/learner.h"
@@ -59,7 +60,7 @@ SASRec untrained_model(const std::string& block) {
 
 std::string temp_folder(const std::string& name) {
   const auto p = fs::temp_directory_path() / ("freshrec-model-" + std::to_string(::getpid()) + "-" + name);
-  fs::remove_all(p);
+  remove_tree(p);
   fs::create_directories(p);
   return p.string();
 }
@@ -521,7 +522,7 @@ TEST(Checkpoint, RoundTripGivesIdenticalScores) {
   EXPECT_EQ(state.size(), optimizer.state().size());
 
   EXPECT_THROW(read_checkpoint_info(dir + "/missing.pt"), std::runtime_error);
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Training, BeatsPopularityAndResumesExactly) {
@@ -546,7 +547,7 @@ TEST(Training, BeatsPopularityAndResumesExactly) {
   EXPECT_EQ(resumed.epochs_run, 6);
   expect_same_weights(dir + "/full/last.pt", dir + "/resumed/last.pt");
   EXPECT_DOUBLE_EQ(resumed.test.ndcg(10), full.test.ndcg(10));
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Training, PlateauGoesBackToTheBestWithASmallerRate) {
@@ -573,7 +574,7 @@ TEST(Training, PlateauGoesBackToTheBestWithASmallerRate) {
   EXPECT_GE(longer.best_validation.ndcg(10), stopped.best_validation.ndcg(10));
 
   EXPECT_THROW(decaying.apply_override("train.lr_decay=0"), ConfigError);  // outside the key's range
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 namespace {
@@ -587,7 +588,7 @@ void expect_learns_with(const std::string& name, const std::vector<std::string>&
   const TrainSummary s = train_model(config, load_event_log(config, nullptr));
   EXPECT_GT(s.test.ndcg(10), s.popularity_test.ndcg(10) * 1.2)
       << name << ": SASRec NDCG@10 " << s.test.ndcg(10) << " vs popularity " << s.popularity_test.ndcg(10);
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 }  // namespace
@@ -629,7 +630,7 @@ TEST(Training, DistillationOptionsTrainAStudent) {
   wide.apply_override("train.output_dir=" + dir + "/wide");
   const std::string error = testing_support::error_of([&] { train_model(wide, log, "", teacher); });
   EXPECT_NE(error.find("distill.init_items=teacher"), std::string::npos) << error;
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Training, SampledSoftmaxAlsoLearns) { expect_learns_with("sampled", {"train.loss=sampled", "train.negatives=64"}); }
@@ -656,7 +657,7 @@ TEST(Training, Bf16AutocastLearnsWithFp32Weights) {
   EXPECT_FALSE(torch::equal(trained->item_embedding(), reference->item_embedding()));
   EXPECT_TRUE(torch::allclose(trained->item_embedding(), reference->item_embedding(), 0.05, 0.05));
   EXPECT_THROW(config.apply_override("train.precision=fp16"), ConfigError);  // named with its choices
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Training, ExcludingSeenItemsFromTheLossAlsoLearns) {
@@ -666,7 +667,7 @@ TEST(Training, ExcludingSeenItemsFromTheLossAlsoLearns) {
   config.apply_override("train.exclude_seen=true");
   config.apply_override("train.loss=sampled");  // the option shapes the full softmax only
   EXPECT_THROW(train_model(config, load_event_log(config, nullptr)), ConfigError);
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Training, SparseEmbeddingsMatchTheDensePath) {
@@ -697,7 +698,7 @@ TEST(Training, SparseEmbeddingsMatchTheDensePath) {
   Config full = sparse;
   full.apply_override("train.loss=full");
   EXPECT_THROW(train_model(full, log), ConfigError);
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 // ---- streaming -------------------------------------------------------------------------------------
@@ -882,7 +883,7 @@ TEST(Stream, GrowsVocabularyAndResumesExactlyAfterACrash) {
   source.skip_to(cut);
   run_stream(checkpointing, source, warm, whole);
   EXPECT_EQ(metrics_lines(dir + "/whole/metrics.jsonl"), whole_lines);
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 // stream.update=adapters: a plain teacher gets zero-initialised adapters, the updates change them and
@@ -931,7 +932,7 @@ TEST(Stream, AdapterUpdatesChangeTheAdaptersAndItemRowsAlone) {
     EXPECT_NE(std::string(e.what()).find("was written with stream.update=adapters, this run asks for all"), std::string::npos)
         << e.what();
   }
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 // A teacher with an item adapter (a fine-tune's finetune.item_lora_rank): the stream folds it into the
@@ -962,7 +963,7 @@ TEST(Stream, ATeachersItemAdapterIsFoldedIntoTheTable) {
   torch::NoGradGuard no_grad;
   EXPECT_LT((adapted->score_all(adapted->last_hidden(histories)) - folded->score_all(folded->last_hidden(histories)))
                 .abs().max().item<double>(), 1e-5);
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 // `stream --compare-frozen` with a student: the frozen teacher, the continual teacher with its
@@ -981,7 +982,7 @@ TEST(Stream, CompareFrozenAlsoRunsTheStudentOnLabelsAlone) {
   EXPECT_TRUE(fs::exists(dir + "/student-labels/metrics.jsonl"));
   EXPECT_FALSE(fs::exists(dir + "/student-labels/published"));
   EXPECT_TRUE(fs::exists(dir + "/continual/published"));
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Stream, FullSoftmaxUpdatesLeaveTheReservedRowsAlone) {
@@ -1006,7 +1007,7 @@ TEST(Stream, FullSoftmaxUpdatesLeaveTheReservedRowsAlone) {
     EXPECT_EQ(reserved.abs().max().item<float>(), 0.0f) << buffer.key() << ": a reserved row was updated";
     EXPECT_GT(buffer.value().narrow(0, 1, known).abs().max().item<float>(), 0.0f) << buffer.key();
   }
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Stream, StudentLearnsOnlinePublishesAndResumesExactly) {
@@ -1062,7 +1063,7 @@ TEST(Stream, StudentLearnsOnlinePublishesAndResumesExactly) {
     EXPECT_TRUE(torch::equal(p.value(), b->named_parameters()[p.key()])) << p.key();
   // Versions keep counting up across the crash.
   EXPECT_GT(Manifest::read(dir + "/crashed/published")->version, 0);
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
@@ -1120,7 +1121,7 @@ TEST(Stream, BadEventsGoToDeadLettersAndContinualBeatsFrozen) {
   EXPECT_GT(half.overall.ndcg(10), frozen.overall.ndcg(10) * 1.1)
       << "bf16 " << half.overall.ndcg(10) << " vs frozen " << frozen.overall.ndcg(10);
   EXPECT_NEAR(half.overall.ndcg(10), continual.overall.ndcg(10), 0.1 * continual.overall.ndcg(10));
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST(Stream, RankingFiltersEverySeenItemAndBadSettingsAreRefused) {
@@ -1164,7 +1165,7 @@ TEST(Stream, RankingFiltersEverySeenItemAndBadSettingsAreRefused) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("stream.history_keep (5)"), std::string::npos) << e.what();
   }
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 // On a GPU a micro-batch (upload, ranking, the guarded teacher step, the sparse update, the readout
@@ -1202,7 +1203,7 @@ TEST(Stream, MicroBatchesNeverWaitForTheDeviceOnAGpu) {
   EXPECT_EQ(s.scored, count);
   EXPECT_EQ(s.skipped_batches, 0u);
   EXPECT_GT(s.overall.ndcg(10), 0.0);
-  fs::remove_all(dir);
+  remove_tree(dir);
 #endif
 }
 
@@ -1271,7 +1272,7 @@ TEST(Stream, EmptyBatchesAndTheLossGuardLeaveTheModelAlone) {
     EXPECT_TRUE(torch::equal(p.value(), pu[p.key()])) << p.key();
   }
   EXPECT_TRUE(torch::equal(teacher->item_embedding(), unchanged->item_embedding().narrow(0, 0, teacher->item_embedding().size(0))));
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 #ifdef FRESHREC_WITH_KAFKA
@@ -1393,7 +1394,7 @@ TEST(Stream, KafkaSourceSurvivesABrokerRestartAndResumesExactlyOnce) {
   EXPECT_EQ(s.events, messages.size());  // every message once: none lost, none twice
   EXPECT_EQ(s.dead_letters, 1u);
   EXPECT_EQ(s.scored, messages.size() - 1);
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 #endif
 
@@ -1515,7 +1516,7 @@ TEST(Stream, SigkilledProcessResumesToTheSameModel) {
   EXPECT_EQ(text_of(dir + "/killed/continual/dead_letters.jsonl"), text_of(dir + "/whole/continual/dead_letters.jsonl"));
   EXPECT_NE(text_of(dir + "/whole/continual/dead_letters.jsonl").find("\"text_base64\""), std::string::npos);
   expect_same_weights(dir + "/whole/continual/stream.pt", dir + "/killed/continual/stream.pt");
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 #ifdef FRESHREC_WITH_KAFKA
@@ -1619,7 +1620,7 @@ void expect_kafka_rebalances_and_a_sigkill_apply_every_message_once(const std::s
   EXPECT_EQ(position.at("events").at("0").get<size_t>(), (messages.size() + 1) / 2);
   EXPECT_EQ(position.at("events").at("1").get<size_t>(), messages.size() / 2);
   EXPECT_EQ(info.tensors.at("history_lengths").sum().item<int64_t>(), static_cast<int64_t>(messages.size()));
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 #include <sys/wait.h>
 #include <utility>
 
+#include "engine/io/remove_tree.h"
+
 namespace freshrec::testing_support {
 
 // A fresh folder per test, removed afterwards.
@@ -21,10 +23,10 @@ class TempDir {
     path_ = std::filesystem::temp_directory_path() /
             ("freshrec-test-" + std::to_string(::getpid()) + "-" +
              ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(path_);
+    remove_tree(path_);
     std::filesystem::create_directories(path_);
   }
-  ~TempDir() { std::filesystem::remove_all(path_); }
+  ~TempDir() { remove_tree(path_); }
   std::string write(const std::string& name, const std::string& text) const {
     const auto p = path_ / name;
     std::filesystem::create_directories(p.parent_path());

@@ -15,6 +15,7 @@
 #include "engine/data/prepare.h"
 #include "engine/data/readers.h"
 #include "engine/io/atomic_file.h"
+#include "engine/io/remove_tree.h"
 #include "engine/report/run_charts.h"
 #include "engine/report/svg_chart.h"
 #include "tests/test_support.h"
@@ -282,4 +283,26 @@ TEST(DurableWrites, AFailedWriteIsAnErrorNamingTheFileAndTheOldFileStays) {
   EXPECT_EQ(read_file(path), "old");
   for (const auto& entry : fs::directory_iterator(dir.path()))
     EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
+}
+
+// A folder tree goes with everything in it; a link inside it goes, what it points to stays.
+TEST(RemoveTree, RemovesNestedFoldersAndLinksButNotWhatTheyPointTo) {
+  TempDir dir;
+  const fs::path tree = dir.path() / "tree", outside = dir.path() / "outside";
+  fs::create_directories(tree / "a" / "b");
+  fs::create_directories(outside);
+  write_file_atomically((tree / "a" / "b" / "deep.txt").string(), "x");
+  write_file_atomically((tree / "top.txt").string(), "y");
+  write_file_atomically((outside / "keep.txt").string(), "z");
+  fs::create_directory_symlink(outside, tree / "a" / "link");
+  fs::create_symlink(tree / "nowhere", tree / "dangling");
+  remove_tree(tree.string());
+  EXPECT_FALSE(fs::exists(fs::symlink_status(tree)));
+  EXPECT_EQ(read_file((outside / "keep.txt").string()), "z");
+  EXPECT_NO_THROW(remove_tree(tree.string()));  // already gone: nothing to do
+  remove_tree((outside / "keep.txt").string());  // a plain file
+  EXPECT_FALSE(fs::exists(outside / "keep.txt"));
+  write_file_atomically((outside / "file").string(), "w");
+  const std::string error = error_of([&] { remove_tree((outside / "file" / "below").string()); });
+  EXPECT_NE(error.find("file/below: cannot remove: Not a directory"), std::string::npos) << error;
 }

@@ -55,6 +55,10 @@ case "${1:-}" in
         -DFRESHREC_CUDA=ON >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
       cmake --build build-gpu -j "$(nproc)" >"$out/build.log" 2>&1 || { grep -m 20 -E "error|FAILED" "$out/build.log"; exit 1; }
       echo "build: $(( $(date +%s) - start )) s" | tee -a "$out/stages.txt"
+      # Which library the binaries' std::filesystem calls bind to (the wheel's libtorch.so exports a copy).
+      { readelf -d build-gpu/test_torch | grep -m3 NEEDED
+        LD_BIND_NOW=1 LD_DEBUG=bindings ./build-gpu/test_torch --gtest_list_tests 2>&1 | grep -m6 "St10filesystem"
+      } >>"$out/machine.txt" 2>&1 || true
     fi
     # The tests that use the GPU when one is present (the rest run in CI on the CPU); `tests-all` runs
     # every test of the torch binary as well.
@@ -66,8 +70,12 @@ case "${1:-}" in
       # stack (the frame that made the call, where the backtrace itself cannot unwind).
       died=$(awk '/^\[ RUN      \]/{t=$4} /^\[       OK \]|^\[  FAILED  \]/{t=""} END{print t}' "$out/tests.txt")
       if [[ -n "$died" ]] && command -v cuda-gdb >/dev/null; then
+        # At the crash: the faulting address, the words on the stack, the caller's return address; then,
+        # as after a call through a null pointer, that address popped into the pc for a fuller backtrace.
         printf '%s\n' 'set pagination off' 'set print thread-events off' 'catch throw' 'commands' 'bt 12' \
-          'continue' 'end' 'run' 'bt 20' 'x/8a $sp' 'info symbol *(void**)$sp' 'thread apply all bt 8' >/tmp/crash.gdb
+          'continue' 'end' 'run' 'bt 20' 'p $_siginfo._sifields._sigfault.si_addr' 'x/8a $sp' \
+          'info symbol *(void**)$sp' 'thread apply all bt 8' 'set $pc = *(void**)$sp' 'set $sp = $sp + 8' 'bt 20' \
+          >/tmp/crash.gdb
         run_stage tests-gdb 150 cuda-gdb -q -batch -x /tmp/crash.gdb --args ./build-gpu/test_torch --gtest_filter="$died"
       fi
     fi
