@@ -17,6 +17,7 @@
 #include "engine/data/readers.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/metrics.h"
+#include "engine/train/learner_settings.h"
 #include "tests/test_support.h"
 
 namespace fs = std::filesystem;
@@ -48,6 +49,37 @@ TEST(Config, DefaultsAndOverrides) {
   EXPECT_EQ(c.get_int_list("eval.ks"), (std::vector<long long>{1, 10}));
   EXPECT_EQ(c.get_string("data.csv.delimiter"), ",");
   EXPECT_EQ(c.origin("model.hidden"), "command line");
+}
+
+// The learner's settings come from the config once: training (and a fine-tune's item rate) from
+// train.*, the stream's from stream.* where it has its own keys.
+TEST(Config, LearnerSettingsReadTrainingAndStreamKeys) {
+  Config c;
+  c.apply_override("train.lr=0.002");
+  c.apply_override("finetune.item_lr=0.02");
+  c.apply_override("train.weight_decay=0.1");
+  c.apply_override("train.clip_norm=2");
+  c.apply_override("train.sparse_embeddings=true");
+  c.apply_override("stream.lr=0.0005");
+  c.apply_override("stream.max_loss=40");
+  const LearnerSettings trained = LearnerSettings::training(c, /*finetune=*/false);
+  EXPECT_DOUBLE_EQ(trained.lr, 0.002);
+  EXPECT_DOUBLE_EQ(trained.item_lr, 0.002);  // finetune.item_lr is a fine-tune's alone
+  EXPECT_DOUBLE_EQ(trained.weight_decay, 0.1);
+  EXPECT_DOUBLE_EQ(trained.clip_norm, 2);
+  EXPECT_TRUE(trained.row_wise_items);
+  EXPECT_FALSE(trained.guard);
+  EXPECT_DOUBLE_EQ(LearnerSettings::training(c, /*finetune=*/true).item_lr, 0.02);
+  c.apply_override("finetune.item_lr=0");  // 0: the dense rate
+  EXPECT_DOUBLE_EQ(LearnerSettings::training(c, true).item_lr, 0.002);
+  const LearnerSettings streamed = LearnerSettings::streaming(c);
+  EXPECT_DOUBLE_EQ(streamed.lr, 0.0005);
+  EXPECT_DOUBLE_EQ(streamed.item_lr, 0.0005);
+  EXPECT_DOUBLE_EQ(streamed.weight_decay, 0);
+  EXPECT_DOUBLE_EQ(streamed.clip_norm, 2);
+  EXPECT_TRUE(streamed.guard);
+  EXPECT_DOUBLE_EQ(streamed.max_loss, 40);
+  EXPECT_TRUE(streamed.row_wise_items);
 }
 
 TEST(Config, YamlFileWithLineNumbersInErrors) {

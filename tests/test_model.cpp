@@ -997,7 +997,7 @@ TEST(Stream, FullSoftmaxUpdatesLeaveTheReservedRowsAlone) {
   const StreamSummary summary = run_stream(config, source, warm, StreamRun{teacher, "", true, dir + "/run", "run"});
   const auto info = read_checkpoint_info(summary.checkpoint);
   const int64_t known = static_cast<int64_t>(info.items.size());
-  Learner learner(load_checkpoint_model(summary.checkpoint, torch::kCPU), config, 1e-3);
+  Learner learner(load_checkpoint_model(summary.checkpoint, torch::kCPU), LearnerSettings::streaming(config));
   load_checkpoint_optimizer(summary.checkpoint, *learner.dense, learner.sparse.get());
   const int64_t rows = learner.model->options().num_items + 1;
   ASSERT_GT(rows, known + 1) << "the test needs reserved rows";
@@ -1207,37 +1207,78 @@ TEST(Stream, MicroBatchesNeverWaitForTheDeviceOnAGpu) {
 #endif
 }
 
-TEST(Learner, NonFiniteGradientsUnderAFiniteLossSkipTheStep) {
+namespace {
+
+SASRec tiny_model() {
   torch::manual_seed(2);
   SASRecOptions o;
   o.num_items = 30, o.hidden = 16, o.blocks = 1, o.heads = 1, o.maxlen = 6, o.dropout = 0;
-  Learner learner(SASRec(o), Config(), 1e-2);
+  return SASRec(o);
+}
+
+}  // namespace
+
+TEST(Learner, NonFiniteGradientsUnderAFiniteLossSkipTheStep) {
+  for (const double clip : {1.0, 0.0}) {  // with clipping, and without, where no norm is needed but the guard's
+    LearnerSettings settings;
+    settings.lr = settings.item_lr = 1e-2;
+    settings.clip_norm = clip;
+    settings.guard = true;
+    settings.max_loss = 50;
+    settings.row_wise_items = true;
+    Learner learner(tiny_model(), settings);
+    const auto items = torch::randint(1, 31, {4, 6}, torch::kLong);
+    auto snapshot = [&] {
+      std::vector<torch::Tensor> state;
+      for (const auto& p : learner.model->parameters()) state.push_back(p.detach().clone());
+      for (const auto& b : learner.sparse->named_buffers())  // the moments; the step count advances by design
+        if (b.key() != "step") state.push_back(b.value().detach().clone());
+      return state;
+    };
+    auto same = [](const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+      for (size_t i = 0; i < a.size(); ++i)
+        if (!torch::equal(a[i], b[i])) return false;
+      return true;
+    };
+    // sqrt at 0: a finite loss (0) whose gradient is inf * 0 = NaN everywhere, the item table included.
+    const auto before = snapshot();
+    const auto out = learner.model->forward(items);
+    const auto poisoned = torch::sqrt(out.sum() * 0);
+    ASSERT_TRUE(std::isfinite(poisoned.item<double>()));
+    EXPECT_EQ(learner.step(poisoned).item<float>(), 1.0f) << "clip " << clip;
+    EXPECT_TRUE(same(before, snapshot())) << "a skipped step must change no weight and no moment (clip " << clip << ")";
+    const auto big = learner.model->forward(items).pow(2).sum() * 1e6 + 100;  // finite, above max_loss
+    EXPECT_EQ(learner.step(big).item<float>(), 1.0f);
+    EXPECT_TRUE(same(before, snapshot()));
+    const auto good = learner.model->forward(items).pow(2).mean();
+    EXPECT_EQ(learner.step(good).item<float>(), 0.0f);
+    EXPECT_FALSE(same(before, snapshot()));
+  }
+}
+
+// Without the guard every step applies (no flag); the item table in the dense optimizer gets its own
+// parameter group, first, when its rate differs, and each group's rate is the schedule's of its base.
+TEST(Learner, TheTableGroupAndTheScheduleFollowTheSettings) {
+  LearnerSettings settings;
+  settings.lr = 1e-2, settings.item_lr = 3e-2;
+  Learner learner(tiny_model(), settings);
+  ASSERT_FALSE(learner.sparse);
+  const auto& groups = learner.dense->param_groups();
+  ASSERT_EQ(groups.size(), 2u);
+  ASSERT_EQ(groups[0].params().size(), 1u);
+  EXPECT_TRUE(groups[0].params()[0].is_same(learner.model->item_embedding()));
+  EXPECT_EQ(groups[1].params().size(), learner.model->dense_parameters(/*with_item_table=*/false).size());
+  const auto table = learner.model->item_embedding().detach().clone();
   const auto items = torch::randint(1, 31, {4, 6}, torch::kLong);
-  auto snapshot = [&] {
-    std::vector<torch::Tensor> state;
-    for (const auto& p : learner.model->parameters()) state.push_back(p.detach().clone());
-    for (const auto& b : learner.sparse->named_buffers())  // the moments; the step count advances by design
-      if (b.key() != "step") state.push_back(b.value().detach().clone());
-    return state;
-  };
-  auto same = [](const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
-    for (size_t i = 0; i < a.size(); ++i)
-      if (!torch::equal(a[i], b[i])) return false;
-    return true;
-  };
-  // sqrt at 0: a finite loss (0) whose gradient is inf * 0 = NaN everywhere, the item table included.
-  const auto before = snapshot();
-  const auto out = learner.model->forward(items);
-  const auto poisoned = torch::sqrt(out.sum() * 0);
-  ASSERT_TRUE(std::isfinite(poisoned.item<double>()));
-  EXPECT_EQ(learner.step(poisoned, /*clip=*/1.0, 1e-2, /*max_loss=*/50).item<float>(), 1.0f);
-  EXPECT_TRUE(same(before, snapshot())) << "a skipped step must change no weight and no moment";
-  const auto again = learner.model->forward(items);  // and without clipping, where no norm is needed
-  EXPECT_EQ(learner.step(torch::sqrt(again.sum() * 0), /*clip=*/0, 1e-2, 50).item<float>(), 1.0f);
-  EXPECT_TRUE(same(before, snapshot()));
-  const auto good = learner.model->forward(items).pow(2).mean();
-  EXPECT_EQ(learner.step(good, 1.0, 1e-2, 50).item<float>(), 0.0f);
-  EXPECT_FALSE(same(before, snapshot()));
+  EXPECT_FALSE(learner.step(learner.model->forward(items).pow(2).mean(), [](double base) { return base / 4; }).defined());
+  EXPECT_DOUBLE_EQ(groups[0].options().get_lr(), 3e-2 / 4);
+  EXPECT_DOUBLE_EQ(groups[1].options().get_lr(), 1e-2 / 4);
+  EXPECT_FALSE(torch::equal(table, learner.model->item_embedding()));
+  settings.item_lr = settings.lr;  // the same rate: one group, the table in it
+  Learner together(tiny_model(), settings);
+  EXPECT_EQ(together.dense->param_groups().size(), 1u);
+  EXPECT_EQ(together.dense->param_groups()[0].params().size(),
+            together.model->dense_parameters(/*with_item_table=*/true).size());
 }
 
 TEST(Stream, EmptyBatchesAndTheLossGuardLeaveTheModelAlone) {

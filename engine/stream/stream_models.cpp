@@ -72,7 +72,8 @@ StreamModels load_stream_models(const Config& config, const StreamSettings& sett
   SASRec teacher = without_item_adapter(load_checkpoint_model(start, device), info.config_yaml);
   if (settings.adapters_only && teacher->options().lora_rank == 0)
     teacher = with_adapters(teacher, config, settings.seed, device, info.config_yaml);
-  models.teacher = Learner(teacher, config, settings.lr, settings.adapters_only);
+  const LearnerSettings& learning = settings.learning;
+  models.teacher = Learner(teacher, learning, settings.adapters_only ? adapters_only(teacher) : TrainedParameters{});
   if (settings.history_keep > 0 && settings.history_keep < teacher->options().maxlen)
     throw ConfigError(config.origin("stream.history_keep") + ": stream.history_keep (" +
                       std::to_string(settings.history_keep) + ") must be 0 (all) or at least the model's maxlen (" +
@@ -82,7 +83,7 @@ StreamModels load_stream_models(const Config& config, const StreamSettings& sett
   Learner& student = models.student;
   if (!run.resume.empty() && has_student(info)) {
     models.student_config = student_config_yaml(info);
-    student = Learner(student_model(info), config, settings.lr);
+    student = Learner(student_model(info), learning);
     student.model->to(device);
     unpack_student(info, student.model, student.dense.get(), student.sparse.get());
   } else if (run.resume.empty() && !run.student.empty()) {
@@ -92,8 +93,7 @@ StreamModels load_stream_models(const Config& config, const StreamSettings& sett
                                std::to_string(student_info.items.size()) + " vs " + std::to_string(info.items.size()) +
                                "); distil it from this teacher");
     models.student_config = student_info.config_yaml;
-    student = Learner(without_item_adapter(load_checkpoint_model(run.student, device), models.student_config), config,
-                      settings.lr);
+    student = Learner(without_item_adapter(load_checkpoint_model(run.student, device), models.student_config), learning);
     if (student.model->options().maxlen > teacher->options().maxlen)
       throw std::runtime_error(run.student + ": the student's maxlen exceeds the teacher's");
     if (student.model->options().num_items < teacher->options().num_items) {  // the teacher's spare rows

@@ -21,13 +21,11 @@ StreamSettings::StreamSettings(const Config& c)
       all_positions(c.get_string("stream.train_positions") == "all"),
       exclude_seen(c.get_bool("train.exclude_seen")),
       adapters_only(c.get_string("stream.update") == "adapters"),
-      lr(c.get_float("stream.lr")),
-      clip(c.get_float("train.clip_norm")),
-      max_loss(c.get_float("stream.max_loss")),
       replay_share(c.get_float("stream.replay_share")),
       checkpoint_seconds(c.get_float("stream.checkpoint_seconds")),
       publish_seconds(c.get_float("stream.publish_seconds")),
-      seed(static_cast<uint64_t>(c.get_int("train.seed"))) {
+      seed(static_cast<uint64_t>(c.get_int("train.seed"))),
+      learning(LearnerSettings::streaming(c)) {
   if (batch_size <= 0 || window <= 0 || grow_chunk <= 0 || negatives <= 0 || replay_capacity <= 0)
     throw ConfigError(
         "stream.batch_size, stream.window, stream.grow_chunk, stream.replay_capacity and train.negatives must be "

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "engine/config/config.h"
+#include "engine/train/learner_settings.h"
 
 namespace freshrec {
 
@@ -12,8 +13,9 @@ struct StreamSettings {
   int64_t batch_size, window, history_keep, checkpoint_every, negatives, grow_chunk, max_wait_ms, replay_capacity, ce_chunk;
   int64_t publish_every, publish_keep;
   bool full_softmax, all_positions, exclude_seen, adapters_only;
-  double lr, clip, max_loss, replay_share, checkpoint_seconds, publish_seconds;
+  double replay_share, checkpoint_seconds, publish_seconds;
   uint64_t seed;
+  LearnerSettings learning;  // the teacher's and the student's updates
   // Throws ConfigError naming the key when a value is out of range or two settings conflict.
   explicit StreamSettings(const Config& config);
   bool publishing() const { return publish_every > 0 || publish_seconds > 0; }

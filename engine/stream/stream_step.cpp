@@ -145,7 +145,7 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
   torch::Tensor skip, student;
   {
     Stopwatch clock(context.profile.update);
-    skip = models_.teacher.step(loss, settings_.clip, settings_.lr, settings_.max_loss);
+    skip = models_.teacher.step(loss);
   }
   {
     Stopwatch clock(context.profile.student);
@@ -195,7 +195,7 @@ torch::Tensor StreamStep::learn_student(const StepInputs& step, const StepInputs
                              settings_.full_softmax ? nullptr : &sampled, settings_.ce_chunk);
   }
   if (ranked) ranked->student = ranks_from(student, student_hidden, in, known);
-  const auto skip = models_.student.step(loss, settings_.clip, settings_.lr, settings_.max_loss);
+  const auto skip = models_.student.step(loss);
   return torch::stack({loss.detach().to(torch::kFloat), skip});
 }
 

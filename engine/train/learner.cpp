@@ -1,48 +1,110 @@
-// A model with its optimizers and a guarded step; see learner.h.
+// The engine's learner; see learner.h.
 #include "engine/train/learner.h"
+
+#include <stdexcept>
+#include <string>
+#include <type_traits>
 
 namespace freshrec {
 
-Learner::Learner(SASRec m, const Config& config, double lr, bool adapters_only) : model(std::move(m)) {
-  const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
-  std::vector<torch::Tensor> trained = model->dense_parameters();
-  if (adapters_only) {
-    trained.clear();
-    for (const auto& p : model->named_parameters()) {
-      if (p.value().is_same(model->item_embedding())) continue;
-      const bool adapter = p.key().find("_lora.") != std::string::npos;
-      p.value().set_requires_grad(adapter);
-      if (adapter) trained.push_back(p.value());
-    }
-    if (trained.empty()) throw std::invalid_argument("adapter-only updates need a model with LoRA adapters");
+TrainedParameters adapters_only(SASRec& model) {
+  TrainedParameters trained;
+  trained.dense.emplace();
+  for (const auto& p : model->named_parameters()) {
+    if (p.value().is_same(model->item_embedding())) continue;
+    const bool adapter = p.key().find("_lora.") != std::string::npos;
+    p.value().set_requires_grad(adapter);
+    if (adapter) trained.dense->push_back(p.value());
   }
-  dense = std::make_unique<FusedAdam>(trained, torch::optim::AdamOptions(lr).betas({beta1, beta2}));
-  ops::RowwiseAdamOptions o;
-  o.lr = lr, o.beta1 = beta1, o.beta2 = beta2;
-  o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";
-  sparse = SparseRowAdam(model->item_embedding(), o, /*padding_idx=*/0);
-  model->set_sparse_gradients(&sparse->gradients());
+  if (trained.dense->empty()) throw std::invalid_argument("adapter-only updates need a model with LoRA adapters");
+  return trained;
+}
+
+Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters trained)
+    : model(std::move(m)), settings_(settings) {
+  const double lr = settings.lr, item_lr = settings.item_lr, wd = settings.weight_decay;
+  const bool custom = trained.dense.has_value();
+  const std::vector<torch::Tensor> dense_params = custom ? *trained.dense : model->dense_parameters(/*with_item_table=*/false);
+  // The item table's group: its weights (unless row-wise) and an item adapter.
+  std::vector<torch::Tensor> table;
+  if (!settings.row_wise_items) table.push_back(model->item_embedding());
+  table.insert(table.end(), trained.with_items.begin(), trained.with_items.end());
+  if (settings.row_wise_items) {
+    ops::RowwiseAdamOptions o;
+    o.lr = item_lr, o.beta1 = settings.beta1, o.beta2 = settings.beta2;
+    o.weight_decay = wd, o.decoupled_weight_decay = wd > 0;
+    o.per_row_step = settings.per_row_step;
+    sparse = SparseRowAdam(model->item_embedding(), o, /*padding_idx=*/0);
+    model->set_sparse_gradients(&sparse->gradients());
+  }
+  const auto betas = std::make_tuple(settings.beta1, settings.beta2);
+  // One group when the table learns at the dense rate (in the order dense_parameters(true) gives,
+  // or the table's first), else the table's group, then the dense one. Checkpoints keep this order.
+  auto make = [&](auto options_of) {
+    using Options = decltype(options_of(lr));
+    using Optimizer = std::conditional_t<std::is_same_v<Options, torch::optim::AdamWOptions>, FusedAdamW, FusedAdam>;
+    std::unique_ptr<Optimizer> optimizer;
+    if (table.empty() || item_lr == lr) {
+      std::vector<torch::Tensor> all = custom ? dense_params : model->dense_parameters(!settings.row_wise_items);
+      if (custom) all.insert(all.begin(), table.begin(), table.end());
+      optimizer = std::make_unique<Optimizer>(all, options_of(lr));
+    } else {
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(table, std::make_unique<Options>(options_of(item_lr)));
+      if (!dense_params.empty()) groups.emplace_back(dense_params, std::make_unique<Options>(options_of(lr)));
+      optimizer = std::make_unique<Optimizer>(std::move(groups), options_of(lr));
+    }
+    Optimizer* raw = optimizer.get();
+    step_unless_ = [raw](const torch::Tensor& skip) { raw->step_unless(skip); };
+    dense = std::move(optimizer);
+  };
+  if (wd > 0)
+    make([&](double rate) { return torch::optim::AdamWOptions(rate).betas(betas).weight_decay(wd); });
+  else
+    make([&](double rate) { return torch::optim::AdamOptions(rate).betas(betas); });
+  for (const auto& group : dense->param_groups()) base_lr_.push_back(group.options().get_lr());
 }
 
 void Learner::grow(int64_t rows) {
   model->grow_items(rows);
-  sparse->grow_to_weight();
+  if (sparse) sparse->grow_to_weight();
 }
 
-torch::Tensor Learner::step(const torch::Tensor& loss, double clip, double lr, double max_loss) {
+torch::Tensor Learner::step(const torch::Tensor& loss, const std::function<double(double)>& rate) {
   const auto value = loss.detach();
   dense->zero_grad();
   loss.backward();
-  const auto& params = dense->param_groups()[0].params();
-  // A finite loss can still have non-finite gradients (an overflow inside the backward pass): those
-  // skip the step as a bad loss does. The norm is computed on the device either way.
-  const auto norm = clip > 0 ? clip_grad_norm(params, clip) : gradient_norm(params);
-  auto bad = value.isfinite().logical_and(value <= max_loss).logical_not();
-  if (norm.defined()) bad = bad.logical_or(norm.isfinite().logical_not());
-  bad = bad.logical_or(sparse->gradients_finite().logical_not());
-  const auto skip = bad.to(torch::kFloat);
-  dense->step_unless(skip);
-  sparse->step(lr, skip);
+  std::vector<torch::Tensor> params;
+  for (const auto& group : dense->param_groups())
+    for (const auto& p : group.params()) params.push_back(p);
+  // With the row-wise table the norm covers the dense parameters only: the table's gradient is never
+  // reduced before the fused update (and Adam's step is scale-free per row).
+  const double clip = settings_.clip_norm;
+  torch::Tensor skip;
+  if (settings_.guard) {
+    // A finite loss can still have non-finite gradients (an overflow inside the backward pass): those
+    // skip the step as a bad loss does. The norm is computed on the device either way.
+    const auto norm = clip > 0 ? clip_grad_norm(params, clip) : gradient_norm(params);
+    auto bad = value.isfinite().logical_and(value <= settings_.max_loss).logical_not();
+    if (norm.defined()) bad = bad.logical_or(norm.isfinite().logical_not());
+    if (sparse) bad = bad.logical_or(sparse->gradients_finite().logical_not());
+    skip = bad.to(torch::kFloat);
+  } else if (clip > 0) {
+    clip_grad_norm(params, clip);
+  }
+  if (rate)
+    for (size_t g = 0; g < base_lr_.size(); ++g) dense->param_groups()[g].options().set_lr(rate(base_lr_[g]));
+  if (skip.defined())
+    step_unless_(skip);
+  else
+    dense->step();
+  if (sparse) {
+    const double item_rate = rate ? rate(settings_.item_lr) : settings_.item_lr;
+    if (skip.defined())
+      sparse->step(item_rate, skip);
+    else
+      sparse->step(item_rate);
+  }
   return skip;
 }
 

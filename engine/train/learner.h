@@ -1,36 +1,66 @@
-// A model with its optimizers and one guarded training step: Adam (fused) for the dense parameters and
-// the fused row-wise Adam for the item table. The stream's teacher is one, its student another.
+// The one learner of the engine: a model with its optimizers and its training step. The trainer (and
+// a fine-tune, and offline distillation) and the stream (its teacher, its online student) all update
+// their models through it; LearnerSettings say how.
+//
+// The dense parameters learn with Adam or AdamW (FusedAdam: one fused kernel per step, LibTorch's
+// state format); the item table either in that optimizer (its own parameter group when its learning
+// rate differs) or row-wise from sparse gradients (SparseRowAdam: only the touched rows). A step is
+// backward, clipping, both optimizer steps; with the guard, decided on the device without reading a
+// value back.
 #pragma once
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
+#include <optional>
+#include <vector>
 
-#include "engine/config/config.h"
 #include "engine/train/dense_adam.h"
+#include "engine/train/learner_settings.h"
 #include "engine/train/sparse_adam.h"
 #include "models/sasrec.h"
 
 namespace freshrec {
 
-struct Learner {
+// What the optimizers hold when it is not every weight.
+struct TrainedParameters {
+  // Instead of the model's dense parameters (all but the item table): a fine-tune's plan, adapters.
+  std::optional<std::vector<torch::Tensor>> dense;
+  // Learned at item_lr in the item table's parameter group (a fine-tune's item adapter).
+  std::vector<torch::Tensor> with_items;
+};
+
+// The model's LoRA adapters alone; every other weight but the item table is frozen (requires_grad
+// false). The model must have adapters.
+TrainedParameters adapters_only(SASRec& model);
+
+class Learner {
+ public:
   SASRec model{nullptr};
-  std::unique_ptr<FusedAdam> dense;
-  SparseRowAdam sparse{nullptr};
+  std::unique_ptr<torch::optim::Optimizer> dense;  // FusedAdam, or FusedAdamW with weight decay
+  SparseRowAdam sparse{nullptr};                   // with settings.row_wise_items
 
   Learner() = default;
-  // Optimizers at learning rate `lr`, with train.beta1 / beta2 / sparse_bias_correction from `config`.
-  // With adapters_only, the dense optimizer holds the model's LoRA adapters alone and the other dense
-  // weights are frozen (the item table still learns its touched rows); the model must have adapters.
-  Learner(SASRec m, const Config& config, double lr, bool adapters_only = false);
+  Learner(SASRec model, const LearnerSettings& settings, TrainedParameters trained = {});
   explicit operator bool() const { return static_cast<bool>(model); }
+  const LearnerSettings& settings() const { return settings_; }
+  // The row-wise optimizer as checkpoints save it (null without one).
+  torch::nn::Module* sparse_state() { return sparse ? sparse.get() : nullptr; }
+
   // The item table grew to `rows` (new rows start with zero moments).
   void grow(int64_t rows);
-  // Backward, clipping of the dense parameters (clip > 0), both optimizer steps, guarded on the
-  // device: when the loss is not finite or above max_loss, or any gradient (dense or of the item
-  // table) is not finite, weights and moments stay as they were (the step counts still advance).
-  // Returns the guard's flag (float32 scalar, 1: skipped) without reading it back.
-  torch::Tensor step(const torch::Tensor& loss, double clip, double lr, double max_loss);
+  // Backward from `loss`, clipping, both optimizer steps. `rate` maps each parameter group's base
+  // learning rate (and item_lr) to this step's (warm-up, decay); without it the base rates hold.
+  // With the guard, returns its flag (a float32 scalar on the device, 1: the step was skipped and
+  // weights and moments stayed as they were; the step counts still advance) without reading it back;
+  // without the guard, an undefined tensor.
+  torch::Tensor step(const torch::Tensor& loss, const std::function<double(double)>& rate = {});
+
+ private:
+  LearnerSettings settings_;
+  std::vector<double> base_lr_;                               // each parameter group's, as built
+  std::function<void(const torch::Tensor&)> step_unless_;    // the dense optimizer's guarded step
 };
 
 }  // namespace freshrec

@@ -17,10 +17,9 @@
 #include "engine/finetune/finetune.h"
 #include "engine/progress.h"
 #include "engine/runtime.h"
-#include "engine/train/dense_adam.h"
 #include "engine/train/distill.h"
+#include "engine/train/learner.h"
 #include "engine/train/losses.h"
-#include "engine/train/sparse_adam.h"
 #include "engine/io/atomic_file.h"
 
 namespace freshrec {
@@ -46,43 +45,6 @@ EvalOptions eval_options_from_config(const Config& config) {
   return o;
 }
 
-// Adam/AdamW (fused, in LibTorch's state format) for the dense parameters: all of them, or all but
-// the item table when that is updated row-wise (then `sparse` gets the row-wise optimizer with the
-// same hyper-parameters). A fine-tune's plan names the dense parameters it trains, and the item table
-// learns at `item_lr` (its own parameter group, or the row-wise optimizer's rate).
-std::unique_ptr<torch::optim::Optimizer> make_optimizers(const Config& config, SASRec& model, SparseRowAdam* sparse,
-                                                         const FinetunePlan* plan, double item_lr) {
-  const double lr = config.get_float("train.lr"), wd = config.get_float("train.weight_decay");
-  const double beta1 = config.get_float("train.beta1"), beta2 = config.get_float("train.beta2");
-  std::vector<torch::Tensor> dense = plan ? plan->dense_trainable() : model->dense_parameters(/*with_item_table=*/false);
-  std::vector<torch::Tensor> table;  // the item table's group: its weights (unless row-wise) and a fine-tune's item adapter
-  if (!sparse) table.push_back(model->item_embedding());
-  if (plan) for (const auto& p : plan->item_adapter()) table.push_back(p);
-  if (sparse) {
-    ops::RowwiseAdamOptions o;
-    o.lr = item_lr, o.beta1 = beta1, o.beta2 = beta2, o.weight_decay = wd, o.decoupled_weight_decay = wd > 0;
-    o.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";
-    *sparse = SparseRowAdam(model->item_embedding(), o, /*padding_idx=*/0);
-    model->set_sparse_gradients(&(*sparse)->gradients());
-  }
-  const auto betas = std::make_tuple(beta1, beta2);
-  auto make = [&](auto options_of) -> std::unique_ptr<torch::optim::Optimizer> {
-    using Options = decltype(options_of(lr));
-    using Optimizer = std::conditional_t<std::is_same_v<Options, torch::optim::AdamWOptions>, FusedAdamW, FusedAdam>;
-    if (table.empty() || item_lr == lr) {  // one group, in the order dense_parameters(true) gives
-      std::vector<torch::Tensor> all = plan ? dense : model->dense_parameters(/*with_item_table=*/!sparse);
-      if (plan) all.insert(all.begin(), table.begin(), table.end());
-      return std::make_unique<Optimizer>(all, options_of(lr));
-    }
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(table, std::make_unique<Options>(options_of(item_lr)));
-    if (!dense.empty()) groups.emplace_back(dense, std::make_unique<Options>(options_of(lr)));
-    return std::make_unique<Optimizer>(std::move(groups), options_of(lr));
-  };
-  if (wd > 0) return make([&](double rate) { return torch::optim::AdamWOptions(rate).betas(betas).weight_decay(wd); });
-  return make([&](double rate) { return torch::optim::AdamOptions(rate).betas(betas); });
-}
-
 }  // namespace
 
 TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path,
@@ -94,7 +56,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   const int64_t epochs = config.get_int("train.epochs"), batch_size = config.get_int("train.batch_size");
   const int64_t patience = config.get_int("train.patience"), warmup = config.get_int("train.warmup_steps");
   const int64_t chunk = config.get_int("train.ce_chunk"), negatives = config.get_int("train.negatives");
-  const double lr = config.get_float("train.lr"), clip = config.get_float("train.clip_norm");
+  const double lr = config.get_float("train.lr");
   const bool sampled = config.get_string("train.loss") == "sampled";
   const bool sparse = config.get_bool("train.sparse_embeddings");
   if (sparse && !sampled)
@@ -121,7 +83,6 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   // A fine-tune starts from the source's weights, aligned to this data's items (a resumed one then
   // loads its own checkpoint over them), and trains what finetune.* says.
   std::optional<FinetunePlan> plan;
-  double item_lr = lr;
   if (from) {
     if (!teacher_path.empty()) throw std::invalid_argument("a fine-tune cannot also distil from a teacher");
     const FinetuneOptions finetune = FinetuneOptions::from_config(config);
@@ -129,17 +90,17 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     if (finetune.new_items == "content") features = read_item_features(finetune.item_features);
     const Alignment aligned = align_to_catalogue(model, *from, log.items, finetune.new_items, &features);
     plan.emplace(model, finetune, aligned.known_rows);
-    if (finetune.item_lr > 0) item_lr = finetune.item_lr;
     spdlog::info("fine-tuning {} ({}): {} of this data's {} items known to it, {} new ({} rows{}); {}", from->path,
                  from->kind, aligned.known, log.items.size(), aligned.fresh, finetune.new_items,
                  finetune.new_items == "content" ? ", " + std::to_string(aligned.from_features) + " from shared features" : "",
                  plan->describe());
   }
-  SparseRowAdam sparse_optimizer{nullptr};
-  auto optimizer = make_optimizers(config, model, sparse ? &sparse_optimizer : nullptr, plan ? &*plan : nullptr, item_lr);
-  std::vector<double> base_lr;  // each group's rate before warm-up and decay
-  for (const auto& group : optimizer->param_groups()) base_lr.push_back(group.options().get_lr());
-  torch::nn::Module* sparse_state = sparse ? sparse_optimizer.get() : nullptr;  // saved with checkpoints
+  // A fine-tune's plan names the dense parameters it trains and its item adapter.
+  TrainedParameters trained;
+  if (plan) trained = {plan->dense_trainable(), plan->item_adapter()};
+  Learner learner(model, LearnerSettings::training(config, from != nullptr), std::move(trained));
+  torch::optim::Optimizer& optimizer = *learner.dense;
+  torch::nn::Module* sparse_state = learner.sparse_state();  // saved with checkpoints
   const NegativeSampler sampler(sequences.training_item_counts(), config.get_string("train.negative_sampler") == "uniform");
   const auto log_q = sampler.log_q().to(device);
 
@@ -234,7 +195,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       summary.best_checkpoint = (resumed_dir / "best.pt").string();
     }
     if (plan) plan->snapshot();  // frozen rows keep the values the run froze
-    load_checkpoint_optimizer(resume_path, *optimizer, sparse_state);
+    load_checkpoint_optimizer(resume_path, optimizer, sparse_state);
     start_epoch = saved.meta.at("epoch").get<int64_t>() + 1;
     step = saved.meta.at("step").get<int64_t>();
     best_ndcg = saved.meta.at("best_validation_ndcg10").get<double>();
@@ -260,7 +221,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     if (stale >= patience) {
       if (decays_done >= lr_decays) break;
       load_checkpoint_weights(summary.best_checkpoint, model);
-      load_checkpoint_optimizer(summary.best_checkpoint, *optimizer, sparse_state);
+      load_checkpoint_optimizer(summary.best_checkpoint, optimizer, sparse_state);
       lr_scale *= lr_decay, ++decays_done, stale = 0;
       spdlog::info("no better validation for {} epochs: back to the best (epoch {}), learning rate x{} (now {:g})",
                    patience, summary.best_epoch, lr_decay, lr * lr_scale);
@@ -305,21 +266,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
           loss = full_softmax_cross_entropy(hidden, model->item_table(), targets, chunk, excluded);
         }
       }
-      optimizer->zero_grad();
-      loss.backward();
-      // With sparse embeddings the clipping norm covers the dense parameters only: the table's
-      // gradient is never reduced before the fused update (and Adam's step is scale-free per row).
-      if (clip > 0) {
-        std::vector<torch::Tensor> clipped;
-        for (const auto& group : optimizer->param_groups())
-          for (const auto& p : group.params()) clipped.push_back(p);
-        clip_grad_norm(clipped, clip);
-      }
       const double ramp = std::min(1.0, static_cast<double>(step + 1) / std::max<int64_t>(warmup, 1));
-      auto rate = [&](double base) { return lr_scale * (warmup > 0 ? base * ramp : base); };
-      for (size_t g = 0; g < base_lr.size(); ++g) optimizer->param_groups()[g].options().set_lr(rate(base_lr[g]));
-      optimizer->step();
-      if (sparse) sparse_optimizer->step(rate(item_lr));
+      learner.step(loss, [&](double base) { return lr_scale * (warmup > 0 ? base * ramp : base); });
       if (plan) plan->restore();
       ++step;
       loss_sum += loss.detach();
@@ -358,9 +306,9 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     if (!base.is_null()) info.meta["base"] = base;
     if (improved) {
       summary.best_checkpoint = (out_dir / "best.pt").string();
-      save_checkpoint(summary.best_checkpoint, model, optimizer.get(), info, sparse_state);
+      save_checkpoint(summary.best_checkpoint, model, &optimizer, info, sparse_state);
     }
-    save_checkpoint(summary.last_checkpoint, model, optimizer.get(), info, sparse_state);
+    save_checkpoint(summary.last_checkpoint, model, &optimizer, info, sparse_state);
     summary.epochs_run = epoch;
   }
   summary.early_stopped = epoch <= epochs;
