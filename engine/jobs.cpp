@@ -13,6 +13,7 @@
 #include "engine/bench/reference.h"
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/readers.h"
+#include "engine/dist/dist_env.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
 #include "engine/finetune/finetune.h"
@@ -185,6 +186,10 @@ int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& 
 
 int run_stream_job(const Config& config, const std::string& teacher_path, const std::string& student_path, bool resume,
                    bool compare_frozen, const std::string& reference_python) {
+  if (const DistEnv dist = DistEnv::from_environment(); dist.distributed())
+    throw std::runtime_error("freshrec stream runs as one process; this one was started as rank " +
+                             std::to_string(dist.rank) + " of " + std::to_string(dist.world_size) +
+                             " (WORLD_SIZE): start it without a launcher");
   check_stream_settings(config);
   const std::filesystem::path out = config.get_string("stream.output_dir");
   StreamRun continual;

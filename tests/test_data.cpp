@@ -7,11 +7,13 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
 #include "engine/config/config.h"
 #include "engine/data/generator.h"
+#include "engine/dist/dist_env.h"
 #include "engine/data/ids.h"
 #include "engine/data/item_features.h"
 #include "engine/data/readers.h"
@@ -80,6 +82,46 @@ TEST(Config, LearnerSettingsReadTrainingAndStreamKeys) {
   EXPECT_TRUE(streamed.guard);
   EXPECT_DOUBLE_EQ(streamed.max_loss, 40);
   EXPECT_TRUE(streamed.row_wise_items);
+}
+
+// The launcher's variables: none is a job of one; a job of several needs the rendezvous; malformed or
+// out-of-range values are refused with the variable's name.
+TEST(DistEnv, ReadsTheLaunchersVariablesAndRefusesBadOnes) {
+  auto with = [](std::map<std::string, std::string> vars) {
+    return [vars](const char* name) -> const char* {
+      const auto it = vars.find(name);
+      return it == vars.end() ? nullptr : it->second.c_str();
+    };
+  };
+  const DistEnv alone = DistEnv::from_environment(with({}));
+  EXPECT_FALSE(alone.distributed());
+  EXPECT_EQ(alone.rank, 0);
+  const DistEnv e = DistEnv::from_environment(with({{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"},
+                                                    {"MASTER_ADDR", "node-1"}, {"MASTER_PORT", "29500"},
+                                                    {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                                                    {"TORCHELASTIC_RESTART_COUNT", "2"}}));
+  EXPECT_TRUE(e.distributed());
+  EXPECT_EQ(e.rank, 3);
+  EXPECT_EQ(e.world_size, 4);
+  EXPECT_EQ(e.local_rank, 1);
+  EXPECT_EQ(e.master_addr, "node-1");
+  EXPECT_EQ(e.master_port, 29500);
+  EXPECT_TRUE(e.agent_store);
+  EXPECT_EQ(e.restart_count, 2);
+  const std::vector<std::pair<std::map<std::string, std::string>, std::string>> bad = {
+      {{{"WORLD_SIZE", "2"}, {"RANK", "2"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}}, "RANK='2': expected a whole number from 0 to 1"},
+      {{{"WORLD_SIZE", "two"}}, "WORLD_SIZE='two'"},
+      {{{"WORLD_SIZE", "0"}}, "WORLD_SIZE='0'"},
+      {{{"WORLD_SIZE", "2"}, {"RANK", "-1"}}, "RANK='-1'"},
+      {{{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_PORT", "1"}}, "MASTER_ADDR is not set"},
+      {{{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_ADDR", "h"}}, "MASTER_PORT is not set"},
+      {{{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "70000"}}, "MASTER_PORT='70000'"},
+      {{{"WORLD_SIZE", "99999999999"}}, "WORLD_SIZE='99999999999'"},
+  };
+  for (const auto& [vars, message] : bad) {
+    const std::string error = error_of([&] { DistEnv::from_environment(with(vars)); });
+    EXPECT_NE(error.find(message), std::string::npos) << error;
+  }
 }
 
 TEST(Config, YamlFileWithLineNumbersInErrors) {

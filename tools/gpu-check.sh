@@ -4,16 +4,16 @@
 #                                           ML-1M file into .deps/data (both git-ignored; data never committed)
 #   there:  tools/gpu-check.sh run OUT [STAGE...]
 #                                           unpack them, build with the machine's PyTorch, then the stages
-#                                           (default: build tests kernels train-bench stream-bench; also:
-#                                           tests-all, ml1m, distill); logs to OUT
+#                                           (default: build tests kernels train-bench stream-bench dist;
+#                                           also: tests-all, ml1m, distill); logs to OUT
 # Through the device tool: carry [".deps"], and write OUT outside $OUT, then pack it (the tool brings back
-# at most 8 files): `bash tools/gpu-check.sh run /tmp/gc; tar czf $OUT/gc.tgz -C /tmp gc` took about 6.5
-# minutes on an H200 (the build 90 s); `ml1m` takes about 4 more, `distill` about 25 on its own.
+# at most 8 files): `bash tools/gpu-check.sh run /tmp/gc; tar czf $OUT/gc.tgz -C /tmp gc`. Without `dist`
+# the default took about 6.5 minutes on an H200 (the build 90 s); `distill` needs about 25 on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEBS=(libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libgtest-dev libgmock-dev
   googletest libcli11-dev nlohmann-json3-dev libjemalloc-dev libjemalloc2 zlib1g-dev librdkafka-dev librdkafka1
-  librdkafka++1)
+  librdkafka++1 libgloo-dev)
 
 case "${1:-}" in
   fetch)
@@ -29,8 +29,8 @@ case "${1:-}" in
   run)
     out=${2:?usage: $0 run OUT_DIR [STAGE...]}
     shift 2
-    # Stages, in order: build tests tests-all kernels train-bench stream-bench ml1m distill
-    stages=" ${*:-build tests kernels train-bench stream-bench} "
+    # Stages, in order: build tests tests-all kernels train-bench stream-bench dist ml1m distill
+    stages=" ${*:-build tests kernels train-bench stream-bench dist} "
     has() { [[ "$stages" == *" $1 "* ]]; }
     mkdir -p "$out"
     prefix=/tmp/freshrec-deps
@@ -102,6 +102,14 @@ case "${1:-}" in
         stream.batch_size=1024 stream.max_wait_ms=100000 train.epochs=1 student.hidden=0 stream.publish_every=0 \
         stream.publish_seconds=0 stream.checkpoint_every=0 --python python3
     fi
+    if has dist; then  # two ranks on this machine's GPUs (both on one where there is one): Gloo, then NCCL
+      d="train -c configs/demo.yaml train.device=cuda train.epochs=3"
+      run_stage dist-one 120 $B $d train.output_dir=/tmp/dist-one
+      run_stage dist-gloo 120 python3 -m torch.distributed.run --no-python --standalone --nproc-per-node=2 $B $d \
+        dist.backend=gloo train.output_dir=/tmp/dist-gloo
+      run_stage dist-nccl 120 python3 -m torch.distributed.run --no-python --standalone --nproc-per-node=2 $B $d \
+        dist.backend=nccl train.output_dir=/tmp/dist-nccl
+    fi
     if has ml1m && [[ -f .deps/data/ml-1m.txt ]]; then
       # The same 30-epoch run as on the CPU (docs/RESULTS.md), compared by its validation
       # NDCG@10 per epoch; bigger CE chunks on the GPU (few, large matmuls), the same arithmetic.
@@ -124,7 +132,7 @@ case "${1:-}" in
       done
     fi
     echo "== stages"; cat "$out/stages.txt"
-    for f in "$out"/tests.txt "$out"/tests-gdb.txt "$out"/bench-*.txt "$out"/ml1m-*.txt "$out"/eval-*.txt "$out"/serve-*.txt; do
+    for f in "$out"/tests.txt "$out"/tests-gdb.txt "$out"/dist-*.txt "$out"/bench-*.txt "$out"/ml1m-*.txt "$out"/eval-*.txt "$out"/serve-*.txt; do
       [[ -f "$f" ]] && { echo "== $f"; grep -v "^\[.*\] \[info\]" "$f" | tail -n 14; }
     done
     exit $status

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION=2.11.0  # the GPU nodes run 2.11.0 with CUDA 13; the wheel is built for CUDA 13.0
 DEBIAN_PACKAGES=(build-essential cmake ninja-build ccache git python3 python3-venv zlib1g-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev
-  libjemalloc-dev librdkafka-dev libboost-dev pkg-config curl)
+  libjemalloc-dev librdkafka-dev libboost-dev libgloo-dev pkg-config curl)
 
 log() { echo "[quickstart] $*" >&2; }
 

@@ -179,6 +179,12 @@ const std::vector<KeySpec>& config_schema() {
       {"stream.publish_dir", K::String, "", "folder of published models and manifest.json (empty: <output_dir>/published)"},
       {"stream.output_dir", K::String, "runs/stream", "stream.pt, metrics.jsonl and dead_letters.jsonl go here"},
 
+      // ---- dist: several processes (torchrun) on c10d ----
+      {"dist.backend", K::Choice, "auto",
+       "the c10d backend of a job of several processes (WORLD_SIZE > 1): auto (nccl on CUDA, gloo on the CPU), gloo or nccl",
+       {"auto", "gloo", "nccl"}},
+      {"dist.timeout_seconds", K::Float, "300", "how long a rank waits for the others at the rendezvous and in a collective", {}, 1, 86400},
+
       // ---- eval ----
       {"eval.ks", K::IntList, "[1, 5, 10, 20]", "cut-offs for HR@K and NDCG@K", {}, 1, 1000000},
       {"eval.batch_size", K::Int, "256", "users per evaluation batch", {}, 1, 1000000},
@@ -209,6 +215,9 @@ const std::vector<ConfigSection>& config_sections() {
        "Continual updates (`freshrec stream`): the source, micro-batches, the test-then-train update, checkpoints "
        "and publication. See docs/STREAMING.md."},
       {"stream.kafka", "stream.kafka", "The Kafka source (`stream.source: kafka`), read as a member of a consumer group through librdkafka."},
+      {"dist", "dist",
+       "Jobs of several processes, started by torchrun (or anything that sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR "
+       "and MASTER_PORT) on PyTorch's distributed runtime (c10d). See docs/DISTRIBUTED.md."},
       {"eval", "eval", "Full-ranking evaluation (`freshrec eval`, and validation during training)."},
   };
   return sections;

@@ -65,6 +65,13 @@ Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters tr
   for (const auto& group : dense->param_groups()) base_lr_.push_back(group.options().get_lr());
 }
 
+void Learner::set_process_group(ProcessGroup* group) {
+  if (group && sparse)
+    throw std::invalid_argument("a job of several processes trains the item table in the dense optimizer: the row-wise "
+                                "table (train.sparse_embeddings) is for one process");
+  group_ = group;
+}
+
 void Learner::grow(int64_t rows) {
   model->grow_items(rows);
   if (sparse) sparse->grow_to_weight();
@@ -77,6 +84,14 @@ torch::Tensor Learner::step(const torch::Tensor& loss, const std::function<doubl
   std::vector<torch::Tensor> params;
   for (const auto& group : dense->param_groups())
     for (const auto& p : group.params()) params.push_back(p);
+  if (group_) {  // the same gradients on every rank: a parameter this rank's share did not reach counts 0
+    std::vector<torch::Tensor> grads;
+    for (auto& p : params) {
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+      grads.push_back(p.grad());
+    }
+    group_->allreduce_sum(grads);
+  }
   // With the row-wise table the norm covers the dense parameters only: the table's gradient is never
   // reduced before the fused update (and Adam's step is scale-free per row).
   const double clip = settings_.clip_norm;
@@ -89,6 +104,11 @@ torch::Tensor Learner::step(const torch::Tensor& loss, const std::function<doubl
     if (norm.defined()) bad = bad.logical_or(norm.isfinite().logical_not());
     if (sparse) bad = bad.logical_or(sparse->gradients_finite().logical_not());
     skip = bad.to(torch::kFloat);
+    if (group_) {  // a step skipped on one rank is skipped on all (the gradients already agree; losses may not)
+      auto votes = skip.reshape({1}).contiguous();
+      group_->allreduce_sum({votes});
+      skip = (votes.reshape({}) > 0).to(torch::kFloat);
+    }
   } else if (clip > 0) {
     clip_grad_norm(params, clip);
   }

@@ -16,6 +16,7 @@
 #include <optional>
 #include <vector>
 
+#include "engine/dist/process_group.h"
 #include "engine/train/dense_adam.h"
 #include "engine/train/learner_settings.h"
 #include "engine/train/sparse_adam.h"
@@ -48,6 +49,11 @@ class Learner {
   // The row-wise optimizer as checkpoints save it (null without one).
   torch::nn::Module* sparse_state() { return sparse ? sparse.get() : nullptr; }
 
+  // Data-parallel: every step sums the dense gradients over the group's ranks (bucketed allreduce)
+  // before clipping, so every rank clips and steps alike and the replicas stay equal. Each rank's
+  // loss must be its share of the global batch's mean (its own mean times its share of the
+  // positions). The row-wise table is not supported here. Null: one process.
+  void set_process_group(ProcessGroup* group);
   // The item table grew to `rows` (new rows start with zero moments).
   void grow(int64_t rows);
   // Backward from `loss`, clipping, both optimizer steps. `rate` maps each parameter group's base
@@ -61,6 +67,7 @@ class Learner {
   LearnerSettings settings_;
   std::vector<double> base_lr_;                               // each parameter group's, as built
   std::function<void(const torch::Tensor&)> step_unless_;    // the dense optimizer's guarded step
+  ProcessGroup* group_ = nullptr;
 };
 
 }  // namespace freshrec

@@ -14,6 +14,7 @@
 #include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
 #include "engine/data/item_features.h"
+#include "engine/dist/process_group.h"
 #include "engine/finetune/finetune.h"
 #include "engine/progress.h"
 #include "engine/runtime.h"
@@ -50,7 +51,10 @@ EvalOptions eval_options_from_config(const Config& config) {
 TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path,
                          const std::string& teacher_path, const PretrainedModel* from) {
   configure_threads(config.get_int("train.threads"));
-  const torch::Device device = select_device(config.get_string("train.device"));
+  // A job of several processes (torchrun): data-parallel over c10d, each rank on its own device.
+  const DistEnv dist = DistEnv::from_environment();
+  torch::Device device = select_device(config.get_string("train.device"));
+  if (dist.distributed() && device.is_cuda()) device = rank_device(dist);
   const bool bf16 = configure_precision(config.get_string("train.precision"));
   const uint64_t seed = static_cast<uint64_t>(config.get_int("train.seed"));
   const int64_t epochs = config.get_int("train.epochs"), batch_size = config.get_int("train.batch_size");
@@ -71,6 +75,19 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     throw ConfigError(config.origin("train.lr_decay") + ": train.lr_decay must be in (0, 1], got " + std::to_string(decay));
   if (sampled && negatives <= 0) throw ConfigError("train.negatives must be positive for train.loss=sampled");
   const std::filesystem::path out_dir = config.get_string("train.output_dir");  // made once the set-up has passed
+  if (dist.distributed() && sparse)
+    throw ConfigError(config.origin("train.sparse_embeddings") +
+                      ": a job of several processes trains the item table in the dense optimizer: set "
+                      "train.sparse_embeddings=false");
+  std::unique_ptr<ProcessGroup> group;
+  if (dist.distributed()) {
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.get_float("dist.timeout_seconds") * 1000));
+    group = std::make_unique<ProcessGroup>(dist, resolve_backend(config.get_string("dist.backend"), device.is_cuda()),
+                                           timeout, device);
+    spdlog::info("data-parallel over {} processes ({}): each takes its share of every batch of {} users", group->size(),
+                 group->backend(), batch_size);
+  }
+  const bool writer = dist.rank == 0;  // the one process that writes checkpoints, history and test results
 
   const UserSequences sequences = UserSequences::from_log(log);
   const auto train_users_all = sequences.training_users();
@@ -99,6 +116,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   TrainedParameters trained;
   if (plan) trained = {plan->dense_trainable(), plan->item_adapter()};
   Learner learner(model, LearnerSettings::training(config, from != nullptr), std::move(trained));
+  learner.set_process_group(group.get());
   torch::optim::Optimizer& optimizer = *learner.dense;
   torch::nn::Module* sparse_state = learner.sparse_state();  // saved with checkpoints
   const NegativeSampler sampler(sequences.training_item_counts(), config.get_string("train.negative_sampler") == "uniform");
@@ -214,7 +232,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   const double log_every = config.get_float("train.log_every_seconds");
   const auto started = std::chrono::steady_clock::now();
   std::filesystem::create_directories(out_dir);
-  std::ofstream history(out_dir / "history.jsonl", std::ios::app);
+  std::ofstream history;
+  if (writer) history.open(out_dir / "history.jsonl", std::ios::app);
   int64_t epoch = start_epoch;
   summary.epochs_run = start_epoch - 1;
   for (;; ++epoch) {
@@ -232,10 +251,22 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     shuffle(users, epoch_seed(seed, epoch));
     model->train();
     Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(epochs), batches, log_every);
-    auto loss_sum = torch::zeros({}, torch::TensorOptions().device(device));
+    auto loss_sum = torch::zeros({}, torch::TensorOptions().device(device));  // this process's batch means
+    auto shared_sum = torch::zeros({}, torch::TensorOptions().device(device));  // its shares of the global means
     for (int64_t b = 0; b < batches; ++b) {
-      const std::vector<int32_t> chunk_users(users.begin() + b * batch_size,
-                                             users.begin() + std::min<int64_t>(users.size(), (b + 1) * batch_size));
+      // The global batch; in a job of several, this rank's contiguous share of its users.
+      const int64_t first = b * batch_size, rows = std::min<int64_t>(users.size(), (b + 1) * batch_size) - first;
+      const int64_t begin = first + rows * dist.rank / dist.world_size, end = first + rows * (dist.rank + 1) / dist.world_size;
+      const std::vector<int32_t> chunk_users(users.begin() + begin, users.begin() + end);
+      const double ramp = std::min(1.0, static_cast<double>(step + 1) / std::max<int64_t>(warmup, 1));
+      auto rate = [&](double base) { return lr_scale * (warmup > 0 ? base * ramp : base); };
+      if (chunk_users.empty()) {  // a last batch smaller than the job: this rank's share is empty
+        group->sum(0);
+        learner.step(model->item_embedding().sum() * 0.0, rate);  // its gradients count 0 in the sums
+        if (plan) plan->restore();
+        ++step;
+        continue;
+      }
       const SequenceBatch batch = make_train_batch(sequences, chunk_users, model->options().maxlen);
       auto inputs = long_tensor(batch.inputs, {batch.rows, batch.length}, device);
       // The positions with a target, found on the host (nonzero() on the device would wait for it).
@@ -266,14 +297,17 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
           loss = full_softmax_cross_entropy(hidden, model->item_table(), targets, chunk, excluded);
         }
       }
-      const double ramp = std::min(1.0, static_cast<double>(step + 1) / std::max<int64_t>(warmup, 1));
-      learner.step(loss, [&](double base) { return lr_scale * (warmup > 0 ? base * ramp : base); });
+      // Each rank's loss is its share of the global batch's mean: its mean times its share of the
+      // positions, so the gradients summed over ranks are those of the whole batch.
+      const double share = group ? static_cast<double>(target_positions.size()) / group->sum(target_positions.size()) : 1.0;
+      learner.step(group ? loss * share : loss, rate);
       if (plan) plan->restore();
       ++step;
       loss_sum += loss.detach();
+      if (group) shared_sum += loss.detach() * share;
       if (progress.due(b + 1)) progress.log(b + 1, loss_sum.item<double>() / (b + 1));
     }
-    const double train_loss = loss_sum.item<double>() / batches;
+    const double train_loss = (group ? group->sum(shared_sum.item<double>()) : loss_sum.item<double>()) / batches;
     const RankingMetrics validation = evaluate_model(model, sequences, Split::Validation, eval_options, device);
     const double ndcg = validation.ndcg(10);
     const bool improved = ndcg > best_ndcg;
@@ -286,10 +320,11 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     spdlog::info("epoch {} loss {:.4f} validation HR@10 {:.4f} NDCG@10 {:.4f}{} ({:.0f}s)", epoch, train_loss,
                  validation.hit_rate(10), ndcg, improved ? " best" : "", seconds);
-    history << nlohmann::json{{"epoch", epoch}, {"step", step}, {"loss", train_loss}, {"seconds", seconds},
-                              {"validation", nlohmann::json::parse(validation.to_json())}}.dump()
-            << "\n" << std::flush;
-    if (!history) throw std::runtime_error((out_dir / "history.jsonl").string() + ": cannot write: " + std::strerror(errno));
+    if (writer)
+      history << nlohmann::json{{"epoch", epoch}, {"step", step}, {"loss", train_loss}, {"seconds", seconds},
+                                {"validation", nlohmann::json::parse(validation.to_json())}}.dump()
+              << "\n" << std::flush;
+    if (writer && !history) throw std::runtime_error((out_dir / "history.jsonl").string() + ": cannot write: " + std::strerror(errno));
     info.meta = {{"kind", teacher ? "distill" : from ? "finetune" : "train"},
                  {"teacher", teacher_path},
                  {"finetune_from", from ? from->path : ""},
@@ -302,13 +337,14 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                  {"lr_decays_done", decays_done},
                  {"validation", nlohmann::json::parse(validation.to_json())},
                  {"torch_version", TORCH_VERSION}};
-    if (trained_only && base.is_null()) base = write_base_checkpoint((out_dir / "base.pt").string(), model, info);
-    if (!base.is_null()) info.meta["base"] = base;
-    if (improved) {
-      summary.best_checkpoint = (out_dir / "best.pt").string();
-      save_checkpoint(summary.best_checkpoint, model, &optimizer, info, sparse_state);
+    if (improved) summary.best_checkpoint = (out_dir / "best.pt").string();
+    if (writer) {  // every rank holds the same weights; rank 0 saves them, the others read them back
+      if (trained_only && base.is_null()) base = write_base_checkpoint((out_dir / "base.pt").string(), model, info);
+      if (!base.is_null()) info.meta["base"] = base;
+      if (improved) save_checkpoint(summary.best_checkpoint, model, &optimizer, info, sparse_state);
+      save_checkpoint(summary.last_checkpoint, model, &optimizer, info, sparse_state);
     }
-    save_checkpoint(summary.last_checkpoint, model, &optimizer, info, sparse_state);
+    if (group) group->barrier();
     summary.epochs_run = epoch;
   }
   summary.early_stopped = epoch <= epochs;
@@ -321,7 +357,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   summary.popularity_test = evaluate_popularity(sequences, Split::Test, eval_options);
   if (summary.best_validation.count() == 0)  // resumed after the best epoch: re-measure it
     summary.best_validation = evaluate_model(model, sequences, Split::Validation, eval_options, device);
-  write_file_atomically((out_dir / "test.json").string(),
+  if (writer)
+    write_file_atomically((out_dir / "test.json").string(),
                         nlohmann::json{{"best_epoch", summary.best_epoch},
                                        {"epochs_run", summary.epochs_run},
                                        {"early_stopped", summary.early_stopped},

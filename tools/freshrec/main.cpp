@@ -3,12 +3,14 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <exception>
 #include <iostream>
 
 #include <unistd.h>
 
 #include "engine/config/config.h"
+#include "engine/dist/dist_env.h"
 #include "engine/jobs.h"
 
 namespace {
@@ -242,6 +244,15 @@ int main(int argc, char** argv) {
   }
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
+  // In a job of several processes each line names its rank, and ranks other than 0 log only their
+  // warnings and errors (a malformed variable is reported by the job that needs it).
+  try {
+    if (const auto env = freshrec::DistEnv::from_environment(); env.distributed()) {
+      spdlog::set_pattern("[%H:%M:%S.%e] [rank " + std::to_string(env.rank) + "] [%^%l%$] %v");
+      if (env.rank > 0) spdlog::set_level(std::max(spdlog::get_level(), spdlog::level::warn));
+    }
+  } catch (const std::exception&) {
+  }
 
   try {
     auto with_config = [](const ConfigArgs& args, auto job) {

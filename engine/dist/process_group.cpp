@@ -1,0 +1,135 @@
+// The job's process group; see process_group.h.
+#include "engine/dist/process_group.h"
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef FRESHREC_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <map>
+#include <stdexcept>
+
+namespace freshrec {
+
+struct ProcessGroup::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  torch::Device device{torch::kCPU};
+};
+
+std::string resolve_backend(const std::string& setting, bool cuda) {
+  if (setting == "auto") return cuda ? "nccl" : "gloo";
+  if (setting != "gloo" && setting != "nccl")
+    throw std::invalid_argument("dist.backend: expected auto, gloo or nccl, got '" + setting + "'");
+  return setting;
+}
+
+c10::Device rank_device(const DistEnv& env) {
+  const auto gpus = static_cast<int>(torch::cuda::device_count());
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(gpus > 0 ? env.local_rank % gpus : 0));
+}
+
+ProcessGroup::ProcessGroup(const DistEnv& env, const std::string& backend, std::chrono::milliseconds timeout,
+                           c10::Device device)
+    : impl_(std::make_unique<Impl>()), rank_(env.rank), size_(env.world_size), backend_(backend) {
+  // Gloo reduces host tensors here (a small sum() included); NCCL, this rank's GPU's.
+  impl_->device = backend == "nccl" ? device : torch::Device(torch::kCPU);
+  const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
+  try {
+    c10d::TCPStoreOptions options;
+    options.port = static_cast<std::uint16_t>(env.master_port);
+    options.isServer = env.rank == 0 && !env.agent_store;
+    options.numWorkers = env.world_size;
+    options.waitWorkers = false;
+    options.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(env.master_addr, options);
+    // A restarted job (torchrun --max-restarts) meets under keys of its own.
+    impl_->store = c10::make_intrusive<c10d::PrefixStore>("freshrec/" + std::to_string(env.restart_count), tcp);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(env.rank) + ": cannot reach the rendezvous store at " + where +
+                             ": " + e.what());
+  }
+  try {
+    if (backend == "gloo") {
+      auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+      // GLOO_SOCKET_IFNAME names the interface, as with PyTorch; a loopback master means one machine.
+      const char* interface = std::getenv("GLOO_SOCKET_IFNAME");
+      const bool loopback = env.master_addr == "127.0.0.1" || env.master_addr == "localhost" || env.master_addr == "::1";
+      if (interface != nullptr && *interface != '\0')
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(interface));
+      else if (loopback)
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(env.master_addr));
+      else
+        options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      impl_->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank, env.world_size, options);
+    } else if (backend == "nccl") {
+#ifdef FRESHREC_WITH_NCCL
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = timeout;
+      impl_->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, env.rank, env.world_size, options);
+#else
+      throw std::runtime_error("this build has no NCCL (nccl.h was not found when it was configured)");
+#endif
+    } else {
+      throw std::invalid_argument("unknown backend '" + backend + "'");
+    }
+  } catch (const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(env.rank) + ": cannot start the " + backend +
+                             " process group (store " + where + "): " + e.what());
+  }
+}
+
+ProcessGroup::~ProcessGroup() = default;
+
+void ProcessGroup::allreduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes) {
+  // Buckets of one dtype, in the given order: the same buckets on every rank.
+  std::vector<std::vector<at::Tensor>> buckets;
+  int64_t filled = 0;
+  for (const auto& t : tensors) {
+    TORCH_CHECK(t.is_contiguous(), "allreduce_sum: a tensor is not contiguous");
+    const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+    if (buckets.empty() || filled + bytes > bucket_bytes || buckets.back().front().scalar_type() != t.scalar_type()) {
+      buckets.emplace_back();
+      filled = 0;
+    }
+    buckets.back().push_back(t);
+    filled += bytes;
+  }
+  std::vector<std::pair<c10::intrusive_ptr<c10d::Work>, at::Tensor>> pending;
+  for (auto& bucket : buckets) {
+    std::vector<at::Tensor> flat{bucket.size() == 1 ? bucket.front().view({-1})
+                                                    : torch::cat([&] {
+                                                        std::vector<at::Tensor> views;
+                                                        for (const auto& t : bucket) views.push_back(t.view({-1}));
+                                                        return views;
+                                                      }())};
+    pending.emplace_back(impl_->backend->allreduce(flat, c10d::AllreduceOptions{}), flat.front());
+  }
+  for (size_t b = 0; b < buckets.size(); ++b) {
+    pending[b].first->wait();
+    if (buckets[b].size() == 1) continue;  // reduced in place
+    int64_t offset = 0;
+    for (auto& t : buckets[b]) {
+      t.view({-1}).copy_(pending[b].second.narrow(0, offset, t.numel()));
+      offset += t.numel();
+    }
+  }
+}
+
+double ProcessGroup::sum(double value) {
+  auto t = torch::full({1}, value, torch::TensorOptions().dtype(torch::kDouble).device(impl_->device));
+  allreduce_sum({t});
+  return t.item<double>();
+}
+
+void ProcessGroup::barrier() {
+  c10d::BarrierOptions options;
+  if (impl_->device.is_cuda()) options.device_ids = {impl_->device.index()};
+  impl_->backend->barrier(options)->wait();
+}
+
+}  // namespace freshrec

@@ -1,0 +1,53 @@
+// The job's process group on PyTorch's distributed runtime (c10d, inside LibTorch): a TCPStore for the
+// rendezvous, then Gloo for CPU tensors or NCCL for CUDA tensors. No communication code of our own:
+// every collective is c10d's.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/dist/dist_env.h"
+
+namespace freshrec {
+
+class ProcessGroup {
+ public:
+  // Joins the job described by `env` (distributed()): the store at MASTER_ADDR:MASTER_PORT, served
+  // by rank 0 unless torchrun's agent serves it, then the backend, "gloo" or "nccl" (a build without
+  // NCCL refuses it) for tensors on `device` (this rank's). Blocks until every rank has joined; throws
+  // std::runtime_error naming the store and the rank when that takes longer than `timeout`, or when
+  // the backend cannot start.
+  ProcessGroup(const DistEnv& env, const std::string& backend, std::chrono::milliseconds timeout, c10::Device device);
+  ~ProcessGroup();
+  ProcessGroup(const ProcessGroup&) = delete;
+  ProcessGroup& operator=(const ProcessGroup&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  const std::string& backend() const { return backend_; }
+
+  // Sums `tensors` (contiguous, on the backend's device) over every rank, in place. Tensors of one
+  // dtype are packed into buckets of at most `bucket_bytes` and each bucket is one collective; the
+  // order of tensors must be the same on every rank.
+  void allreduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes = int64_t{25} << 20);
+  // The sum over ranks of one number (a host value; through the backend's device).
+  double sum(double value);
+  void barrier();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int rank_ = 0, size_ = 1;
+  std::string backend_;
+};
+
+// "gloo" or "nccl" for a dist.backend setting ("auto": nccl on a CUDA device, gloo otherwise).
+std::string resolve_backend(const std::string& setting, bool cuda);
+// This rank's GPU: LOCAL_RANK modulo the GPUs present (several ranks share one where there are fewer).
+c10::Device rank_device(const DistEnv& env);
+
+}  // namespace freshrec

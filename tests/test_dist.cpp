@@ -1,0 +1,150 @@
+// Jobs of several processes on c10d: real processes on the loopback interface, started by a shell (as
+// any launcher sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and by torchrun from the
+// project's .venv. Gloo on the CPU.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "engine/checkpoint/checkpoint.h"
+#include "models/sasrec.h"
+#include "tests/test_support.h"
+
+namespace fs = std::filesystem;
+using namespace freshrec;
+using freshrec::testing_support::run_command;
+using freshrec::testing_support::TempDir;
+
+namespace {
+
+// A port free on the loopback interface now (the kernel's pick).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0)
+    return 29500 + static_cast<int>(::getpid() % 1000);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+// A small full-softmax training run without dropout: the same global batches give the same gradients
+// however the batch is split.
+std::string train_args(const std::string& out) {
+  return std::string(" train generator.users=300 generator.items=80 generator.clusters=8 generator.events_per_user=20"
+                     " model.hidden=16 model.blocks=1 model.maxlen=12 model.dropout=0 train.batch_size=64"
+                     " train.epochs=2 train.lr=0.003 train.threads=1 train.device=cpu train.log_every_seconds=1000"
+                     " dist.timeout_seconds=60 train.output_dir=") + out;
+}
+
+// Two ranks on this machine, started as a launcher would; the exit status is 0 when both ended well.
+std::pair<int, std::string> two_ranks(const std::string& args, const std::string& logs) {
+  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port());
+  const std::string bin = FRESHREC_BINARY;
+  return run_command("RANK=0 LOCAL_RANK=0 " + env + " " + bin + args + " >" + logs + "/rank0.log 2>&1 & p0=$!; " +
+                     "RANK=1 LOCAL_RANK=1 " + env + " " + bin + args + " >" + logs + "/rank1.log 2>&1 & p1=$!; " +
+                     "wait $p0; a=$?; wait $p1; b=$?; cat " + logs + "/rank0.log " + logs + "/rank1.log; exit $((a | b))");
+}
+
+// The largest difference between the two checkpoints' parameters, each relative to its largest
+// entry. The keys' third of each block's qkv bias is left out: its gradient is zero in exact arithmetic
+// (the attention's softmax ignores a shift shared by every key), so what it receives is rounding noise,
+// which Adam scales up to steps of the learning rate's size in either run; the model's outputs do not
+// depend on it.
+double largest_relative_difference(const std::string& a_path, const std::string& b_path) {
+  SASRec a = load_checkpoint_model(a_path, torch::kCPU), b = load_checkpoint_model(b_path, torch::kCPU);
+  const int64_t hidden = a->options().hidden;
+  const auto pb = b->named_parameters();
+  double worst = 0;
+  for (const auto& p : a->named_parameters()) {
+    auto x = p.value().detach(), y = pb[p.key()].detach();
+    EXPECT_EQ(x.sizes(), y.sizes()) << p.key();
+    if (p.key().find("qkv.bias") != std::string::npos) {  // the queries' and the values' thirds
+      x = torch::cat({x.narrow(0, 0, hidden), x.narrow(0, 2 * hidden, hidden)});
+      y = torch::cat({y.narrow(0, 0, hidden), y.narrow(0, 2 * hidden, hidden)});
+    }
+    const double scale = std::max(x.abs().max().item<double>(), 1e-12);
+    worst = std::max(worst, (x - y).abs().max().item<double>() / scale);
+  }
+  // And the scores the two models give a few histories.
+  torch::NoGradGuard no_grad;
+  a->eval(), b->eval();
+  const auto histories = torch::randint(1, a->options().num_items + 1, {8, a->options().maxlen}, torch::kLong);
+  const auto sa = a->score_all(a->last_hidden(histories)), sb = b->score_all(b->last_hidden(histories));
+  worst = std::max(worst, (sa - sb).abs().max().item<double>() / sa.abs().max().item<double>());
+  return worst;
+}
+
+size_t lines_of(const fs::path& path) {
+  std::ifstream in(path);
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);) n += !line.empty();
+  return n;
+}
+
+}  // namespace
+
+// Data parallelism: each rank takes half of every global batch, the dense gradients are summed over
+// c10d (Gloo) before clipping and Adam, so after the same steps the weights are one process's. Not bit
+// for bit: each half's loss is summed in its own order (float addition is not associative).
+TEST(Distributed, TwoRanksTrainAsOneProcessOnTheSameGlobalBatches) {
+  TempDir dir;
+  const std::string one = (dir.path() / "one").string(), two = (dir.path() / "two").string();
+  const auto [single_code, single_out] = run_command(std::string(FRESHREC_BINARY) + train_args(one));
+  ASSERT_EQ(single_code, 0) << single_out;
+  const auto [code, out] = two_ranks(train_args(two), dir.path().string());
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("[rank 0]"), std::string::npos) << out;
+  EXPECT_NE(out.find("data-parallel over 2 processes (gloo)"), std::string::npos) << out;
+  EXPECT_EQ(out.find("[rank 1] [info]"), std::string::npos) << "rank 1 logs warnings and errors only\n" << out;
+  EXPECT_LT(largest_relative_difference(one + "/last.pt", two + "/last.pt"), 1e-5);
+  EXPECT_EQ(lines_of(fs::path(two) / "history.jsonl"), 2u) << "one writer: one line per epoch";
+  EXPECT_TRUE(fs::exists(fs::path(two) / "test.json"));
+}
+
+// The same job through torchrun (the launcher PyTorch users use), whose agent serves the rendezvous.
+TEST(Distributed, TorchrunStartsTheJob) {
+  const std::string torchrun = std::string(FRESHREC_SOURCE_DIR) + "/.venv/bin/torchrun";
+  if (!fs::exists(torchrun)) GTEST_SKIP() << "no torchrun at " << torchrun << " (tools/quickstart.sh makes the .venv)";
+  TempDir dir;
+  const std::string one = (dir.path() / "one").string(), two = (dir.path() / "two").string();
+  ASSERT_EQ(run_command(std::string(FRESHREC_BINARY) + train_args(one)).first, 0);
+  const auto [code, out] = run_command(torchrun + " --no-python --standalone --nproc-per-node=2 " + FRESHREC_BINARY +
+                                       train_args(two));
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_LT(largest_relative_difference(one + "/last.pt", two + "/last.pt"), 1e-5);
+}
+
+// A rank whose peers never come fails after dist.timeout_seconds with a message naming itself and the
+// store; a job of several refuses the row-wise item table.
+TEST(Distributed, ALonelyRankAndTheRowWiseTableAreClearErrors) {
+  TempDir dir;
+  const std::string env = "RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) + " ";
+  const auto [code, out] =
+      run_command(env + FRESHREC_BINARY + train_args((dir.path() / "alone").string()) + " dist.timeout_seconds=2");
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("rank 0"), std::string::npos) << out;
+  EXPECT_NE(out.find("127.0.0.1:"), std::string::npos) << out;
+  const auto [sparse_code, sparse_out] = run_command(env + FRESHREC_BINARY + train_args((dir.path() / "rows").string()) +
+                                                     " train.loss=sampled train.sparse_embeddings=true");
+  EXPECT_NE(sparse_code, 0);
+  EXPECT_NE(sparse_out.find("train.sparse_embeddings=false"), std::string::npos) << sparse_out;
+  const auto [bad_code, bad_out] = run_command("RANK=2 WORLD_SIZE=2 " + std::string(FRESHREC_BINARY) +
+                                               train_args((dir.path() / "bad").string()));
+  EXPECT_NE(bad_code, 0);
+  EXPECT_NE(bad_out.find("RANK='2': expected a whole number from 0 to 1"), std::string::npos) << bad_out;
+  // The stream is one process: a launcher's rank is told so before anything runs.
+  const auto [stream_code, stream_out] = run_command(env + FRESHREC_BINARY + " stream stream.output_dir=" +
+                                                     (dir.path() / "stream").string());
+  EXPECT_NE(stream_code, 0);
+  EXPECT_NE(stream_out.find("freshrec stream runs as one process"), std::string::npos) << stream_out;
+}
