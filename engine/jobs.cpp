@@ -70,6 +70,7 @@ EventLog remap_items(const EventLog& log, const IdMap& items, size_t* dropped) {
 int run_train_job(const Config& config, const std::string& resume_path, const std::string& teacher_path) {
   const EventLog log = load_and_report(config);
   const TrainSummary s = train_model(config, log, resume_path, teacher_path);
+  if (DistEnv::from_environment().rank != 0) return 0;  // in a job of several, rank 0 reports
   std::printf("\nbest epoch %lld of %lld%s, %.0f s, %lld parameters\n", static_cast<long long>(s.best_epoch),
               static_cast<long long>(s.epochs_run), s.early_stopped ? " (early stop)" : "", s.seconds,
               static_cast<long long>(s.parameters));
@@ -110,6 +111,7 @@ int run_finetune_job(const Config& config, const std::string& from, const std::s
     spdlog::info("kept {} items the source knows and the data never mentions", added);
   }
   const TrainSummary s = train_model(config, log, resume_path, "", &source);  // sets the threads
+  if (DistEnv::from_environment().rank != 0) return 0;  // in a job of several, rank 0 reports
 
   // The source as it is, on this data restricted to the items it knows (its own leave-one-out split).
   const torch::Device device = select_device(config.get_string("train.device"));

@@ -489,6 +489,25 @@ TEST(Sequences, LeaveOneOutAndBatches) {
 
 // ---- metrics -----------------------------------------------------------------------------------
 
+// Two shares' sums, added, are the whole's: what processes that each rank a share of the users reduce.
+TEST(Metrics, SumsOfSharesAddUpToTheWhole) {
+  RankingMetrics whole({1, 10}), first({1, 10}), second({1, 10});
+  const std::vector<int64_t> ranks = {0, 3, 12, 1, 0, 9, 40, 2};
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    whole.add(ranks[i]);
+    (i < 3 ? first : second).add(ranks[i]);
+  }
+  std::vector<double> sums = first.sums();
+  const auto more = second.sums();
+  for (size_t i = 0; i < sums.size(); ++i) sums[i] += more[i];
+  const RankingMetrics back = RankingMetrics::from_sums({1, 10}, sums);
+  EXPECT_EQ(back.count(), whole.count());
+  EXPECT_DOUBLE_EQ(back.ndcg(10), whole.ndcg(10));
+  EXPECT_DOUBLE_EQ(back.hit_rate(1), whole.hit_rate(1));
+  EXPECT_DOUBLE_EQ(back.mrr(), whole.mrr());
+  EXPECT_NE(error_of([&] { RankingMetrics::from_sums({1, 10, 20}, sums); }).find("sums for 3 cut-offs"), std::string::npos);
+}
+
 TEST(Metrics, HandComputed) {
   RankingMetrics m({1, 3});
   m.add(0);  // top: hit@1, hit@3, ndcg 1, rr 1

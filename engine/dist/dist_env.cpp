@@ -14,9 +14,13 @@ int integer(const char* name, const char* value, int low, int high, int unset) {
   bool digits = !text.empty() && text.size() <= 9;
   for (char c : text) digits = digits && c >= '0' && c <= '9';
   const long n = digits ? std::strtol(text.c_str(), nullptr, 10) : -1;
-  if (!digits || n < low || n > high)
-    throw std::invalid_argument(std::string(name) + "='" + text.substr(0, 40) + "': expected a whole number from " +
+  if (!digits || n < low || n > high) {
+    std::string shown = text.substr(0, 40);  // printable ASCII only: the value may be anything
+    for (char& c : shown)
+      if (c < 0x20 || c > 0x7e) c = '?';
+    throw std::invalid_argument(std::string(name) + "='" + shown + "': expected a whole number from " +
                                 std::to_string(low) + " to " + std::to_string(high));
+  }
   return static_cast<int>(n);
 }
 

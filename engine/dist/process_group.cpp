@@ -25,6 +25,8 @@ std::string resolve_backend(const std::string& setting, bool cuda) {
   if (setting == "auto") return cuda ? "nccl" : "gloo";
   if (setting != "gloo" && setting != "nccl")
     throw std::invalid_argument("dist.backend: expected auto, gloo or nccl, got '" + setting + "'");
+  if (setting == "nccl" && !cuda)
+    throw std::invalid_argument("dist.backend=nccl reduces GPU tensors: it needs train.device=cuda (gloo serves the CPU)");
   return setting;
 }
 
@@ -120,10 +122,11 @@ void ProcessGroup::allreduce_sum(const std::vector<at::Tensor>& tensors, int64_t
   }
 }
 
-double ProcessGroup::sum(double value) {
-  auto t = torch::full({1}, value, torch::TensorOptions().dtype(torch::kDouble).device(impl_->device));
+std::vector<double> ProcessGroup::sum(const std::vector<double>& values) {
+  auto t = torch::tensor(values, torch::kDouble).to(impl_->device);
   allreduce_sum({t});
-  return t.item<double>();
+  t = t.cpu();
+  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
 }
 
 void ProcessGroup::barrier() {

@@ -34,8 +34,9 @@ class ProcessGroup {
   // dtype are packed into buckets of at most `bucket_bytes` and each bucket is one collective; the
   // order of tensors must be the same on every rank.
   void allreduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes = int64_t{25} << 20);
-  // The sum over ranks of one number (a host value; through the backend's device).
-  double sum(double value);
+  // The sums over ranks of host numbers (through the backend's device), elementwise; the same on every rank.
+  std::vector<double> sum(const std::vector<double>& values);
+  double sum(double value) { return sum(std::vector<double>{value}).front(); }
   void barrier();
 
  private:

@@ -12,7 +12,9 @@ namespace {
 template <typename ScoreBatch>
 RankingMetrics evaluate(const UserSequences& sequences, Split split, const EvalOptions& options, ScoreBatch score) {
   RankingMetrics metrics(options.ks);
-  const auto users = sequences.evaluation_users();
+  const auto all = sequences.evaluation_users();
+  const size_t n = all.size(), shards = static_cast<size_t>(std::max(options.shards, 1));
+  const std::vector<int32_t> users(all.begin() + n * options.shard / shards, all.begin() + n * (options.shard + 1) / shards);
   for (size_t start = 0; start < users.size(); start += options.batch_size) {
     const std::vector<int32_t> chunk(users.begin() + start,
                                      users.begin() + std::min(users.size(), start + options.batch_size));

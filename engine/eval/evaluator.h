@@ -14,6 +14,9 @@ struct EvalOptions {
   std::vector<long long> ks = {1, 5, 10, 20};
   int64_t batch_size = 256;
   bool filter_seen = true;
+  // This process's share of the users, in a job of several: the contiguous `shard` of `shards`
+  // (RankingMetrics::sums of every share add up to the whole's).
+  int shard = 0, shards = 1;
 };
 
 // Items to leave out of each row (of a ranking, or of a full-softmax loss), built row by row and

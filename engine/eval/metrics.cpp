@@ -45,6 +45,23 @@ std::string RankingMetrics::state() const {
   return j.dump();  // doubles are written with enough digits to read back exactly
 }
 
+std::vector<double> RankingMetrics::sums() const {
+  std::vector<double> v{static_cast<double>(count_), reciprocal_rank_};
+  for (auto k : ks_) v.push_back(hits_.at(k)), v.push_back(ndcg_.at(k));
+  return v;
+}
+
+RankingMetrics RankingMetrics::from_sums(const std::vector<long long>& ks, const std::vector<double>& sums) {
+  RankingMetrics m(ks);
+  if (sums.size() != 2 + 2 * ks.size() || !(sums[0] >= 0))
+    throw std::invalid_argument("metrics: " + std::to_string(sums.size()) + " sums for " + std::to_string(ks.size()) +
+                                " cut-offs");
+  m.count_ = static_cast<size_t>(sums[0]);
+  m.reciprocal_rank_ = sums[1];
+  for (size_t i = 0; i < ks.size(); ++i) m.hits_[ks[i]] = sums[2 + 2 * i], m.ndcg_[ks[i]] = sums[3 + 2 * i];
+  return m;
+}
+
 RankingMetrics RankingMetrics::from_state(const std::string& text) {
   try {
     const auto j = nlohmann::json::parse(text);

@@ -28,6 +28,10 @@ class RankingMetrics {
   // the saved one would have). from_state throws std::invalid_argument on a malformed state.
   std::string state() const;
   static RankingMetrics from_state(const std::string& state);
+  // The running sums as numbers (count, reciprocal ranks, then hits and NDCG per cut-off), for a sum
+  // over processes; from_sums reads such a vector back for the same cut-offs.
+  std::vector<double> sums() const;
+  static RankingMetrics from_sums(const std::vector<long long>& ks, const std::vector<double>& sums);
 
  private:
   std::vector<long long> ks_;

@@ -25,7 +25,10 @@ int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
 
 }  // namespace
 
-void remove_tree(const std::string& path) {
+void remove_tree(const std::string& given) {
+  // "link/" would name the folder a link points to: the link itself is what is removed.
+  std::string path = given;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return;

@@ -84,7 +84,9 @@ torch::Tensor Learner::step(const torch::Tensor& loss, const std::function<doubl
   std::vector<torch::Tensor> params;
   for (const auto& group : dense->param_groups())
     for (const auto& p : group.params()) params.push_back(p);
-  if (group_) {  // the same gradients on every rank: a parameter this rank's share did not reach counts 0
+  // The same gradients on every rank: a parameter this rank's share did not reach counts 0 in the sum
+  // (so, unlike in one process, a parameter that no rank reached still takes Adam's momentum step).
+  if (group_) {
     std::vector<torch::Tensor> grads;
     for (auto& p : params) {
       if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);

@@ -88,11 +88,17 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                  group->backend(), batch_size);
   }
   const bool writer = dist.rank == 0;  // the one process that writes checkpoints, history and test results
+  // Each rank evaluates its share of the users; the shares' sums make the whole set's metrics, the
+  // same on every rank (so are the early-stopping and decay decisions taken from them).
+  auto whole = [&](const RankingMetrics& share) {
+    return group ? RankingMetrics::from_sums(share.ks(), group->sum(share.sums())) : share;
+  };
 
   const UserSequences sequences = UserSequences::from_log(log);
   const auto train_users_all = sequences.training_users();
   if (train_users_all.empty()) throw std::runtime_error("training data has no user with two or more items");
-  const EvalOptions eval_options = eval_options_from_config(config);
+  EvalOptions eval_options = eval_options_from_config(config);
+  if (dist.distributed()) eval_options.shard = dist.rank, eval_options.shards = dist.world_size;
 
   torch::manual_seed(seed);
   SASRec model(sasrec_options_from_config(config, log.num_items()));
@@ -308,7 +314,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       if (progress.due(b + 1)) progress.log(b + 1, loss_sum.item<double>() / (b + 1));
     }
     const double train_loss = (group ? group->sum(shared_sum.item<double>()) : loss_sum.item<double>()) / batches;
-    const RankingMetrics validation = evaluate_model(model, sequences, Split::Validation, eval_options, device);
+    const RankingMetrics validation = whole(evaluate_model(model, sequences, Split::Validation, eval_options, device));
     const double ndcg = validation.ndcg(10);
     const bool improved = ndcg > best_ndcg;
     if (improved) {
@@ -353,10 +359,10 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
 
   // Test the best model, beside the popularity baseline.
   load_checkpoint_weights(summary.best_checkpoint, model);
-  summary.test = evaluate_model(model, sequences, Split::Test, eval_options, device);
-  summary.popularity_test = evaluate_popularity(sequences, Split::Test, eval_options);
+  summary.test = whole(evaluate_model(model, sequences, Split::Test, eval_options, device));
+  summary.popularity_test = whole(evaluate_popularity(sequences, Split::Test, eval_options));
   if (summary.best_validation.count() == 0)  // resumed after the best epoch: re-measure it
-    summary.best_validation = evaluate_model(model, sequences, Split::Validation, eval_options, device);
+    summary.best_validation = whole(evaluate_model(model, sequences, Split::Validation, eval_options, device));
   if (writer)
     write_file_atomically((out_dir / "test.json").string(),
                         nlohmann::json{{"best_epoch", summary.best_epoch},
