@@ -145,6 +145,29 @@ TEST(Distributed, AnEmptyShareAddsNothing) {
   expect_same_losses(one, two, 1e-5);
 }
 
+// `freshrec bench dist` runs the job both ways and reports them; each step of the job of two reduces
+// every dense gradient (4 bytes a parameter) and the share's count of positions (one double).
+TEST(Distributed, BenchDistReportsBothJobs) {
+  const std::string torchrun = std::string(FRESHREC_SOURCE_DIR) + "/.venv/bin/torchrun";
+  if (!fs::exists(torchrun)) GTEST_SKIP() << "no torchrun at " << torchrun << " (tools/quickstart.sh makes the .venv)";
+  TempDir dir;
+  std::string args = train_args("x");
+  args = args.substr(std::string(" train").size(), args.find(" train.output_dir=") - std::string(" train").size());
+  const auto [code, out] = run_command(std::string(FRESHREC_BINARY) + " bench dist --torchrun " + torchrun + " --out " +
+                                       dir.path().string() + args);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("1 process x 2 threads"), std::string::npos) << out;
+  EXPECT_NE(out.find("2 processes x 1 threads"), std::string::npos) << out;
+  EXPECT_NE(out.find("step time, 1 process / 2 processes: "), std::string::npos) << out;
+  std::ifstream in(dir.path() / "many" / "test.json");
+  const auto j = nlohmann::json::parse(in);
+  EXPECT_EQ(j.at("world_size").get<int>(), 2);
+  const int64_t steps = j.at("steps").get<int64_t>(), parameters = j.at("parameters").get<int64_t>();
+  ASSERT_GT(steps, 0);
+  EXPECT_EQ(j.at("step_allreduce_bytes").get<int64_t>(), steps * (4 * parameters + 8));
+  EXPECT_GT(j.at("step_collective_seconds").get<double>(), 0.0);
+}
+
 // The same job through torchrun (the launcher PyTorch users use), whose agent serves the rendezvous.
 TEST(Distributed, TorchrunStartsTheJob) {
   const std::string torchrun = std::string(FRESHREC_SOURCE_DIR) + "/.venv/bin/torchrun";

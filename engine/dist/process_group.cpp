@@ -88,6 +88,7 @@ ProcessGroup::ProcessGroup(const DistEnv& env, const std::string& backend, std::
 ProcessGroup::~ProcessGroup() = default;
 
 void ProcessGroup::allreduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes) {
+  const auto started = std::chrono::steady_clock::now();
   // Buckets of one dtype, in the given order: the same buckets on every rank.
   std::vector<std::vector<at::Tensor>> buckets;
   int64_t filled = 0;
@@ -120,6 +121,8 @@ void ProcessGroup::allreduce_sum(const std::vector<at::Tensor>& tensors, int64_t
       offset += t.numel();
     }
   }
+  for (const auto& t : tensors) allreduce_bytes_ += t.numel() * static_cast<int64_t>(t.element_size());
+  collective_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 }
 
 std::vector<double> ProcessGroup::sum(const std::vector<double>& values) {
@@ -130,9 +133,11 @@ std::vector<double> ProcessGroup::sum(const std::vector<double>& values) {
 }
 
 void ProcessGroup::barrier() {
+  const auto started = std::chrono::steady_clock::now();
   c10d::BarrierOptions options;
   if (impl_->device.is_cuda()) options.device_ids = {impl_->device.index()};
   impl_->backend->barrier(options)->wait();
+  collective_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 }
 
 }  // namespace freshrec

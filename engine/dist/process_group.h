@@ -39,11 +39,19 @@ class ProcessGroup {
   double sum(double value) { return sum(std::vector<double>{value}).front(); }
   void barrier();
 
+  // Since the group started: seconds spent in collectives (launching and waiting for them), and the
+  // bytes handed to allreduce (each rank's payload; a ring allreduce moves about 2 (N - 1) / N times
+  // as much in and out of each rank).
+  double collective_seconds() const { return collective_seconds_; }
+  int64_t allreduce_bytes() const { return allreduce_bytes_; }
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int rank_ = 0, size_ = 1;
   std::string backend_;
+  double collective_seconds_ = 0;
+  int64_t allreduce_bytes_ = 0;
 };
 
 // "gloo" or "nccl" for a dist.backend setting ("auto": nccl on a CUDA device, gloo otherwise).

@@ -181,6 +181,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   nlohmann::json base;  // the checkpoints' "base" entry, once the base exists
   TrainSummary summary;
   summary.parameters = model->parameter_count();
+  summary.world_size = dist.world_size;
   summary.trained_parameters = plan ? plan->trained_parameters() : summary.parameters;
   summary.best_checkpoint = (out_dir / "best.pt").string();
   summary.last_checkpoint = (out_dir / "last.pt").string();
@@ -259,6 +260,9 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(epochs), batches, log_every);
     auto loss_sum = torch::zeros({}, torch::TensorOptions().device(device));  // this process's batch means
     auto shared_sum = torch::zeros({}, torch::TensorOptions().device(device));  // its shares of the global means
+    const auto loop_started = std::chrono::steady_clock::now();
+    const double collectives_before = group ? group->collective_seconds() : 0.0;
+    const int64_t bytes_before = group ? group->allreduce_bytes() : 0;
     for (int64_t b = 0; b < batches; ++b) {
       // The global batch; in a job of several, this rank's contiguous share of its users.
       const int64_t first = b * batch_size, rows = std::min<int64_t>(users.size(), (b + 1) * batch_size) - first;
@@ -313,7 +317,14 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       if (group) shared_sum += loss.detach() * share;
       if (progress.due(b + 1)) progress.log(b + 1, loss_sum.item<double>() / (b + 1));
     }
-    const double train_loss = (group ? group->sum(shared_sum.item<double>()) : loss_sum.item<double>()) / batches;
+    const double local_loss_sum = loss_sum.item<double>();  // waits for the epoch's last step
+    summary.step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_started).count();
+    summary.steps += batches;
+    if (group) {
+      summary.step_collective_seconds += group->collective_seconds() - collectives_before;
+      summary.step_allreduce_bytes += group->allreduce_bytes() - bytes_before;
+    }
+    const double train_loss = (group ? group->sum(shared_sum.item<double>()) : local_loss_sum) / batches;
     const RankingMetrics validation = whole(evaluate_model(model, sequences, Split::Validation, eval_options, device));
     const double ndcg = validation.ndcg(10);
     const bool improved = ndcg > best_ndcg;
@@ -371,6 +382,13 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                                        {"seconds", summary.seconds},
                                        {"parameters", summary.parameters},
                                        {"trained_parameters", summary.trained_parameters},
+                                       {"steps", summary.steps},
+                                       {"step_seconds", summary.step_seconds},
+                                       {"world_size", dist.world_size},
+                                       {"step_collective_seconds", summary.step_collective_seconds},
+                                       {"step_allreduce_bytes", summary.step_allreduce_bytes},
+                                       {"item_table_bytes_per_rank",  // weights and both Adam moments
+                                        3 * model->item_embedding().numel() * static_cast<int64_t>(model->item_embedding().element_size())},
                                        {"device", device.str()},
                                        {"validation", nlohmann::json::parse(summary.best_validation.to_json())},
                                        {"test", nlohmann::json::parse(summary.test.to_json())},

@@ -21,6 +21,13 @@ struct TrainSummary {
   std::string best_checkpoint, last_checkpoint;
   int64_t parameters = 0;
   int64_t trained_parameters = 0;  // those the optimizers update (all but a fine-tune's frozen ones)
+  // Where the time went: the training steps alone (no validation, no checkpoints) and how many ran;
+  // in a job of several, the time in the steps' collectives and the gradient bytes each rank reduced.
+  double step_seconds = 0;
+  int64_t steps = 0;
+  int world_size = 1;
+  double step_collective_seconds = 0;
+  int64_t step_allreduce_bytes = 0;
 };
 
 struct PretrainedModel;

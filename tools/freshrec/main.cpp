@@ -9,6 +9,7 @@
 
 #include <unistd.h>
 
+#include "engine/bench/dist_bench.h"
 #include "engine/config/config.h"
 #include "engine/dist/dist_env.h"
 #include "engine/jobs.h"
@@ -237,6 +238,18 @@ int main(int argc, char** argv) {
   bench_stream->add_option("--python", bench_python,
                            "Python with torch for the PyTorch-eager reference step (\"\": skip it)")->capture_default_str();
 
+  ConfigArgs bench_dist_args;
+  freshrec::DistBenchOptions dist_bench;
+  auto* bench_dist = bench->add_subcommand(
+      "dist", "a training job as one process and as several (torchrun, c10d) on the same batches: step time, "
+              "time in collectives, bytes reduced, the item table's memory per rank");
+  bench_dist_args.attach(bench_dist);
+  bench_dist->add_option("--processes", dist_bench.processes, "ranks of the distributed job")->capture_default_str();
+  bench_dist->add_option("--threads", dist_bench.threads, "CPU threads in all (each rank gets its share)")
+      ->capture_default_str();
+  bench_dist->add_option("--torchrun", dist_bench.torchrun, "the torchrun program")->capture_default_str();
+  bench_dist->add_option("--out", dist_bench.output_dir, "folder of the two runs (default: under train.output_dir)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -281,6 +294,8 @@ int main(int argc, char** argv) {
       return with_config(stream_args, [&](const freshrec::Config& c) {
         return freshrec::run_stream_job(c, teacher, stream_student, stream_resume, compare_frozen);
       });
+    if (*bench_dist)
+      return with_config(bench_dist_args, [&](const freshrec::Config& c) { return freshrec::run_dist_bench_job(c, dist_bench); });
     if (*bench_stream)
       return with_config(bench_stream_args, [&](freshrec::Config c) {
         // A fresh output folder, so a benchmark never resumes or appends to another run.

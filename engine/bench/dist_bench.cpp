@@ -1,0 +1,102 @@
+// One process against several on the same training job; see dist_bench.h.
+#include "engine/bench/dist_bench.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "engine/io/atomic_file.h"
+
+namespace freshrec {
+namespace {
+
+// Single quotes for the shell, for paths that may hold spaces.
+std::string quoted(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string this_program() {
+  std::error_code error;
+  const auto path = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (error) throw std::runtime_error("bench dist: cannot find this program (/proc/self/exe): " + error.message());
+  return path.string();
+}
+
+// Runs `command` with its output to `log`; throws with the log's tail when it fails.
+void run(const std::string& what, const std::string& command, const std::string& log) {
+  spdlog::info("bench dist: {}", what);
+  const int status = std::system((command + " >" + quoted(log) + " 2>&1").c_str());
+  if (status != 0) {
+    std::ifstream in(log);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (text.size() > 3000) text = "..." + text.substr(text.size() - 3000);
+    throw std::runtime_error("bench dist: " + what + " failed (exit status " + std::to_string(WEXITSTATUS(status)) +
+                             "); " + log + " ends with:\n" + text);
+  }
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("bench dist: " + path + " was not written");
+  return nlohmann::json::parse(in);
+}
+
+}  // namespace
+
+int run_dist_bench_job(const Config& config, const DistBenchOptions& o) {
+  if (o.processes < 2) throw std::invalid_argument("bench dist: --processes must be at least 2");
+  if (o.threads < o.processes || o.threads % o.processes != 0)
+    throw std::invalid_argument("bench dist: --threads (" + std::to_string(o.threads) + ") must be a multiple of --processes (" +
+                                std::to_string(o.processes) + ")");
+  if (!std::filesystem::exists(o.torchrun))
+    throw std::invalid_argument("bench dist: no torchrun at " + o.torchrun + " (tools/quickstart.sh makes the .venv; --torchrun)");
+  const std::filesystem::path out =
+      o.output_dir.empty() ? std::filesystem::path(config.get_string("train.output_dir")) / ("bench-dist-" + std::to_string(::getpid()))
+                           : std::filesystem::path(o.output_dir);
+  std::filesystem::create_directories(out);
+  const std::string yaml = (out / "config.yaml").string();
+  write_file_atomically(yaml, config.to_yaml());
+  const std::string program = quoted(this_program());
+  const std::string train = " train -c " + quoted(yaml);
+  const std::string one = (out / "one").string(), many = (out / "many").string();
+  run("1 process x " + std::to_string(o.threads) + " threads",
+      program + train + " train.threads=" + std::to_string(o.threads) + " train.output_dir=" + quoted(one),
+      (out / "one.log").string());
+  run(std::to_string(o.processes) + " processes x " + std::to_string(o.threads / o.processes) + " threads (torchrun)",
+      quoted(o.torchrun) + " --no-python --standalone --nproc-per-node=" + std::to_string(o.processes) + " " + program +
+          train + " train.threads=" + std::to_string(o.threads / o.processes) + " train.output_dir=" + quoted(many),
+      (out / "many.log").string());
+  const nlohmann::json a = read_json(one + "/test.json"), b = read_json(many + "/test.json");
+
+  std::printf("\nbench dist: the job of %s as 1 process and as %d (c10d, %s), global batches of %lld users\n",
+              config.get_string("data.format") == "generated" ? "generated data" : config.get_string("data.path").c_str(),
+              o.processes, config.get_string("train.device") == "cuda" ? "NCCL" : "Gloo",
+              static_cast<long long>(config.get_int("train.batch_size")));
+  std::printf("%-26s %7s %12s %16s %18s %18s %14s %9s\n", "job", "steps", "step ms", "collectives ms", "allreduce MB/step",
+              "ring MB/step/rank", "table MB/rank", "NDCG@10");
+  for (const auto& [name, j] : {std::pair<std::string, const nlohmann::json&>{"1 process x " + std::to_string(o.threads) + " threads", a},
+                                {std::to_string(o.processes) + " processes x " + std::to_string(o.threads / o.processes) + " threads", b}}) {
+    const double steps = std::max(1.0, j.at("steps").get<double>()), n = j.at("world_size").get<double>();
+    const double payload = j.at("step_allreduce_bytes").get<double>() / steps / 1e6;
+    std::printf("%-26s %7.0f %12.2f %16.2f %18.3f %18.3f %14.2f %9.4f\n", name.c_str(), steps,
+                1e3 * j.at("step_seconds").get<double>() / steps, 1e3 * j.at("step_collective_seconds").get<double>() / steps,
+                payload, payload * 2 * (n - 1) / n, j.at("item_table_bytes_per_rank").get<double>() / 1e6,
+                j.at("test").at("NDCG@10").get<double>());
+  }
+  const double speedup = (a.at("step_seconds").get<double>() / std::max(1.0, a.at("steps").get<double>())) /
+                         (b.at("step_seconds").get<double>() / std::max(1.0, b.at("steps").get<double>()));
+  std::printf("step time, 1 process / %d processes: %.2fx\n", o.processes, speedup);
+  std::printf("the item table is replicated: each rank holds its weights and both Adam moments whole\n");
+  std::printf("runs: %s\n", out.string().c_str());
+  return 0;
+}
+
+}  // namespace freshrec
