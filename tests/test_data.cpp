@@ -19,6 +19,7 @@
 #include "engine/data/readers.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/metrics.h"
+#include "engine/train/epoch_batches.h"
 #include "engine/train/learner_settings.h"
 #include "tests/test_support.h"
 
@@ -122,6 +123,45 @@ TEST(DistEnv, ReadsTheLaunchersVariablesAndRefusesBadOnes) {
     const std::string error = error_of([&] { DistEnv::from_environment(with(vars)); });
     EXPECT_NE(error.find(message), std::string::npos) << error;
   }
+}
+
+// Data-parallel shares tile each global batch in order; with owned users (local SGD) every user is
+// trained once per epoch by its owner, every rank runs as many steps, and the last ones may be empty.
+TEST(EpochBatches, SharesTileTheGlobalBatchesAndOwnedUsersAreEachTrainedOnce) {
+  std::vector<int32_t> users(103);
+  for (int32_t i = 0; i < 103; ++i) users[static_cast<size_t>(i)] = 1000 + i;
+  const EpochBatches whole(users, 16, 0, 1, false, 9);
+  ASSERT_EQ(whole.steps(), 7);
+  for (int64_t b = 0; b < whole.steps(); ++b) {
+    std::vector<int32_t> joined;
+    for (int r = 0; r < 3; ++r) {
+      const EpochBatches share(users, 16, r, 3, false, 9);
+      EXPECT_EQ(share.steps(), whole.steps());
+      const auto part = share.users(b);
+      joined.insert(joined.end(), part.begin(), part.end());
+    }
+    EXPECT_EQ(joined, whole.users(b)) << "step " << b;
+  }
+  std::multiset<int32_t> seen;
+  int64_t steps = -1;
+  for (int r = 0; r < 3; ++r) {
+    const EpochBatches own(users, 16, r, 3, true, 9);
+    if (steps < 0) steps = own.steps();
+    EXPECT_EQ(own.steps(), steps);
+    for (int64_t b = 0; b < own.steps(); ++b)
+      for (int32_t u : own.users(b)) {
+        EXPECT_EQ((u - 1000) % 3, r) << "a rank trains its own users only";
+        seen.insert(u);
+      }
+  }
+  EXPECT_EQ(steps, 7);  // rank 0 owns 35 users, in batches of 16 / 3 = 5
+  EXPECT_EQ(seen, std::multiset<int32_t>(users.begin(), users.end()));
+  // Ten users, three ranks, one user a step each: rank 0 owns 4, rank 1 owns 3 and idles at the 4th step.
+  const std::vector<int32_t> ten(users.begin(), users.begin() + 10);
+  const EpochBatches idle(ten, 3, 1, 3, true, 9);
+  EXPECT_EQ(idle.steps(), 4);
+  EXPECT_EQ(idle.users(2).size(), 1u);
+  EXPECT_TRUE(idle.users(3).empty());
 }
 
 TEST(Config, YamlFileWithLineNumbersInErrors) {

@@ -168,6 +168,46 @@ TEST(Distributed, BenchDistReportsBothJobs) {
   EXPECT_GT(j.at("step_collective_seconds").get<double>(), 0.0);
 }
 
+// Local SGD: each rank trains on its own users and the replicas are averaged every few steps (and at
+// each epoch's end): one allreduce of every weight per round, none per step. The averaged model learns.
+TEST(Distributed, LocalSgdAveragesTheReplicasInRounds) {
+  TempDir dir;
+  const std::string one = (dir.path() / "one").string(), two = (dir.path() / "two").string();
+  const std::string epochs = " train.epochs=10";
+  ASSERT_EQ(run_command(std::string(FRESHREC_BINARY) + train_args(one) + epochs).first, 0);
+  const auto [code, out] =
+      two_ranks(train_args(two) + epochs + " dist.mode=local_sgd dist.local_steps=3", dir.path().string());
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("local SGD over 2 processes (gloo)"), std::string::npos) << out;
+  std::ifstream in(fs::path(two) / "test.json"), alone_in(fs::path(one) / "test.json");
+  const auto j = nlohmann::json::parse(in), alone = nlohmann::json::parse(alone_in);
+  const int64_t steps = j.at("steps").get<int64_t>(), parameters = j.at("parameters").get<int64_t>();
+  ASSERT_EQ(steps % 10, 0);
+  const int64_t rounds = 10 * ((steps / 10 + 2) / 3);  // every 3 steps, and at each epoch's end
+  EXPECT_EQ(j.at("step_allreduce_bytes").get<int64_t>(), rounds * 4 * parameters);
+  const double ndcg = j.at("test").at("NDCG@10").get<double>();
+  EXPECT_GT(ndcg, j.at("popularity_test").at("NDCG@10").get<double>());
+  EXPECT_GT(ndcg, 0.9 * alone.at("test").at("NDCG@10").get<double>());
+}
+
+// DP-FedAvg's mechanism: clipped, noised deltas. The noise is seeded (the same run twice gives the same
+// model) and it changes the model.
+TEST(Distributed, LocalSgdNoiseIsSeededAndChangesTheModel) {
+  TempDir dir;
+  const std::string plain = (dir.path() / "plain").string(), a = (dir.path() / "a").string(),
+                    b = (dir.path() / "b").string();
+  const std::string local = " dist.mode=local_sgd dist.local_steps=4 dist.clip_delta=0.5";
+  ASSERT_EQ(two_ranks(train_args(plain) + local, dir.path().string()).first, 0);
+  ASSERT_EQ(two_ranks(train_args(a) + local + " dist.noise_multiplier=0.1", dir.path().string()).first, 0);
+  ASSERT_EQ(two_ranks(train_args(b) + local + " dist.noise_multiplier=0.1", dir.path().string()).first, 0);
+  EXPECT_EQ(largest_relative_difference(a + "/last.pt", b + "/last.pt"), 0.0);
+  EXPECT_GT(largest_relative_difference(plain + "/last.pt", a + "/last.pt"), 1e-3);
+  const auto [code, out] = two_ranks(train_args((dir.path() / "bad").string()) + " dist.mode=local_sgd dist.noise_multiplier=1",
+                                     dir.path().string());
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("dist.noise_multiplier needs dist.clip_delta > 0"), std::string::npos) << out;
+}
+
 // The same job through torchrun (the launcher PyTorch users use), whose agent serves the rendezvous.
 TEST(Distributed, TorchrunStartsTheJob) {
   const std::string torchrun = std::string(FRESHREC_SOURCE_DIR) + "/.venv/bin/torchrun";

@@ -184,6 +184,14 @@ const std::vector<KeySpec>& config_schema() {
        "the c10d backend of a job of several processes (WORLD_SIZE > 1): auto (nccl on CUDA, gloo on the CPU), gloo or nccl",
        {"auto", "gloo", "nccl"}},
       {"dist.timeout_seconds", K::Float, "300", "how long a rank waits for the others at the rendezvous and in a collective", {}, 1, 86400},
+      {"dist.mode", K::Choice, "data_parallel",
+       "data_parallel: every step on the global batch, gradients summed over ranks; local_sgd: each rank trains on its own users and the replicas' weights are averaged every dist.local_steps steps (federated averaging)",
+       {"data_parallel", "local_sgd"}},
+      {"dist.local_steps", K::Int, "8", "local_sgd: steps between two averagings of the weights", {}, 1, 1000000},
+      {"dist.clip_delta", K::Float, "0", "local_sgd: clip each rank's weight delta of a round to this L2 norm (0: off)", {}, 0, 1000000},
+      {"dist.noise_multiplier", K::Float, "0",
+       "local_sgd: Gaussian noise of this many times dist.clip_delta added to each delta before averaging (DP-FedAvg's mechanism; no privacy accounting; 0: off)",
+       {}, 0, 1000},
 
       // ---- eval ----
       {"eval.ks", K::IntList, "[1, 5, 10, 20]", "cut-offs for HR@K and NDCG@K", {}, 1, 1000000},

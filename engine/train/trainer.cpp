@@ -8,17 +8,18 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
-#include <random>
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/sequences.h"
 #include "engine/eval/evaluator.h"
 #include "engine/data/item_features.h"
+#include "engine/dist/model_averager.h"
 #include "engine/dist/process_group.h"
 #include "engine/finetune/finetune.h"
 #include "engine/progress.h"
 #include "engine/runtime.h"
 #include "engine/train/distill.h"
+#include "engine/train/epoch_batches.h"
 #include "engine/train/learner.h"
 #include "engine/train/losses.h"
 #include "engine/io/atomic_file.h"
@@ -28,14 +29,6 @@ namespace {
 
 // Per-epoch seeding: epoch e always sees the same order and dropout masks, resumed or not.
 uint64_t epoch_seed(uint64_t seed, int64_t epoch) { return seed * 1000003ULL + static_cast<uint64_t>(epoch); }
-
-void shuffle(std::vector<int32_t>& v, uint64_t seed) {
-  std::mt19937_64 engine(seed);
-  for (size_t i = v.size(); i > 1; --i) {
-    const size_t j = static_cast<size_t>(((engine() >> 11) * (1.0 / 9007199254740992.0)) * i);
-    std::swap(v[i - 1], v[j]);
-  }
-}
 
 EvalOptions eval_options_from_config(const Config& config) {
   EvalOptions o;
@@ -79,13 +72,20 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     throw ConfigError(config.origin("train.sparse_embeddings") +
                       ": a job of several processes trains the item table in the dense optimizer: set "
                       "train.sparse_embeddings=false");
+  // dist.mode=local_sgd: each rank its own users and its own steps; the weights averaged in rounds.
+  const bool local_sgd = dist.distributed() && config.get_string("dist.mode") == "local_sgd";
   std::unique_ptr<ProcessGroup> group;
   if (dist.distributed()) {
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.get_float("dist.timeout_seconds") * 1000));
     group = std::make_unique<ProcessGroup>(dist, resolve_backend(config.get_string("dist.backend"), device.is_cuda()),
                                            timeout, device);
-    spdlog::info("data-parallel over {} processes ({}): each takes its share of every batch of {} users", group->size(),
-                 group->backend(), batch_size);
+    if (local_sgd)
+      spdlog::info("local SGD over {} processes ({}): each trains on its own users, batches of {}, and the weights "
+                   "are averaged every {} steps", group->size(), group->backend(), std::max<int64_t>(1, batch_size / group->size()),
+                   config.get_int("dist.local_steps"));
+    else
+      spdlog::info("data-parallel over {} processes ({}): each takes its share of every batch of {} users", group->size(),
+                   group->backend(), batch_size);
   }
   const bool writer = dist.rank == 0;  // the one process that writes checkpoints, history and test results
   // Each rank evaluates its share of the users; the shares' sums make the whole set's metrics, the
@@ -122,7 +122,19 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   TrainedParameters trained;
   if (plan) trained = {plan->dense_trainable(), plan->item_adapter()};
   Learner learner(model, LearnerSettings::training(config, from != nullptr), std::move(trained));
-  learner.set_process_group(group.get());
+  learner.set_process_group(local_sgd ? nullptr : group.get());  // local SGD: no per-step reduction
+  std::optional<ModelAverager> averager;
+  if (local_sgd) {
+    AveragingSettings a;
+    a.every = config.get_int("dist.local_steps");
+    a.clip_delta = config.get_float("dist.clip_delta");
+    a.noise_multiplier = config.get_float("dist.noise_multiplier");
+    a.seed = seed;
+    std::vector<torch::Tensor> averaged;
+    for (const auto& g : learner.dense->param_groups())
+      for (const auto& p : g.params()) averaged.push_back(p);
+    averager.emplace(std::move(averaged), *group, a);
+  }
   torch::optim::Optimizer& optimizer = *learner.dense;
   torch::nn::Module* sparse_state = learner.sparse_state();  // saved with checkpoints
   const NegativeSampler sampler(sequences.training_item_counts(), config.get_string("train.negative_sampler") == "uniform");
@@ -221,6 +233,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     }
     if (plan) plan->snapshot();  // frozen rows keep the values the run froze
     load_checkpoint_optimizer(resume_path, optimizer, sparse_state);
+    if (averager) averager->restart();
     start_epoch = saved.meta.at("epoch").get<int64_t>() + 1;
     step = saved.meta.at("step").get<int64_t>();
     best_ndcg = saved.meta.at("best_validation_ndcg10").get<double>();
@@ -235,7 +248,6 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                sequences.num_users(), log.num_items(), summary.parameters, config.get_string("train.loss"),
                device.str(), torch::get_num_threads());
 
-  const int64_t batches = (static_cast<int64_t>(train_users_all.size()) + batch_size - 1) / batch_size;
   const double log_every = config.get_float("train.log_every_seconds");
   const auto started = std::chrono::steady_clock::now();
   std::filesystem::create_directories(out_dir);
@@ -248,14 +260,17 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       if (decays_done >= lr_decays) break;
       load_checkpoint_weights(summary.best_checkpoint, model);
       load_checkpoint_optimizer(summary.best_checkpoint, optimizer, sparse_state);
+      if (averager) averager->restart();
       lr_scale *= lr_decay, ++decays_done, stale = 0;
       spdlog::info("no better validation for {} epochs: back to the best (epoch {}), learning rate x{} (now {:g})",
                    patience, summary.best_epoch, lr_decay, lr * lr_scale);
     }
     if (epoch > epochs) break;
     torch::manual_seed(epoch_seed(seed, epoch));
-    auto users = train_users_all;
-    shuffle(users, epoch_seed(seed, epoch));
+    const EpochBatches plan_of_epoch(train_users_all, batch_size, dist.rank, dist.world_size, local_sgd,
+                                     epoch_seed(seed, epoch));
+    const int64_t batches = plan_of_epoch.steps();
+    int64_t taken = 0;  // steps this rank took (local SGD: fewer once its users have run out)
     model->train();
     Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(epochs), batches, log_every);
     auto loss_sum = torch::zeros({}, torch::TensorOptions().device(device));  // this process's batch means
@@ -264,13 +279,16 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     const double collectives_before = group ? group->collective_seconds() : 0.0;
     const int64_t bytes_before = group ? group->allreduce_bytes() : 0;
     for (int64_t b = 0; b < batches; ++b) {
-      // The global batch; in a job of several, this rank's contiguous share of its users.
-      const int64_t first = b * batch_size, rows = std::min<int64_t>(users.size(), (b + 1) * batch_size) - first;
-      const int64_t begin = first + rows * dist.rank / dist.world_size, end = first + rows * (dist.rank + 1) / dist.world_size;
-      const std::vector<int32_t> chunk_users(users.begin() + begin, users.begin() + end);
+      const std::vector<int32_t> chunk_users = plan_of_epoch.users(b);
       const double ramp = std::min(1.0, static_cast<double>(step + 1) / std::max<int64_t>(warmup, 1));
       auto rate = [&](double base) { return lr_scale * (warmup > 0 ? base * ramp : base); };
-      if (chunk_users.empty()) {  // a last batch smaller than the job: this rank's share is empty
+      if (chunk_users.empty()) {
+        if (local_sgd) {  // this rank's users have run out: it waits for the round with its weights as they are
+          ++step;
+          averager->after_step(b + 1 == batches);
+          continue;
+        }
+        // Data-parallel, a last batch smaller than the job: this rank's share is empty.
         group->sum(0);
         learner.step(model->item_embedding().sum() * 0.0, rate);  // its gradients count 0 in the sums
         if (plan) plan->restore();
@@ -309,13 +327,15 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       }
       // Each rank's loss is its share of the global batch's mean: its mean times its share of the
       // positions, so the gradients summed over ranks are those of the whole batch.
-      const double share = group ? static_cast<double>(target_positions.size()) / group->sum(target_positions.size()) : 1.0;
-      learner.step(group ? loss * share : loss, rate);
+      const bool shared = group && !local_sgd;
+      const double share = shared ? static_cast<double>(target_positions.size()) / group->sum(target_positions.size()) : 1.0;
+      learner.step(shared ? loss * share : loss, rate);
       if (plan) plan->restore();
-      ++step;
+      ++step, ++taken;
+      if (averager) averager->after_step(b + 1 == batches);
       loss_sum += loss.detach();
-      if (group) shared_sum += loss.detach() * share;
-      if (progress.due(b + 1)) progress.log(b + 1, loss_sum.item<double>() / (b + 1));
+      if (shared) shared_sum += loss.detach() * share;
+      if (progress.due(b + 1)) progress.log(b + 1, loss_sum.item<double>() / std::max<int64_t>(taken, 1));
     }
     const double local_loss_sum = loss_sum.item<double>();  // waits for the epoch's last step
     summary.step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_started).count();
@@ -324,7 +344,13 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       summary.step_collective_seconds += group->collective_seconds() - collectives_before;
       summary.step_allreduce_bytes += group->allreduce_bytes() - bytes_before;
     }
-    const double train_loss = (group ? group->sum(shared_sum.item<double>()) : local_loss_sum) / batches;
+    // The epoch's mean loss: of the global batches (data-parallel), of every rank's steps (local SGD).
+    double train_loss = local_loss_sum / std::max<int64_t>(batches, 1);
+    if (group && !local_sgd) train_loss = group->sum(shared_sum.item<double>()) / batches;
+    if (local_sgd) {
+      const auto totals = group->sum(std::vector<double>{local_loss_sum, static_cast<double>(taken)});
+      train_loss = totals[0] / std::max(totals[1], 1.0);
+    }
     const RankingMetrics validation = whole(evaluate_model(model, sequences, Split::Validation, eval_options, device));
     const double ndcg = validation.ndcg(10);
     const bool improved = ndcg > best_ndcg;
