@@ -184,7 +184,8 @@ TEST(Distributed, LocalSgdAveragesTheReplicasInRounds) {
   const int64_t steps = j.at("steps").get<int64_t>(), parameters = j.at("parameters").get<int64_t>();
   ASSERT_EQ(steps % 10, 0);
   const int64_t rounds = 10 * ((steps / 10 + 2) / 3);  // every 3 steps, and at each epoch's end
-  EXPECT_EQ(j.at("step_allreduce_bytes").get<int64_t>(), rounds * 4 * parameters);
+  // Each round: every weight's delta and the count of ranks that trained (4 bytes each).
+  EXPECT_EQ(j.at("step_allreduce_bytes").get<int64_t>(), rounds * 4 * (parameters + 1));
   const double ndcg = j.at("test").at("NDCG@10").get<double>();
   EXPECT_GT(ndcg, j.at("popularity_test").at("NDCG@10").get<double>());
   EXPECT_GT(ndcg, 0.9 * alone.at("test").at("NDCG@10").get<double>());
@@ -196,14 +197,18 @@ TEST(Distributed, LocalSgdNoiseIsSeededAndChangesTheModel) {
   TempDir dir;
   const std::string plain = (dir.path() / "plain").string(), a = (dir.path() / "a").string(),
                     b = (dir.path() / "b").string();
-  const std::string local = " dist.mode=local_sgd dist.local_steps=4 dist.clip_delta=0.5";
+  const std::string local = " dist.mode=local_sgd dist.local_steps=4 dist.clip_delta=0.5 dist.noise_seed=5";
   ASSERT_EQ(two_ranks(train_args(plain) + local, dir.path().string()).first, 0);
   ASSERT_EQ(two_ranks(train_args(a) + local + " dist.noise_multiplier=0.1", dir.path().string()).first, 0);
   ASSERT_EQ(two_ranks(train_args(b) + local + " dist.noise_multiplier=0.1", dir.path().string()).first, 0);
   EXPECT_EQ(largest_relative_difference(a + "/last.pt", b + "/last.pt"), 0.0);
   EXPECT_GT(largest_relative_difference(plain + "/last.pt", a + "/last.pt"), 1e-3);
-  const auto [code, out] = two_ranks(train_args((dir.path() / "bad").string()) + " dist.mode=local_sgd dist.noise_multiplier=1",
-                                     dir.path().string());
+  // Another seed, another model; noise without a clip is refused, in a job of one too.
+  const std::string c = (dir.path() / "c").string();
+  ASSERT_EQ(two_ranks(train_args(c) + local + " dist.noise_multiplier=0.1 dist.noise_seed=6", dir.path().string()).first, 0);
+  EXPECT_GT(largest_relative_difference(a + "/last.pt", c + "/last.pt"), 1e-3);
+  const auto [code, out] = run_command(std::string(FRESHREC_BINARY) + train_args((dir.path() / "bad").string()) +
+                                       " dist.mode=local_sgd dist.noise_multiplier=1");
   EXPECT_NE(code, 0);
   EXPECT_NE(out.find("dist.noise_multiplier needs dist.clip_delta > 0"), std::string::npos) << out;
 }

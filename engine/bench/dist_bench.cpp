@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
+#include "engine/dist/dist_env.h"
 #include "engine/io/atomic_file.h"
 
 namespace freshrec {
@@ -35,11 +36,13 @@ void run(const std::string& what, const std::string& command, const std::string&
   spdlog::info("bench dist: {}", what);
   const int status = std::system((command + " >" + quoted(log) + " 2>&1").c_str());
   if (status != 0) {
+    const std::string how = status == -1                ? "could not start"
+                            : WIFSIGNALED(status)       ? "was killed by signal " + std::to_string(WTERMSIG(status))
+                                                        : "failed (exit status " + std::to_string(WEXITSTATUS(status)) + ")";
     std::ifstream in(log);
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     if (text.size() > 3000) text = "..." + text.substr(text.size() - 3000);
-    throw std::runtime_error("bench dist: " + what + " failed (exit status " + std::to_string(WEXITSTATUS(status)) +
-                             "); " + log + " ends with:\n" + text);
+    throw std::runtime_error("bench dist: " + what + " " + how + "; " + log + " ends with:\n" + text);
   }
 }
 
@@ -52,6 +55,8 @@ nlohmann::json read_json(const std::string& path) {
 }  // namespace
 
 int run_dist_bench_job(const Config& config, const DistBenchOptions& o) {
+  if (DistEnv::from_environment().distributed())
+    throw std::invalid_argument("bench dist starts its own jobs: run it without a launcher (WORLD_SIZE is set)");
   if (o.processes < 2) throw std::invalid_argument("bench dist: --processes must be at least 2");
   if (o.threads < o.processes || o.threads % o.processes != 0)
     throw std::invalid_argument("bench dist: --threads (" + std::to_string(o.threads) + ") must be a multiple of --processes (" +
@@ -61,25 +66,33 @@ int run_dist_bench_job(const Config& config, const DistBenchOptions& o) {
   const std::filesystem::path out =
       o.output_dir.empty() ? std::filesystem::path(config.get_string("train.output_dir")) / ("bench-dist-" + std::to_string(::getpid()))
                            : std::filesystem::path(o.output_dir);
+  if (std::filesystem::exists(out) && !std::filesystem::is_empty(out))
+    throw std::invalid_argument("bench dist: " + out.string() + " is not empty: the runs need a folder of their own");
   std::filesystem::create_directories(out);
   const std::string yaml = (out / "config.yaml").string();
   write_file_atomically(yaml, config.to_yaml());
-  const std::string program = quoted(this_program());
+  // The children start clean of any launcher's variables: the first is one process, the second gets
+  // torchrun's own.
+  const std::string program = "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u LOCAL_WORLD_SIZE -u MASTER_ADDR -u MASTER_PORT "
+                              "-u TORCHELASTIC_USE_AGENT_STORE -u TORCHELASTIC_RESTART_COUNT " + quoted(this_program());
   const std::string train = " train -c " + quoted(yaml);
   const std::string one = (out / "one").string(), many = (out / "many").string();
   run("1 process x " + std::to_string(o.threads) + " threads",
       program + train + " train.threads=" + std::to_string(o.threads) + " train.output_dir=" + quoted(one),
       (out / "one.log").string());
   run(std::to_string(o.processes) + " processes x " + std::to_string(o.threads / o.processes) + " threads (torchrun)",
-      quoted(o.torchrun) + " --no-python --standalone --nproc-per-node=" + std::to_string(o.processes) + " " + program +
+      "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u MASTER_ADDR -u MASTER_PORT " + quoted(o.torchrun) +
+          " --no-python --standalone --nproc-per-node=" + std::to_string(o.processes) + " " + quoted(this_program()) +
           train + " train.threads=" + std::to_string(o.threads / o.processes) + " train.output_dir=" + quoted(many),
       (out / "many.log").string());
   const nlohmann::json a = read_json(one + "/test.json"), b = read_json(many + "/test.json");
 
-  std::printf("\nbench dist: the job of %s as 1 process and as %d (c10d, %s), global batches of %lld users\n",
+  const bool local = config.get_string("dist.mode") == "local_sgd";
+  std::printf("\nbench dist: the job of %s as 1 process and as %d (c10d, %s, %s), batches of %lld users%s\n",
               config.get_string("data.format") == "generated" ? "generated data" : config.get_string("data.path").c_str(),
               o.processes, config.get_string("train.device") == "cuda" ? "NCCL" : "Gloo",
-              static_cast<long long>(config.get_int("train.batch_size")));
+              local ? "local SGD" : "data-parallel", static_cast<long long>(config.get_int("train.batch_size")),
+              local ? " (the job of several: each rank its share of that size, on its own users)" : " (the same global batches)");
   std::printf("%-26s %7s %12s %16s %18s %18s %14s %9s\n", "job", "steps", "step ms", "collectives ms", "allreduce MB/step",
               "ring MB/step/rank", "table MB/rank", "NDCG@10");
   for (const auto& [name, j] : {std::pair<std::string, const nlohmann::json&>{"1 process x " + std::to_string(o.threads) + " threads", a},

@@ -190,8 +190,11 @@ const std::vector<KeySpec>& config_schema() {
       {"dist.local_steps", K::Int, "8", "local_sgd: steps between two averagings of the weights", {}, 1, 1000000},
       {"dist.clip_delta", K::Float, "0", "local_sgd: clip each rank's weight delta of a round to this L2 norm (0: off)", {}, 0, 1000000},
       {"dist.noise_multiplier", K::Float, "0",
-       "local_sgd: Gaussian noise of this many times dist.clip_delta added to each delta before averaging (DP-FedAvg's mechanism; no privacy accounting; 0: off)",
+       "local_sgd: Gaussian noise of this many times dist.clip_delta added by each rank to each coordinate of its clipped delta before averaging (the local-noise form of DP-FedAvg's mechanism; no privacy accounting; 0: off)",
        {}, 0, 1000},
+      {"dist.noise_seed", K::Int, "0",
+       "local_sgd: seed of the noise, for reproducible runs (anyone who knows it can remove the noise); 0: the operating system's entropy",
+       {}, 0, 4611686018427387904},
 
       // ---- eval ----
       {"eval.ks", K::IntList, "[1, 5, 10, 20]", "cut-offs for HR@K and NDCG@K", {}, 1, 1000000},

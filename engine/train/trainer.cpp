@@ -74,6 +74,13 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                       "train.sparse_embeddings=false");
   // dist.mode=local_sgd: each rank its own users and its own steps; the weights averaged in rounds.
   const bool local_sgd = dist.distributed() && config.get_string("dist.mode") == "local_sgd";
+  const double noise = config.get_float("dist.noise_multiplier");
+  if (config.get_string("dist.mode") == "local_sgd") {
+    if (noise > 0 && config.get_float("dist.clip_delta") <= 0)
+      throw ConfigError(config.origin("dist.noise_multiplier") +
+                        ": dist.noise_multiplier needs dist.clip_delta > 0 (the noise is scaled to the clip)");
+    if (!dist.distributed()) spdlog::warn("dist.mode=local_sgd: a job of one process trains as usual");
+  }
   std::unique_ptr<ProcessGroup> group;
   if (dist.distributed()) {
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.get_float("dist.timeout_seconds") * 1000));
@@ -128,8 +135,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     AveragingSettings a;
     a.every = config.get_int("dist.local_steps");
     a.clip_delta = config.get_float("dist.clip_delta");
-    a.noise_multiplier = config.get_float("dist.noise_multiplier");
-    a.seed = seed;
+    a.noise_multiplier = noise;
+    a.seed = static_cast<uint64_t>(config.get_int("dist.noise_seed"));
     std::vector<torch::Tensor> averaged;
     for (const auto& g : learner.dense->param_groups())
       for (const auto& p : g.params()) averaged.push_back(p);
@@ -270,6 +277,14 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     const EpochBatches plan_of_epoch(train_users_all, batch_size, dist.rank, dist.world_size, local_sgd,
                                      epoch_seed(seed, epoch));
     const int64_t batches = plan_of_epoch.steps();
+    // After a local-SGD round: the noise spared neither the padding row nor a fine-tune's frozen rows;
+    // put them back, and count the next round's deltas from there.
+    auto after_round = [&] {
+      torch::NoGradGuard no_grad;
+      if (noise > 0) model->item_embedding()[0].zero_();
+      if (plan) plan->restore();
+      averager->restart();
+    };
     int64_t taken = 0;  // steps this rank took (local SGD: fewer once its users have run out)
     model->train();
     Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(epochs), batches, log_every);
@@ -285,7 +300,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       if (chunk_users.empty()) {
         if (local_sgd) {  // this rank's users have run out: it waits for the round with its weights as they are
           ++step;
-          averager->after_step(b + 1 == batches);
+          if (averager->after_step(/*trained=*/false, b + 1 == batches)) after_round();
           continue;
         }
         // Data-parallel, a last batch smaller than the job: this rank's share is empty.
@@ -332,7 +347,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       learner.step(shared ? loss * share : loss, rate);
       if (plan) plan->restore();
       ++step, ++taken;
-      if (averager) averager->after_step(b + 1 == batches);
+      if (averager && averager->after_step(/*trained=*/true, b + 1 == batches)) after_round();
       loss_sum += loss.detach();
       if (shared) shared_sum += loss.detach() * share;
       if (progress.due(b + 1)) progress.log(b + 1, loss_sum.item<double>() / std::max<int64_t>(taken, 1));
