@@ -273,7 +273,11 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                    patience, summary.best_epoch, lr_decay, lr * lr_scale);
     }
     if (epoch > epochs) break;
-    torch::manual_seed(epoch_seed(seed, epoch));
+    // Every rank draws alike where that makes the job one process's (data-parallel without dropout:
+    // the sampled negatives are the ones one process draws for the whole batch); with dropout, and
+    // with local SGD, each rank draws its own masks and negatives.
+    const bool own_draws = dist.distributed() && (local_sgd || model->options().dropout > 0);
+    torch::manual_seed(epoch_seed(seed, epoch) + (own_draws ? 7919ULL * static_cast<uint64_t>(dist.rank) : 0ULL));
     const EpochBatches plan_of_epoch(train_users_all, batch_size, dist.rank, dist.world_size, local_sgd,
                                      epoch_seed(seed, epoch));
     const int64_t batches = plan_of_epoch.steps();
