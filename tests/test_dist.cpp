@@ -120,15 +120,23 @@ TEST(Distributed, TwoRanksTrainAsOneProcessOnTheSameGlobalBatches) {
   EXPECT_LT(largest_relative_difference(one + "/last.pt", two + "/last.pt"), 1e-5);
   // The epoch losses too: Adam and clipping would hide a gradient off by a common factor, the loss not.
   expect_same_losses(one, two, 1e-5);
-  // Each rank evaluated its share of the users; their sums are what one process finds for the same model.
+  // Each rank evaluated its share of the users; their sums are what one process finds for the same
+  // model, and so does `freshrec eval` under the launcher.
   const auto [eval_code, eval_out] = run_command(std::string(FRESHREC_BINARY) + " eval --checkpoint " + two +
                                                  "/best.pt --json " + two + "/alone.json");
   ASSERT_EQ(eval_code, 0) << eval_out;
-  std::ifstream shared_in(fs::path(two) / "test.json"), alone_in(fs::path(two) / "alone.json");
-  const auto shared = nlohmann::json::parse(shared_in).at("test"), alone = nlohmann::json::parse(alone_in).at("model");
-  EXPECT_EQ(shared.at("users"), alone.at("users"));
-  for (const char* key : {"HR@10", "NDCG@10", "MRR"})
-    EXPECT_NEAR(shared.at(key).get<double>(), alone.at(key).get<double>(), 1e-12) << key;
+  const auto [shared_code, shared_out] =
+      two_ranks(" eval --checkpoint " + two + "/best.pt --json " + two + "/shared-eval.json", dir.path().string());
+  ASSERT_EQ(shared_code, 0) << shared_out;
+  std::ifstream trained_in(fs::path(two) / "test.json"), alone_in(fs::path(two) / "alone.json"),
+      shared_in(fs::path(two) / "shared-eval.json");
+  const auto trained = nlohmann::json::parse(trained_in).at("test"), alone = nlohmann::json::parse(alone_in).at("model"),
+             shared = nlohmann::json::parse(shared_in).at("model");
+  for (const auto& j : {trained, shared}) {
+    EXPECT_EQ(j.at("users"), alone.at("users"));
+    for (const char* key : {"HR@10", "NDCG@10", "MRR"})
+      EXPECT_NEAR(j.at(key).get<double>(), alone.at(key).get<double>(), 1e-12) << key;
+  }
 }
 
 // Batches of one user: rank 0's share of every batch is empty, it adds zero gradients and a zero
