@@ -161,16 +161,8 @@ int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& 
   configure_threads(config.get_int("train.threads"));
   // Under a launcher each rank ranks its share of the users and the metrics' sums are reduced.
   const DistEnv dist = DistEnv::from_environment();
-  torch::Device device = select_device(config.get_string("train.device"));
-  if (dist.distributed() && device.is_cuda()) device = rank_device(dist);
-  std::unique_ptr<ProcessGroup> group;
-  if (dist.distributed())
-    group = std::make_unique<ProcessGroup>(
-        dist, resolve_backend(config.get_string("dist.backend"), device.is_cuda()),
-        std::chrono::milliseconds(static_cast<int64_t>(config.get_float("dist.timeout_seconds") * 1000)), device);
-  auto whole = [&](const RankingMetrics& share) {
-    return group ? RankingMetrics::from_sums(share.ks(), group->sum(share.sums())) : share;
-  };
+  const torch::Device device = job_device(dist, select_device(config.get_string("train.device")));
+  const std::unique_ptr<ProcessGroup> group = join_job(dist, config, device);
   size_t dropped = 0;
   const EventLog log = remap_items(load_and_report(config), info.items, &dropped);
   if (dropped) spdlog::warn("{} events name items the checkpoint does not know; they are left out", dropped);
@@ -181,8 +173,8 @@ int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& 
   options.filter_seen = config.get_bool("eval.filter_seen");
   options.shard = dist.rank, options.shards = dist.world_size;
   SASRec model = load_checkpoint_model(checkpoint, device);
-  const RankingMetrics test = whole(evaluate_model(model, sequences, Split::Test, options, device));
-  const RankingMetrics popularity = whole(evaluate_popularity(sequences, Split::Test, options));
+  const RankingMetrics test = summed(group.get(), evaluate_model(model, sequences, Split::Test, options, device));
+  const RankingMetrics popularity = summed(group.get(), evaluate_popularity(sequences, Split::Test, options));
   if (dist.rank != 0) return 0;  // rank 0 reports
   std::printf("test (full ranking%s), %s:\n%s", options.filter_seen ? ", seen items filtered" : "", checkpoint.c_str(),
               format_metrics_table({{"SASRec", test}, {"popularity", popularity}}).c_str());

@@ -38,14 +38,16 @@ int free_port() {
   return ntohs(address.sin_port);
 }
 
-// A small full-softmax training run without dropout: the same global batches give the same gradients
-// however the batch is split.
-std::string train_args(const std::string& out) {
-  return std::string(" train generator.users=300 generator.items=80 generator.clusters=8 generator.events_per_user=20"
-                     " model.hidden=16 model.blocks=1 model.maxlen=12 model.dropout=0 train.batch_size=64"
-                     " train.epochs=2 train.lr=0.003 train.threads=1 train.device=cpu train.log_every_seconds=1000"
-                     " dist.timeout_seconds=60 train.output_dir=") + out;
-}
+// A small full-softmax training job without dropout: the same global batches give the same gradients
+// however the batch is split. The config's overrides alone, then the `train` command writing to `out`
+// (overrides given after it win).
+const std::string kSmallJob =
+    " generator.users=300 generator.items=80 generator.clusters=8 generator.events_per_user=20"
+    " model.hidden=16 model.blocks=1 model.maxlen=12 model.dropout=0 train.batch_size=64"
+    " train.epochs=2 train.lr=0.003 train.threads=1 train.device=cpu train.log_every_seconds=1000"
+    " dist.timeout_seconds=60";
+
+std::string train_args(const std::string& out) { return " train" + kSmallJob + " train.output_dir=" + out; }
 
 // Two ranks on this machine, started as a launcher would; the exit status is 0 when both ended well.
 std::pair<int, std::string> two_ranks(const std::string& args, const std::string& logs) {
@@ -144,10 +146,9 @@ TEST(Distributed, TwoRanksTrainAsOneProcessOnTheSameGlobalBatches) {
 TEST(Distributed, AnEmptyShareAddsNothing) {
   TempDir dir;
   const std::string one = (dir.path() / "one").string(), two = (dir.path() / "two").string();
-  const std::string args = train_args(one).substr(0, train_args(one).find(" train.output_dir=")) +
-                           " generator.users=40 train.batch_size=1 train.epochs=1 train.output_dir=";
-  ASSERT_EQ(run_command(std::string(FRESHREC_BINARY) + args + one).first, 0);
-  const auto [code, out] = two_ranks(args + two, dir.path().string());
+  const std::string smaller = " generator.users=40 train.batch_size=1 train.epochs=1";
+  ASSERT_EQ(run_command(std::string(FRESHREC_BINARY) + train_args(one) + smaller).first, 0);
+  const auto [code, out] = two_ranks(train_args(two) + smaller, dir.path().string());
   ASSERT_EQ(code, 0) << out;
   EXPECT_LT(largest_relative_difference(one + "/last.pt", two + "/last.pt"), 1e-5);
   expect_same_losses(one, two, 1e-5);
@@ -159,10 +160,8 @@ TEST(Distributed, BenchDistReportsBothJobs) {
   const std::string torchrun = std::string(FRESHREC_SOURCE_DIR) + "/.venv/bin/torchrun";
   if (!fs::exists(torchrun)) GTEST_SKIP() << "no torchrun at " << torchrun << " (tools/quickstart.sh makes the .venv)";
   TempDir dir;
-  std::string args = train_args("x");
-  args = args.substr(std::string(" train").size(), args.find(" train.output_dir=") - std::string(" train").size());
   const auto [code, out] = run_command(std::string(FRESHREC_BINARY) + " bench dist --torchrun " + torchrun + " --out " +
-                                       dir.path().string() + args);
+                                       dir.path().string() + kSmallJob);
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("1 process x 2 threads"), std::string::npos) << out;
   EXPECT_NE(out.find("2 processes x 1 threads"), std::string::npos) << out;
@@ -239,25 +238,22 @@ TEST(Distributed, TorchrunStartsTheJob) {
 TEST(Distributed, ALonelyRankAndTheRowWiseTableAreClearErrors) {
   TempDir dir;
   const std::string env = "RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) + " ";
-  const auto [code, out] =
-      run_command(env + FRESHREC_BINARY + train_args((dir.path() / "alone").string()) + " dist.timeout_seconds=2");
-  EXPECT_NE(code, 0);
-  EXPECT_NE(out.find("rank 0: cannot start the gloo process group (store 127.0.0.1:"), std::string::npos) << out;
-  const auto [sparse_code, sparse_out] = run_command(env + FRESHREC_BINARY + train_args((dir.path() / "rows").string()) +
-                                                     " train.loss=sampled train.sparse_embeddings=true");
-  EXPECT_NE(sparse_code, 0);
-  EXPECT_NE(sparse_out.find("train.sparse_embeddings=false"), std::string::npos) << sparse_out;
-  const auto [bad_code, bad_out] = run_command("RANK=2 WORLD_SIZE=2 " + std::string(FRESHREC_BINARY) +
-                                               train_args((dir.path() / "bad").string()));
-  EXPECT_NE(bad_code, 0);
-  EXPECT_NE(bad_out.find("RANK='2': expected a whole number from 0 to 1"), std::string::npos) << bad_out;
-  const auto [nccl_code, nccl_out] = run_command(env + FRESHREC_BINARY + train_args((dir.path() / "nccl").string()) +
-                                                 " dist.backend=nccl");
-  EXPECT_NE(nccl_code, 0);
-  EXPECT_NE(nccl_out.find("dist.backend=nccl reduces GPU tensors"), std::string::npos) << nccl_out;
+  const std::string bin = FRESHREC_BINARY;
+  // `command` fails, and its output says `message`.
+  auto expect_refused = [](const std::string& command, const std::string& message) {
+    const auto [code, out] = run_command(command);
+    EXPECT_NE(code, 0) << command;
+    EXPECT_NE(out.find(message), std::string::npos) << out;
+  };
+  expect_refused(env + bin + train_args((dir.path() / "alone").string()) + " dist.timeout_seconds=2",
+                 "rank 0: cannot start the gloo process group (store 127.0.0.1:");
+  expect_refused(env + bin + train_args((dir.path() / "rows").string()) + " train.loss=sampled train.sparse_embeddings=true",
+                 "train.sparse_embeddings=false");
+  expect_refused("RANK=2 WORLD_SIZE=2 " + bin + train_args((dir.path() / "bad").string()),
+                 "RANK='2': expected a whole number from 0 to 1");
+  expect_refused(env + bin + train_args((dir.path() / "nccl").string()) + " dist.backend=nccl",
+                 "dist.backend=nccl reduces GPU tensors");
   // The stream is one process: a launcher's rank is told so before anything runs.
-  const auto [stream_code, stream_out] = run_command(env + FRESHREC_BINARY + " stream stream.output_dir=" +
-                                                     (dir.path() / "stream").string());
-  EXPECT_NE(stream_code, 0);
-  EXPECT_NE(stream_out.find("freshrec stream runs as one process"), std::string::npos) << stream_out;
+  expect_refused(env + bin + " stream stream.output_dir=" + (dir.path() / "stream").string(),
+                 "freshrec stream runs as one process");
 }

@@ -71,19 +71,19 @@ int run_dist_bench_job(const Config& config, const DistBenchOptions& o) {
   std::filesystem::create_directories(out);
   const std::string yaml = (out / "config.yaml").string();
   write_file_atomically(yaml, config.to_yaml());
-  // The children start clean of any launcher's variables: the first is one process, the second gets
-  // torchrun's own.
-  const std::string program = "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u LOCAL_WORLD_SIZE -u MASTER_ADDR -u MASTER_PORT "
-                              "-u TORCHELASTIC_USE_AGENT_STORE -u TORCHELASTIC_RESTART_COUNT " + quoted(this_program());
+  // The children start clean of any launcher's variables: the first is one process, the second's ranks
+  // get torchrun's own.
+  const std::string clean = "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u LOCAL_WORLD_SIZE -u MASTER_ADDR -u MASTER_PORT "
+                            "-u TORCHELASTIC_USE_AGENT_STORE -u TORCHELASTIC_RESTART_COUNT ";
+  const std::string program = quoted(this_program());
   const std::string train = " train -c " + quoted(yaml);
   const std::string one = (out / "one").string(), many = (out / "many").string();
   run("1 process x " + std::to_string(o.threads) + " threads",
-      program + train + " train.threads=" + std::to_string(o.threads) + " train.output_dir=" + quoted(one),
+      clean + program + train + " train.threads=" + std::to_string(o.threads) + " train.output_dir=" + quoted(one),
       (out / "one.log").string());
   run(std::to_string(o.processes) + " processes x " + std::to_string(o.threads / o.processes) + " threads (torchrun)",
-      "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u MASTER_ADDR -u MASTER_PORT " + quoted(o.torchrun) +
-          " --no-python --standalone --nproc-per-node=" + std::to_string(o.processes) + " " + quoted(this_program()) +
-          train + " train.threads=" + std::to_string(o.threads / o.processes) + " train.output_dir=" + quoted(many),
+      clean + quoted(o.torchrun) + " --no-python --standalone --nproc-per-node=" + std::to_string(o.processes) + " " +
+          program + train + " train.threads=" + std::to_string(o.threads / o.processes) + " train.output_dir=" + quoted(many),
       (out / "many.log").string());
   const nlohmann::json a = read_json(one + "/test.json"), b = read_json(many + "/test.json");
 

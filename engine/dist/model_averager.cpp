@@ -6,17 +6,9 @@
 #include <random>
 #include <stdexcept>
 
+#include "engine/splitmix.h"
+
 namespace freshrec {
-namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 ModelAverager::ModelAverager(std::vector<torch::Tensor> params, ProcessGroup& group, const AveragingSettings& settings)
     : params_(std::move(params)), group_(group), settings_(settings) {

@@ -44,7 +44,6 @@ class ModelAverager {
   // The weights were replaced (a resume, a return to the best checkpoint): the next delta counts
   // from them.
   void restart();
-  int64_t rounds() const { return rounds_; }
 
  private:
   std::vector<torch::Tensor> params_, anchor_;  // anchor: the weights after the last round

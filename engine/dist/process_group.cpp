@@ -30,9 +30,21 @@ std::string resolve_backend(const std::string& setting, bool cuda) {
   return setting;
 }
 
-c10::Device rank_device(const DistEnv& env) {
+c10::Device job_device(const DistEnv& env, c10::Device selected) {
+  if (!env.distributed() || !selected.is_cuda()) return selected;
   const auto gpus = static_cast<int>(torch::cuda::device_count());
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(gpus > 0 ? env.local_rank % gpus : 0));
+}
+
+std::unique_ptr<ProcessGroup> join_job(const DistEnv& env, const Config& config, c10::Device device) {
+  if (!env.distributed()) return nullptr;
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.get_float("dist.timeout_seconds") * 1000));
+  return std::make_unique<ProcessGroup>(env, resolve_backend(config.get_string("dist.backend"), device.is_cuda()),
+                                        timeout, device);
+}
+
+RankingMetrics summed(ProcessGroup* group, const RankingMetrics& share) {
+  return group ? RankingMetrics::from_sums(share.ks(), group->sum(share.sums())) : share;
 }
 
 ProcessGroup::ProcessGroup(const DistEnv& env, const std::string& backend, std::chrono::milliseconds timeout,

@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "engine/config/config.h"
 #include "engine/dist/dist_env.h"
+#include "engine/eval/metrics.h"
 
 namespace freshrec {
 
@@ -56,7 +58,14 @@ class ProcessGroup {
 
 // "gloo" or "nccl" for a dist.backend setting ("auto": nccl on a CUDA device, gloo otherwise).
 std::string resolve_backend(const std::string& setting, bool cuda);
-// This rank's GPU: LOCAL_RANK modulo the GPUs present (several ranks share one where there are fewer).
-c10::Device rank_device(const DistEnv& env);
+// The device of this process: `selected` (train.device's), except that in a job of several on CUDA
+// each rank takes the GPU LOCAL_RANK modulo the GPUs present (several share one where there are fewer).
+c10::Device job_device(const DistEnv& env, c10::Device selected);
+// Joins the job `env` describes with dist.backend and dist.timeout_seconds from `config`, for tensors
+// on `device`; null in a job of one.
+std::unique_ptr<ProcessGroup> join_job(const DistEnv& env, const Config& config, c10::Device device);
+// `share`'s metrics summed over the group's ranks: the whole set's when each rank ranked its share of
+// the users (EvalOptions::shard). Without a group, `share` itself.
+RankingMetrics summed(ProcessGroup* group, const RankingMetrics& share);
 
 }  // namespace freshrec

@@ -7,21 +7,10 @@
 #include <stdexcept>
 
 #include "engine/checkpoint/checkpoint.h"
+#include "engine/splitmix.h"
 #include "engine/stream/stream_state.h"
 
 namespace freshrec {
-namespace {
-
-// splitmix64's output step (the golden-ratio increment, then its finaliser): a well-mixed 64-bit value of a
-// counter.
-uint64_t mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 void ReplayReservoir::remember(const Example& example, int64_t maxlen) {
   const uint64_t n = seen_++;
@@ -32,12 +21,12 @@ void ReplayReservoir::remember(const Example& example, int64_t maxlen) {
     items_.push_back(example.item);
     return;
   }
-  const uint64_t j = mix(seed_ ^ (n * 0x2545f4914f6cdd1dULL)) % (n + 1);
+  const uint64_t j = splitmix64(seed_ ^ (n * 0x2545f4914f6cdd1dULL)) % (n + 1);
   if (j < items_.size()) histories_[j] = history, items_[j] = example.item;
 }
 
 Example ReplayReservoir::draw(uint64_t batch, size_t k) const {
-  const size_t j = mix(seed_ * 31 + batch * 1000003ULL + k) % items_.size();
+  const size_t j = splitmix64(seed_ * 31 + batch * 1000003ULL + k) % items_.size();
   return {histories_[j].data(), histories_[j].size(), items_[j]};
 }
 

@@ -4,19 +4,9 @@
 #include <algorithm>
 
 #include "engine/runtime.h"
+#include "engine/splitmix.h"
 
 namespace freshrec {
-namespace {
-
-uint64_t hash_of(uint64_t key) {  // a 64-bit finaliser (splitmix64's): cheap and well mixed
-  key ^= key >> 30;
-  key *= 0xbf58476d1ce4e5b9ULL;
-  key ^= key >> 27;
-  key *= 0x94d049bb133111ebULL;
-  return key ^ (key >> 31);
-}
-
-}  // namespace
 
 bool SeenItems::insert(uint64_t key) {
   if (2 * (used_ + 1) > cells_.size()) {  // at most half full
@@ -27,7 +17,7 @@ bool SeenItems::insert(uint64_t key) {
       if (k != 0) insert(k);
   }
   const size_t mask = cells_.size() - 1;
-  for (size_t i = hash_of(key) & mask;; i = (i + 1) & mask) {
+  for (size_t i = splitmix64_finalise(key) & mask;; i = (i + 1) & mask) {
     if (cells_[i] == key) return false;
     if (cells_[i] == 0) {
       cells_[i] = key;

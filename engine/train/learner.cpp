@@ -120,13 +120,9 @@ torch::Tensor Learner::step(const torch::Tensor& loss, const std::function<doubl
     step_unless_(skip);
   else
     dense->step();
-  if (sparse) {
-    const double item_rate = rate ? rate(settings_.item_lr) : settings_.item_lr;
-    if (skip.defined())
-      sparse->step(item_rate, skip);
-    else
-      sparse->step(item_rate);
-  }
+  if (sparse)
+    sparse->step(rate ? rate(settings_.item_lr) : settings_.item_lr,
+                 skip.defined() ? std::optional<torch::Tensor>(skip) : std::nullopt);
   return skip;
 }
 

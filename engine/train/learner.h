@@ -45,7 +45,6 @@ class Learner {
   Learner() = default;
   Learner(SASRec model, const LearnerSettings& settings, TrainedParameters trained = {});
   explicit operator bool() const { return static_cast<bool>(model); }
-  const LearnerSettings& settings() const { return settings_; }
   // The row-wise optimizer as checkpoints save it (null without one).
   torch::nn::Module* sparse_state() { return sparse ? sparse.get() : nullptr; }
 

@@ -46,8 +46,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   configure_threads(config.get_int("train.threads"));
   // A job of several processes (torchrun): data-parallel over c10d, each rank on its own device.
   const DistEnv dist = DistEnv::from_environment();
-  torch::Device device = select_device(config.get_string("train.device"));
-  if (dist.distributed() && device.is_cuda()) device = rank_device(dist);
+  const torch::Device device = job_device(dist, select_device(config.get_string("train.device")));
   const bool bf16 = configure_precision(config.get_string("train.precision"));
   const uint64_t seed = static_cast<uint64_t>(config.get_int("train.seed"));
   const int64_t epochs = config.get_int("train.epochs"), batch_size = config.get_int("train.batch_size");
@@ -81,11 +80,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                         ": dist.noise_multiplier needs dist.clip_delta > 0 (the noise is scaled to the clip)");
     if (!dist.distributed()) spdlog::warn("dist.mode=local_sgd: a job of one process trains as usual");
   }
-  std::unique_ptr<ProcessGroup> group;
-  if (dist.distributed()) {
-    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(config.get_float("dist.timeout_seconds") * 1000));
-    group = std::make_unique<ProcessGroup>(dist, resolve_backend(config.get_string("dist.backend"), device.is_cuda()),
-                                           timeout, device);
+  const std::unique_ptr<ProcessGroup> group = join_job(dist, config, device);
+  if (group) {
     if (local_sgd)
       spdlog::info("local SGD over {} processes ({}): each trains on its own users, batches of {}, and the weights "
                    "are averaged every {} steps", group->size(), group->backend(), std::max<int64_t>(1, batch_size / group->size()),
@@ -97,9 +93,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   const bool writer = dist.rank == 0;  // the one process that writes checkpoints, history and test results
   // Each rank evaluates its share of the users; the shares' sums make the whole set's metrics, the
   // same on every rank (so are the early-stopping and decay decisions taken from them).
-  auto whole = [&](const RankingMetrics& share) {
-    return group ? RankingMetrics::from_sums(share.ks(), group->sum(share.sums())) : share;
-  };
+  auto whole = [&](const RankingMetrics& share) { return summed(group.get(), share); };
 
   const UserSequences sequences = UserSequences::from_log(log);
   const auto train_users_all = sequences.training_users();
@@ -429,7 +423,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                                        {"trained_parameters", summary.trained_parameters},
                                        {"steps", summary.steps},
                                        {"step_seconds", summary.step_seconds},
-                                       {"world_size", dist.world_size},
+                                       {"world_size", summary.world_size},
                                        {"step_collective_seconds", summary.step_collective_seconds},
                                        {"step_allreduce_bytes", summary.step_allreduce_bytes},
                                        {"item_table_bytes_per_rank",  // weights and both Adam moments
