@@ -254,6 +254,10 @@ double item_lora_scale(const SASRecOptions& o) { return o.lora_alpha / static_ca
 }  // namespace
 
 torch::Tensor SASRecImpl::lookup_items(const torch::Tensor& items) {
+  if (item_rows_) {
+    TORCH_CHECK(!item_lora_a_.defined(), "SASRec: an item adapter needs the model's own item table");
+    return item_rows_->lookup(items);
+  }
   auto rows = sparse_sink_ && is_training() ? ops::sparse_embedding_lookup(item_embedding_, items, *sparse_sink_)
                                             : torch::embedding(item_embedding_, items, /*padding_idx=*/0);
   if (!item_lora_a_.defined()) return rows;
@@ -262,6 +266,7 @@ torch::Tensor SASRecImpl::lookup_items(const torch::Tensor& items) {
 }
 
 torch::Tensor SASRecImpl::item_table() const {
+  TORCH_CHECK(!item_rows_, "SASRec: the item table is sharded across the job's processes; no process holds it whole");
   if (!item_lora_a_.defined()) return item_embedding_;
   const auto rows = item_lora_a_.size(0);
   // Row 0 (padding) takes no update, so that A's padding row never learns from the scores.
@@ -275,6 +280,7 @@ std::vector<torch::Tensor> SASRecImpl::item_adapter() const {
 }
 
 torch::Tensor SASRecImpl::score_all(const torch::Tensor& hidden) const {
+  if (item_rows_) return item_rows_->score_all(hidden);
   return torch::matmul(hidden, item_table().t());
 }
 
@@ -287,6 +293,7 @@ void SASRecImpl::set_dropout(double p) {
 
 void SASRecImpl::grow_items(int64_t num_items) {
   if (num_items <= options_.num_items) return;
+  TORCH_CHECK(!item_rows_, "SASRec: the item table is sharded across the job's processes; grow it there");
   torch::NoGradGuard no_grad;
   const auto old = item_embedding_.detach();
   const double spread = old.size(0) > 2 ? old.narrow(0, 1, old.size(0) - 1).std().item<double>() : 0.02;

@@ -98,6 +98,19 @@ class SASRecBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(SASRecBlock);
 
+// Where the model's item rows live when its own table does not hold them (a table sharded by rows
+// across a job's processes, engine/dist/sharded_item_table.h). Every process of the job must make the
+// same calls in the same order: each one is a collective.
+class ItemRows {
+ public:
+  virtual ~ItemRows() = default;
+  // Rows for any shape of ids: (...) -> (..., C); in training, the lookup's gradient goes to the rows'
+  // owners.
+  virtual torch::Tensor lookup(const torch::Tensor& items) = 0;
+  // Every item's score for each row of `hidden` (B, C) -> (B, num_items + 1), padding included; no gradient.
+  virtual torch::Tensor score_all(const torch::Tensor& hidden) = 0;
+};
+
 class SASRecImpl : public torch::nn::Module {
  public:
   explicit SASRecImpl(const SASRecOptions& options);
@@ -105,7 +118,7 @@ class SASRecImpl : public torch::nn::Module {
   // items: (B, T) int64, left-padded with 0 (position T-1 is the newest). Returns (B, T, C).
   torch::Tensor forward(const torch::Tensor& items);
   // Scores of every item, padding included (column 0): (..., C) -> (..., num_items + 1).
-  torch::Tensor score_all(const torch::Tensor& hidden) const;
+  torch::Tensor score_all(const torch::Tensor& hidden) const;  // with item rows elsewhere: 2-D, no gradient
   // The item table the model reads: item_embedding() itself, or with the item adapter's update added
   // (differentiable in both; the padding row stays zero). (num_items + 1, C).
   torch::Tensor item_table() const;
@@ -113,6 +126,10 @@ class SASRecImpl : public torch::nn::Module {
   // the lookup's gradient goes there instead of into a dense table gradient.
   torch::Tensor lookup_items(const torch::Tensor& items);
   void set_sparse_gradients(ops::SparseGradients* sink) { sparse_sink_ = sink; }
+  // Lookups and score_all read `rows` instead of the model's own table (null: the model's own). The
+  // owner of `rows` keeps the table; item_table() and grow_items() then refuse.
+  void set_item_rows(ItemRows* rows) { item_rows_ = rows; }
+  bool rows_elsewhere() const { return item_rows_ != nullptr; }
   // The representation after the newest item: (B, T) -> (B, C), equal to forward(items).select(1, -1)
   // but the last block computes the newest position alone.
   torch::Tensor last_hidden(const torch::Tensor& items);
@@ -152,6 +169,7 @@ class SASRecImpl : public torch::nn::Module {
   torch::nn::LayerNorm final_norm_{nullptr};
   torch::Tensor item_lora_a_, item_lora_b_;  // the item adapter, when options_.item_lora_rank > 0
   ops::SparseGradients* sparse_sink_ = nullptr;
+  ItemRows* item_rows_ = nullptr;
 };
 TORCH_MODULE(SASRec);
 

@@ -144,6 +144,32 @@ std::vector<double> ProcessGroup::sum(const std::vector<double>& values) {
   return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
 }
 
+at::Tensor ProcessGroup::all_to_all(const at::Tensor& input, const std::vector<int64_t>& send_counts,
+                                    const std::vector<int64_t>& recv_counts) {
+  TORCH_CHECK(static_cast<int>(send_counts.size()) == size_ && static_cast<int>(recv_counts.size()) == size_,
+              "all_to_all: one count per rank expected");
+  int64_t sent = 0, received = 0;
+  for (int r = 0; r < size_; ++r) sent += send_counts[r], received += recv_counts[r];
+  TORCH_CHECK(input.dim() >= 1 && input.size(0) == sent, "all_to_all: ", input.sizes(), " rows, counts say ", sent);
+  const auto started = std::chrono::steady_clock::now();
+  auto shape = input.sizes().vec();
+  shape[0] = received;
+  auto in = input.to(impl_->device).contiguous();
+  auto out = torch::empty(shape, in.options());
+  std::vector<int64_t> send(send_counts), recv(recv_counts);
+  impl_->backend->alltoall_base(out, in, recv, send, c10d::AllToAllOptions{})->wait();
+  const int64_t row_bytes = input.numel() / std::max<int64_t>(input.size(0), 1) * static_cast<int64_t>(input.element_size());
+  all_to_all_bytes_ += (sent - send_counts[rank_]) * row_bytes;
+  collective_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return out.to(input.device());
+}
+
+std::vector<int64_t> ProcessGroup::exchange_counts(const std::vector<int64_t>& send_counts) {
+  const std::vector<int64_t> ones(static_cast<size_t>(size_), 1);
+  auto received = all_to_all(torch::tensor(send_counts, torch::kLong), ones, ones).cpu();
+  return std::vector<int64_t>(received.data_ptr<int64_t>(), received.data_ptr<int64_t>() + received.numel());
+}
+
 void ProcessGroup::barrier() {
   const auto started = std::chrono::steady_clock::now();
   c10d::BarrierOptions options;

@@ -40,12 +40,21 @@ class ProcessGroup {
   std::vector<double> sum(const std::vector<double>& values);
   double sum(double value) { return sum(std::vector<double>{value}).front(); }
   void barrier();
+  // Sends send_counts[r] rows of `input` (rows along dim 0, in rank order) to each rank r and returns
+  // the rows every rank sent this one, recv_counts[r] from rank r, in rank order, on the input's
+  // device. The counts must agree with the peers' (exchange_counts gives recv_counts).
+  at::Tensor all_to_all(const at::Tensor& input, const std::vector<int64_t>& send_counts,
+                        const std::vector<int64_t>& recv_counts);
+  // How many rows each rank will send this one, given how many this one sends each (one small all-to-all).
+  std::vector<int64_t> exchange_counts(const std::vector<int64_t>& send_counts);
 
   // Since the group started: seconds spent in collectives (launching and waiting for them), and the
   // bytes handed to allreduce (each rank's payload; a ring allreduce moves about 2 (N - 1) / N times
   // as much in and out of each rank).
   double collective_seconds() const { return collective_seconds_; }
   int64_t allreduce_bytes() const { return allreduce_bytes_; }
+  // The bytes this rank sent to the other ranks through all_to_all (its rows to itself not counted).
+  int64_t all_to_all_bytes() const { return all_to_all_bytes_; }
 
  private:
   struct Impl;
@@ -54,6 +63,7 @@ class ProcessGroup {
   std::string backend_;
   double collective_seconds_ = 0;
   int64_t allreduce_bytes_ = 0;
+  int64_t all_to_all_bytes_ = 0;
 };
 
 // "gloo" or "nccl" for a dist.backend setting ("auto": nccl on a CUDA device, gloo otherwise).

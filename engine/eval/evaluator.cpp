@@ -15,11 +15,18 @@ RankingMetrics evaluate(const UserSequences& sequences, Split split, const EvalO
   const auto all = sequences.evaluation_users();
   const size_t n = all.size(), shards = static_cast<size_t>(std::max(options.shards, 1));
   const std::vector<int32_t> users(all.begin() + n * options.shard / shards, all.begin() + n * (options.shard + 1) / shards);
-  for (size_t start = 0; start < users.size(); start += options.batch_size) {
-    const std::vector<int32_t> chunk(users.begin() + start,
-                                     users.begin() + std::min(users.size(), start + options.batch_size));
+  const size_t batch_size = static_cast<size_t>(options.batch_size);
+  size_t batches = (users.size() + batch_size - 1) / batch_size;
+  if (options.lockstep)
+    for (size_t s = 0; s < shards; ++s)
+      batches = std::max(batches, (n * (s + 1) / shards - n * s / shards + batch_size - 1) / batch_size);
+  for (size_t b = 0; b < batches; ++b) {
+    const size_t start = std::min(users.size(), b * batch_size);
+    const std::vector<int32_t> chunk(users.begin() + start, users.begin() + std::min(users.size(), start + batch_size));
     SequenceBatch batch = score.make_batch(chunk);
-    auto ranks = target_ranks(score(batch), batch, sequences, split, options.filter_seen).cpu();
+    auto scores = score(batch);
+    if (chunk.empty()) continue;
+    auto ranks = target_ranks(std::move(scores), batch, sequences, split, options.filter_seen).cpu();
     auto r = ranks.template accessor<int64_t, 1>();
     for (int64_t i = 0; i < r.size(0); ++i) metrics.add(r[i]);
   }

@@ -17,6 +17,9 @@ struct EvalOptions {
   // This process's share of the users, in a job of several: the contiguous `shard` of `shards`
   // (RankingMetrics::sums of every share add up to the whole's).
   int shard = 0, shards = 1;
+  // Every share scores as many batches as the largest share does (its last ones empty): a model whose
+  // item rows are sharded across the processes (ItemRows) needs every process in each of its calls.
+  bool lockstep = false;
 };
 
 // Items to leave out of each row (of a ranking, or of a full-softmax loss), built row by row and
