@@ -152,6 +152,62 @@ TEST(Distributed, AnEmptyShareAddsNothing) {
   ASSERT_EQ(code, 0) << out;
   EXPECT_LT(largest_relative_difference(one + "/last.pt", two + "/last.pt"), 1e-5);
   expect_same_losses(one, two, 1e-5);
+  // With a row-sharded table the empty share still takes part in every lookup's exchange.
+  const std::string rows = smaller + " train.loss=sampled train.negatives=20";
+  const std::string one_rows = (dir.path() / "one-rows").string(), two_rows = (dir.path() / "two-rows").string();
+  ASSERT_EQ(run_command(std::string(FRESHREC_BINARY) + train_args(one_rows) + rows + " train.sparse_embeddings=true").first, 0);
+  const auto [rows_code, rows_out] = two_ranks(train_args(two_rows) + rows + " dist.item_table=row_sharded", dir.path().string());
+  ASSERT_EQ(rows_code, 0) << rows_out;
+  EXPECT_LT(largest_relative_difference(one_rows + "/last.pt", two_rows + "/last.pt"), 1e-5);
+  expect_same_losses(one_rows, two_rows, 1e-5);
+}
+
+// The item table sharded by rows (dist.item_table=row_sharded): each rank holds its half of the rows
+// and of their Adam moments; lookups fetch rows from their owners and send the gradients back, and
+// evaluation scores every item without any rank holding the table. The job trains as one process
+// with the whole row-wise table (train.sparse_embeddings) on the same global batches, and its
+// checkpoints hold the whole table: one process resumes a run that two started.
+TEST(Distributed, ARowShardedTableTrainsAsTheWholeTable) {
+  TempDir dir;
+  const std::string one = (dir.path() / "one").string(), two = (dir.path() / "two").string(),
+                    half = (dir.path() / "half").string();
+  const std::string sampled = " train.loss=sampled train.negatives=20";
+  const auto [single_code, single_out] =
+      run_command(std::string(FRESHREC_BINARY) + train_args(one) + sampled + " train.sparse_embeddings=true");
+  ASSERT_EQ(single_code, 0) << single_out;
+  const auto [code, out] = two_ranks(train_args(two) + sampled + " dist.item_table=row_sharded", dir.path().string());
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("item table sharded by rows over 2 processes"), std::string::npos) << out;
+  EXPECT_LT(largest_relative_difference(one + "/last.pt", two + "/last.pt"), 1e-5);
+  expect_same_losses(one, two, 1e-5);
+
+  std::ifstream one_in(fs::path(one) / "test.json"), two_in(fs::path(two) / "test.json");
+  const auto single = nlohmann::json::parse(one_in), sharded = nlohmann::json::parse(two_in);
+  // Rank 0 holds rows 0, 2, 4, ...: half the table, rounded up, with both moments.
+  const int64_t rows = load_checkpoint_model(two + "/last.pt", torch::kCPU)->options().num_items + 1;
+  const int64_t row_bytes = 3 * 16 * 4;
+  EXPECT_EQ(single.at("item_table_bytes_per_rank").get<int64_t>(), rows * row_bytes);
+  EXPECT_EQ(sharded.at("item_table_bytes_per_rank").get<int64_t>(), (rows + 1) / 2 * row_bytes);
+  EXPECT_GT(sharded.at("step_all_to_all_bytes").get<int64_t>(), 0);
+  EXPECT_EQ(single.at("step_all_to_all_bytes").get<int64_t>(), 0);
+  // Ranked against the sharded table, the test users score as one process ranks them with the whole one.
+  const auto [eval_code, eval_out] = run_command(std::string(FRESHREC_BINARY) + " eval --checkpoint " + two +
+                                                 "/best.pt --json " + two + "/alone.json");
+  ASSERT_EQ(eval_code, 0) << eval_out;
+  std::ifstream alone_in(fs::path(two) / "alone.json");
+  const auto alone = nlohmann::json::parse(alone_in).at("model");
+  EXPECT_EQ(sharded.at("test").at("users"), alone.at("users"));
+  for (const char* key : {"HR@10", "NDCG@10", "MRR"})
+    EXPECT_NEAR(sharded.at("test").at(key).get<double>(), alone.at(key).get<double>(), 1e-12) << key;
+
+  // Two ranks train the first epoch, one process the second, from the first's whole checkpoint.
+  const auto [first_code, first_out] =
+      two_ranks(train_args(half) + sampled + " dist.item_table=row_sharded train.epochs=1", dir.path().string());
+  ASSERT_EQ(first_code, 0) << first_out;
+  const auto [resumed_code, resumed_out] = run_command(std::string(FRESHREC_BINARY) + train_args(half) + sampled +
+                                                       " train.sparse_embeddings=true --resume " + half + "/last.pt");
+  ASSERT_EQ(resumed_code, 0) << resumed_out;
+  EXPECT_LT(largest_relative_difference(one + "/last.pt", half + "/last.pt"), 1e-5);
 }
 
 // `freshrec bench dist` runs the job both ways and reports them; each step of the job of two reduces
@@ -249,6 +305,11 @@ TEST(Distributed, ALonelyRankAndTheRowWiseTableAreClearErrors) {
                  "rank 0: cannot start the gloo process group (store 127.0.0.1:");
   expect_refused(env + bin + train_args((dir.path() / "rows").string()) + " train.loss=sampled train.sparse_embeddings=true",
                  "train.sparse_embeddings=false");
+  expect_refused(env + bin + train_args((dir.path() / "full").string()) + " dist.item_table=row_sharded",
+                 "dist.item_table=row_sharded needs train.loss=sampled");
+  expect_refused(env + bin + train_args((dir.path() / "sgd").string()) +
+                     " dist.item_table=row_sharded train.loss=sampled dist.mode=local_sgd",
+                 "dist.item_table=row_sharded needs dist.mode=data_parallel");
   expect_refused("RANK=2 WORLD_SIZE=2 " + bin + train_args((dir.path() / "bad").string()),
                  "RANK='2': expected a whole number from 0 to 1");
   expect_refused(env + bin + train_args((dir.path() / "nccl").string()) + " dist.backend=nccl",

@@ -93,21 +93,26 @@ int run_dist_bench_job(const Config& config, const DistBenchOptions& o) {
               o.processes, config.get_string("train.device") == "cuda" ? "NCCL" : "Gloo",
               local ? "local SGD" : "data-parallel", static_cast<long long>(config.get_int("train.batch_size")),
               local ? " (the job of several: each rank its share of that size, on its own users)" : " (the same global batches)");
-  std::printf("%-26s %7s %12s %16s %18s %18s %14s %9s\n", "job", "steps", "step ms", "collectives ms", "allreduce MB/step",
-              "ring MB/step/rank", "table MB/rank", "NDCG@10");
+  std::printf("%-26s %7s %12s %16s %18s %18s %19s %14s %9s\n", "job", "steps", "step ms", "collectives ms",
+              "allreduce MB/step", "ring MB/step/rank", "all-to-all MB/step", "table MB/rank", "NDCG@10");
   for (const auto& [name, j] : {std::pair<std::string, const nlohmann::json&>{"1 process x " + std::to_string(o.threads) + " threads", a},
                                 {std::to_string(o.processes) + " processes x " + std::to_string(o.threads / o.processes) + " threads", b}}) {
     const double steps = std::max(1.0, j.at("steps").get<double>()), n = j.at("world_size").get<double>();
     const double payload = j.at("step_allreduce_bytes").get<double>() / steps / 1e6;
-    std::printf("%-26s %7.0f %12.2f %16.2f %18.3f %18.3f %14.2f %9.4f\n", name.c_str(), steps,
+    std::printf("%-26s %7.0f %12.2f %16.2f %18.3f %18.3f %19.3f %14.3f %9.4f\n", name.c_str(), steps,
                 1e3 * j.at("step_seconds").get<double>() / steps, 1e3 * j.at("step_collective_seconds").get<double>() / steps,
-                payload, payload * 2 * (n - 1) / n, j.at("item_table_bytes_per_rank").get<double>() / 1e6,
+                payload, payload * 2 * (n - 1) / n, j.at("step_all_to_all_bytes").get<double>() / steps / 1e6,
+                j.at("item_table_bytes_per_rank").get<double>() / 1e6,
                 j.at("test").at("NDCG@10").get<double>());
   }
   const double speedup = (a.at("step_seconds").get<double>() / std::max(1.0, a.at("steps").get<double>())) /
                          (b.at("step_seconds").get<double>() / std::max(1.0, b.at("steps").get<double>()));
   std::printf("step time, 1 process / %d processes: %.2fx\n", o.processes, speedup);
-  std::printf("the item table is replicated: each rank holds its weights and both Adam moments whole\n");
+  if (config.get_string("dist.item_table") == "row_sharded")
+    std::printf("the item table is sharded by rows: each rank holds 1/%d of its weights and Adam moments; all-to-all "
+                "MB/step is what rank 0 sent the others (ids, rows, row gradients)\n", o.processes);
+  else
+    std::printf("the item table is replicated: each rank holds its weights and both Adam moments whole\n");
   std::printf("runs: %s\n", out.string().c_str());
   return 0;
 }

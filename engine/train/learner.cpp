@@ -20,8 +20,10 @@ TrainedParameters adapters_only(SASRec& model) {
   return trained;
 }
 
-Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters trained)
+Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters trained, ProcessGroup* item_shards)
     : model(std::move(m)), settings_(settings) {
+  if (item_shards && !settings.row_wise_items)
+    throw std::invalid_argument("a row-sharded item table learns row-wise (LearnerSettings::row_wise_items)");
   const double lr = settings.lr, item_lr = settings.item_lr, wd = settings.weight_decay;
   const bool custom = trained.dense.has_value();
   const std::vector<torch::Tensor> dense_params = custom ? *trained.dense : model->dense_parameters(/*with_item_table=*/false);
@@ -34,8 +36,13 @@ Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters tr
     o.lr = item_lr, o.beta1 = settings.beta1, o.beta2 = settings.beta2;
     o.weight_decay = wd, o.decoupled_weight_decay = wd > 0;
     o.per_row_step = settings.per_row_step;
-    sparse = SparseRowAdam(model->item_embedding(), o, /*padding_idx=*/0);
-    model->set_sparse_gradients(&sparse->gradients());
+    if (item_shards) {
+      shards_ = std::make_unique<ShardedItemTable>(model, *item_shards, o);
+      sparse = shards_->optimizer();
+    } else {
+      sparse = SparseRowAdam(model->item_embedding(), o, /*padding_idx=*/0);
+      model->set_sparse_gradients(&sparse->gradients());
+    }
   }
   const auto betas = std::make_tuple(settings.beta1, settings.beta2);
   // One group when the table learns at the dense rate (in the order dense_parameters(true) gives,
@@ -66,13 +73,14 @@ Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters tr
 }
 
 void Learner::set_process_group(ProcessGroup* group) {
-  if (group && sparse)
-    throw std::invalid_argument("a job of several processes trains the item table in the dense optimizer: the row-wise "
-                                "table (train.sparse_embeddings) is for one process");
+  if (group && sparse && !shards_)
+    throw std::invalid_argument("a job of several processes shards a row-wise item table across its ranks "
+                                "(dist.item_table=row_sharded) or trains it in the dense optimizer");
   group_ = group;
 }
 
 void Learner::grow(int64_t rows) {
+  if (shards_) throw std::invalid_argument("a row-sharded item table does not grow");
   model->grow_items(rows);
   if (sparse) sparse->grow_to_weight();
 }
@@ -81,6 +89,7 @@ torch::Tensor Learner::step(const torch::Tensor& loss, const std::function<doubl
   const auto value = loss.detach();
   dense->zero_grad();
   loss.backward();
+  if (shards_) shards_->exchange_gradients();  // every lookup's row gradients to the rows' owners
   std::vector<torch::Tensor> params;
   for (const auto& group : dense->param_groups())
     for (const auto& p : group.params()) params.push_back(p);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/dist/process_group.h"
+#include "engine/dist/sharded_item_table.h"
 #include "engine/train/dense_adam.h"
 #include "engine/train/learner_settings.h"
 #include "engine/train/sparse_adam.h"
@@ -43,15 +44,20 @@ class Learner {
   SparseRowAdam sparse{nullptr};                   // with settings.row_wise_items
 
   Learner() = default;
-  Learner(SASRec model, const LearnerSettings& settings, TrainedParameters trained = {});
+  // With `item_shards` (and settings.row_wise_items), the item table is sharded by rows across that
+  // group (ShardedItemTable): `sparse` then updates this rank's rows.
+  Learner(SASRec model, const LearnerSettings& settings, TrainedParameters trained = {},
+          ProcessGroup* item_shards = nullptr);
   explicit operator bool() const { return static_cast<bool>(model); }
   // The row-wise optimizer as checkpoints save it (null without one).
   torch::nn::Module* sparse_state() { return sparse ? sparse.get() : nullptr; }
+  // The row-sharded table (null unless the learner was built with item_shards).
+  ShardedItemTable* item_shards() { return shards_.get(); }
 
   // Data-parallel: every step sums the dense gradients over the group's ranks (bucketed allreduce)
   // before clipping, so every rank clips and steps alike and the replicas stay equal. Each rank's
   // loss must be its share of the global batch's mean (its own mean times its share of the
-  // positions). The row-wise table is not supported here. Null: one process.
+  // positions). A row-wise table must be sharded across the same group. Null: one process.
   void set_process_group(ProcessGroup* group);
   // The item table grew to `rows` (new rows start with zero moments).
   void grow(int64_t rows);
@@ -67,6 +73,7 @@ class Learner {
   std::vector<double> base_lr_;                               // each parameter group's, as built
   std::function<void(const torch::Tensor&)> step_unless_;    // the dense optimizer's guarded step
   ProcessGroup* group_ = nullptr;
+  std::unique_ptr<ShardedItemTable> shards_;
 };
 
 }  // namespace freshrec

@@ -14,7 +14,7 @@ LearnerSettings LearnerSettings::training(const Config& config, bool finetune) {
   s.beta2 = config.get_float("train.beta2");
   s.weight_decay = config.get_float("train.weight_decay");
   s.clip_norm = config.get_float("train.clip_norm");
-  s.row_wise_items = config.get_bool("train.sparse_embeddings");
+  s.row_wise_items = config.get_bool("train.sparse_embeddings") || config.get_string("dist.item_table") == "row_sharded";
   s.per_row_step = config.get_string("train.sparse_bias_correction") == "per_row";
   return s;
 }

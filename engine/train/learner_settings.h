@@ -22,7 +22,8 @@ struct LearnerSettings {
   bool row_wise_items = false;  // the item table learns row-wise from sparse gradients (fused row-wise Adam)
   bool per_row_step = false;    // the row-wise bias correction counts each row's own steps
 
-  // train.lr, beta1, beta2, weight_decay, clip_norm, sparse_embeddings, sparse_bias_correction; a
+  // train.lr, beta1, beta2, weight_decay, clip_norm, sparse_embeddings (or dist.item_table=row_sharded),
+  // sparse_bias_correction; a
   // fine-tune's item table at finetune.item_lr when that is above 0. No guard.
   static LearnerSettings training(const Config& config, bool finetune);
   // stream.lr for every weight, train.beta1 / beta2 / clip_norm / sparse_bias_correction, the guard at

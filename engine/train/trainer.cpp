@@ -58,6 +58,11 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   if (sparse && !sampled)
     throw ConfigError(config.origin("train.sparse_embeddings") +
                       ": train.sparse_embeddings needs train.loss=sampled (a full softmax touches every row)");
+  const bool row_sharded = config.get_string("dist.item_table") == "row_sharded";
+  if (row_sharded && !sampled)
+    throw ConfigError(config.origin("dist.item_table") +
+                      ": dist.item_table=row_sharded needs train.loss=sampled (a full softmax reads the whole table; "
+                      "sampled softmax is the loss for catalogues that need sharding)");
   const bool exclude_seen = config.get_bool("train.exclude_seen");
   if (exclude_seen && sampled)
     throw ConfigError(config.origin("train.exclude_seen") +
@@ -67,10 +72,10 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     throw ConfigError(config.origin("train.lr_decay") + ": train.lr_decay must be in (0, 1], got " + std::to_string(decay));
   if (sampled && negatives <= 0) throw ConfigError("train.negatives must be positive for train.loss=sampled");
   const std::filesystem::path out_dir = config.get_string("train.output_dir");  // made once the set-up has passed
-  if (dist.distributed() && sparse)
+  if (dist.distributed() && sparse && !row_sharded)
     throw ConfigError(config.origin("train.sparse_embeddings") +
-                      ": a job of several processes trains the item table in the dense optimizer: set "
-                      "train.sparse_embeddings=false");
+                      ": a job of several processes shards a row-wise item table across its ranks "
+                      "(dist.item_table=row_sharded) or trains it in the dense optimizer (train.sparse_embeddings=false)");
   // dist.mode=local_sgd: each rank its own users and its own steps; the weights averaged in rounds.
   const bool local_sgd = dist.distributed() && config.get_string("dist.mode") == "local_sgd";
   const double noise = config.get_float("dist.noise_multiplier");
@@ -80,6 +85,16 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                         ": dist.noise_multiplier needs dist.clip_delta > 0 (the noise is scaled to the clip)");
     if (!dist.distributed()) spdlog::warn("dist.mode=local_sgd: a job of one process trains as usual");
   }
+  // dist.item_table=row_sharded: each rank holds its rows of the item table (ShardedItemTable).
+  const bool sharded = dist.distributed() && row_sharded;
+  if (row_sharded && !dist.distributed())
+    spdlog::warn("dist.item_table=row_sharded: a job of one process holds the whole table (updated row-wise)");
+  if (sharded && local_sgd)
+    throw ConfigError(config.origin("dist.item_table") + ": dist.item_table=row_sharded needs dist.mode=data_parallel "
+                      "(local SGD averages whole replicas)");
+  if (sharded && (!teacher_path.empty() || from))
+    throw ConfigError(config.origin("dist.item_table") + ": dist.item_table=row_sharded trains a model from scratch "
+                      "(distillation and fine-tunes read the whole table)");
   const std::unique_ptr<ProcessGroup> group = join_job(dist, config, device);
   if (group) {
     if (local_sgd)
@@ -100,6 +115,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   if (train_users_all.empty()) throw std::runtime_error("training data has no user with two or more items");
   EvalOptions eval_options = eval_options_from_config(config);
   if (dist.distributed()) eval_options.shard = dist.rank, eval_options.shards = dist.world_size;
+  eval_options.lockstep = sharded;
 
   torch::manual_seed(seed);
   SASRec model(sasrec_options_from_config(config, log.num_items()));
@@ -122,7 +138,13 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   // A fine-tune's plan names the dense parameters it trains and its item adapter.
   TrainedParameters trained;
   if (plan) trained = {plan->dense_trainable(), plan->item_adapter()};
-  Learner learner(model, LearnerSettings::training(config, from != nullptr), std::move(trained));
+  const int64_t parameters = model->parameter_count();  // before a sharded table leaves this rank its rows alone
+  Learner learner(model, LearnerSettings::training(config, from != nullptr), std::move(trained),
+                  sharded ? group.get() : nullptr);
+  ShardedItemTable* shards = learner.item_shards();
+  if (shards)
+    spdlog::info("item table sharded by rows over {} processes: this one holds {} of its {} rows", group->size(),
+                 shards->local_rows(), shards->rows());
   learner.set_process_group(local_sgd ? nullptr : group.get());  // local SGD: no per-step reduction
   std::optional<ModelAverager> averager;
   if (local_sgd) {
@@ -193,7 +215,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   const bool trained_only = plan && plan->freezes_weights() && config.get_string("finetune.checkpoint_weights") == "trained";
   nlohmann::json base;  // the checkpoints' "base" entry, once the base exists
   TrainSummary summary;
-  summary.parameters = model->parameter_count();
+  summary.parameters = parameters;
   summary.world_size = dist.world_size;
   summary.trained_parameters = plan ? plan->trained_parameters() : summary.parameters;
   summary.best_checkpoint = (out_dir / "best.pt").string();
@@ -234,6 +256,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     }
     if (plan) plan->snapshot();  // frozen rows keep the values the run froze
     load_checkpoint_optimizer(resume_path, optimizer, sparse_state);
+    if (shards) shards->keep_own_rows();  // the checkpoint holds the whole table
     if (averager) averager->restart();
     start_epoch = saved.meta.at("epoch").get<int64_t>() + 1;
     step = saved.meta.at("step").get<int64_t>();
@@ -261,6 +284,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       if (decays_done >= lr_decays) break;
       load_checkpoint_weights(summary.best_checkpoint, model);
       load_checkpoint_optimizer(summary.best_checkpoint, optimizer, sparse_state);
+      if (shards) shards->keep_own_rows();
       if (averager) averager->restart();
       lr_scale *= lr_decay, ++decays_done, stale = 0;
       spdlog::info("no better validation for {} epochs: back to the best (epoch {}), learning rate x{} (now {:g})",
@@ -291,6 +315,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     const auto loop_started = std::chrono::steady_clock::now();
     const double collectives_before = group ? group->collective_seconds() : 0.0;
     const int64_t bytes_before = group ? group->allreduce_bytes() : 0;
+    const int64_t exchanged_before = group ? group->all_to_all_bytes() : 0;
     for (int64_t b = 0; b < batches; ++b) {
       const std::vector<int32_t> chunk_users = plan_of_epoch.users(b);
       const double ramp = std::min(1.0, static_cast<double>(step + 1) / std::max<int64_t>(warmup, 1));
@@ -302,8 +327,16 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
           continue;
         }
         // Data-parallel, a last batch smaller than the job: this rank's share is empty.
-        group->sum(0);
-        learner.step(model->item_embedding().sum() * 0.0, rate);  // its gradients count 0 in the sums
+        if (shards) {  // its lookups still take part in the table's exchanges (with no rows), in the same order
+          const auto none = torch::zeros({0, model->options().maxlen}, torch::dtype(torch::kLong).device(device));
+          const auto zero = model->forward(none).sum() + model->lookup_items(none.view({0})).sum() +
+                            model->lookup_items(sampler.sample(negatives, device)).sum();
+          group->sum(0);
+          learner.step(zero * 0.0, rate);
+        } else {
+          group->sum(0);
+          learner.step(model->item_embedding().sum() * 0.0, rate);  // its gradients count 0 in the sums
+        }
         if (plan) plan->restore();
         ++step;
         continue;
@@ -356,6 +389,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
     if (group) {
       summary.step_collective_seconds += group->collective_seconds() - collectives_before;
       summary.step_allreduce_bytes += group->allreduce_bytes() - bytes_before;
+      summary.step_all_to_all_bytes += group->all_to_all_bytes() - exchanged_before;
     }
     // The epoch's mean loss: of the global batches (data-parallel), of every rank's steps (local SGD).
     double train_loss = local_loss_sum / std::max<int64_t>(batches, 1);
@@ -394,12 +428,14 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                  {"validation", nlohmann::json::parse(validation.to_json())},
                  {"torch_version", TORCH_VERSION}};
     if (improved) summary.best_checkpoint = (out_dir / "best.pt").string();
+    if (shards) shards->gather_whole();  // rank 0 writes the whole table, as one process does
     if (writer) {  // every rank holds the same weights; rank 0 saves them, the others read them back
       if (trained_only && base.is_null()) base = write_base_checkpoint((out_dir / "base.pt").string(), model, info);
       if (!base.is_null()) info.meta["base"] = base;
       if (improved) save_checkpoint(summary.best_checkpoint, model, &optimizer, info, sparse_state);
       save_checkpoint(summary.last_checkpoint, model, &optimizer, info, sparse_state);
     }
+    if (shards) shards->keep_own_rows();
     if (group) group->barrier();
     summary.epochs_run = epoch;
   }
@@ -409,6 +445,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
 
   // Test the best model, beside the popularity baseline.
   load_checkpoint_weights(summary.best_checkpoint, model);
+  if (shards) shards->keep_own_rows();
   summary.test = whole(evaluate_model(model, sequences, Split::Test, eval_options, device));
   summary.popularity_test = whole(evaluate_popularity(sequences, Split::Test, eval_options));
   if (summary.best_validation.count() == 0)  // resumed after the best epoch: re-measure it
@@ -426,8 +463,11 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                                        {"world_size", summary.world_size},
                                        {"step_collective_seconds", summary.step_collective_seconds},
                                        {"step_allreduce_bytes", summary.step_allreduce_bytes},
+                                       {"step_all_to_all_bytes", summary.step_all_to_all_bytes},
                                        {"item_table_bytes_per_rank",  // weights and both Adam moments
-                                        3 * model->item_embedding().numel() * static_cast<int64_t>(model->item_embedding().element_size())},
+                                        shards ? shards->bytes()
+                                               : 3 * model->item_embedding().numel() *
+                                                     static_cast<int64_t>(model->item_embedding().element_size())},
                                        {"device", device.str()},
                                        {"validation", nlohmann::json::parse(summary.best_validation.to_json())},
                                        {"test", nlohmann::json::parse(summary.test.to_json())},

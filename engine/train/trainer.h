@@ -28,6 +28,7 @@ struct TrainSummary {
   int world_size = 1;
   double step_collective_seconds = 0;
   int64_t step_allreduce_bytes = 0;
+  int64_t step_all_to_all_bytes = 0;  // rows and their gradients sent to other ranks (a row-sharded table)
 };
 
 struct PretrainedModel;

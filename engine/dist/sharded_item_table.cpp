@@ -1,0 +1,185 @@
+// The row-sharded item table; see sharded_item_table.h.
+#include "engine/dist/sharded_item_table.h"
+
+#include "kernels/sparse_embedding.h"
+
+namespace freshrec {
+
+int64_t owned_rows(int64_t rows, int rank, int ranks) {
+  return rank < rows ? (rows - rank + ranks - 1) / ranks : 0;
+}
+
+namespace {
+
+std::vector<int64_t> to_vector(const torch::Tensor& t) {
+  const auto c = t.to(torch::kCPU, torch::kLong).contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+}  // namespace
+
+// The lookup as an autograd function: the forward fetches the unique ids' rows from their owners;
+// the backward sums each unique id's gradient and leaves it in the table's slot for this lookup.
+struct ShardedLookup : public torch::autograd::Function<ShardedLookup> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& weight,
+                               const torch::Tensor& items, ShardedItemTable* table) {
+    auto [unique, inverse] = at::_unique(items.reshape({-1}), /*sorted=*/true, /*return_inverse=*/true);
+    auto rows = table->fetch(unique);
+    const int64_t slot = static_cast<int64_t>(table->pending_.size());
+    table->pending_.push_back({unique, torch::Tensor()});
+    ctx->saved_data["table"] = reinterpret_cast<int64_t>(table);
+    ctx->saved_data["slot"] = slot;
+    ctx->save_for_backward({inverse});
+    auto shape = items.sizes().vec();
+    shape.push_back(weight.size(1));
+    return rows.index_select(0, inverse).view(shape);
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grad_outputs) {
+    auto* table = reinterpret_cast<ShardedItemTable*>(ctx->saved_data["table"].toInt());
+    auto& slot = table->pending_.at(static_cast<size_t>(ctx->saved_data["slot"].toInt()));
+    const auto inverse = ctx->get_saved_variables()[0];
+    const int64_t unique = slot.ids.size(0);
+    if (unique == 0) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};  // an empty share's lookup
+    if (!grad_outputs[0].defined()) return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    auto grad = grad_outputs[0].reshape({inverse.size(0), grad_outputs[0].size(-1)}).to(torch::kFloat);
+    // Positions -> unique ids: the deterministic segment sum (every unique id has a position).
+    auto [ids, sums] = ops::embedding_backward_sparse(inverse, grad, unique);
+    auto summed = torch::zeros({unique, grad.size(1)}, sums.options());
+    summed.index_copy_(0, ids, sums);
+    slot.grads = slot.grads.defined() ? slot.grads + summed : summed;
+    return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+ShardedItemTable::ShardedItemTable(SASRec model, ProcessGroup& group, const ops::RowwiseAdamOptions& adam)
+    : model_(std::move(model)), group_(group), rank_(group.rank()), size_(group.size()) {
+  const auto& whole = model_->item_embedding();
+  rows_ = whole.size(0), hidden_ = whole.size(1);
+  TORCH_CHECK(model_->item_adapter().empty(), "a row-sharded item table cannot carry an item adapter");
+  weight_ = own_rows(whole.detach()).clone().set_requires_grad(true);
+  optimizer_ = SparseRowAdam(weight_, adam, /*padding_idx=*/rank_ == 0 ? 0 : -1);
+  whole.set_data(torch::empty({0, hidden_}, whole.options()));
+  model_->set_sparse_gradients(nullptr);
+  model_->set_item_rows(this);
+}
+
+ShardedItemTable::~ShardedItemTable() { model_->set_item_rows(nullptr); }
+
+int64_t ShardedItemTable::bytes() const {
+  return 3 * weight_.numel() * static_cast<int64_t>(weight_.element_size());
+}
+
+torch::Tensor ShardedItemTable::own_rows(const torch::Tensor& whole) const {
+  return whole.slice(0, rank_, whole.size(0), size_);
+}
+
+torch::Tensor ShardedItemTable::fetch(const torch::Tensor& ids) {
+  torch::NoGradGuard no_grad;
+  const auto owner = ids.remainder(size_);
+  const auto order = owner.argsort(/*stable=*/true);  // ids grouped by owner, ascending within each
+  const auto send = to_vector(owner.bincount({}, size_));
+  const auto receive = group_.exchange_counts(send);
+  const auto asked = group_.all_to_all(ids.index_select(0, order), send, receive);
+  const auto answers = group_.all_to_all(weight_.detach().index_select(0, asked.div(size_, "floor")), receive, send);
+  auto rows = torch::empty({ids.size(0), hidden_}, weight_.options().requires_grad(false));
+  return rows.index_copy_(0, order, answers);
+}
+
+torch::Tensor ShardedItemTable::lookup(const torch::Tensor& items) {
+  TORCH_CHECK(items.scalar_type() == torch::kLong, "item lookup: ids must be int64, got ", items.scalar_type());
+  if (items.numel() > 0) {
+    // Asked of the owners too, but a wrong id is this rank's error, so it is checked here.
+    const auto low = items.min().item<int64_t>(), high = items.max().item<int64_t>();
+    TORCH_CHECK(low >= 0 && high < rows_, "item lookup: id ", low < 0 ? low : high, " outside the table's ", rows_,
+                " rows");
+  }
+  if (!torch::GradMode::is_enabled()) {
+    auto [unique, inverse] = at::_unique(items.reshape({-1}), /*sorted=*/true, /*return_inverse=*/true);
+    auto shape = items.sizes().vec();
+    shape.push_back(hidden_);
+    return fetch(unique).index_select(0, inverse).view(shape);
+  }
+  return ShardedLookup::apply(weight_, items, this);
+}
+
+void ShardedItemTable::exchange_gradients() {
+  std::vector<torch::Tensor> ids, grads;
+  for (auto& p : pending_)
+    if (p.grads.defined()) ids.push_back(p.ids), grads.push_back(p.grads);
+  pending_.clear();
+  const auto all_ids = ids.empty() ? torch::empty({0}, torch::dtype(torch::kLong).device(weight_.device())) : torch::cat(ids);
+  const auto all_grads = grads.empty() ? torch::empty({0, hidden_}, weight_.options().requires_grad(false)) : torch::cat(grads);
+  const auto owner = all_ids.remainder(size_);
+  const auto order = owner.argsort(/*stable=*/true);
+  const auto send = to_vector(owner.bincount({}, size_));
+  const auto receive = group_.exchange_counts(send);
+  const auto local = group_.all_to_all(all_ids.index_select(0, order), send, receive).div(size_, "floor");
+  const auto received = group_.all_to_all(all_grads.index_select(0, order), send, receive);
+  if (local.size(0) == 0) return;
+  optimizer_->gradients().indices.push_back(local);
+  optimizer_->gradients().grad_outputs.push_back(received);
+}
+
+torch::Tensor ShardedItemTable::score_all(const torch::Tensor& hidden) {
+  TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == hidden_, "score_all: hidden must be (rows, ", hidden_, "), got ",
+              hidden.sizes());
+  TORCH_CHECK(!(torch::GradMode::is_enabled() && hidden.requires_grad()),
+              "score_all: a row-sharded table scores without gradients (a full softmax over it is not supported)");
+  torch::NoGradGuard no_grad;
+  const int64_t mine = hidden.size(0), widest = owned_rows(rows_, 0, size_);
+  const std::vector<int64_t> send(static_cast<size_t>(size_), mine);
+  const auto receive = group_.exchange_counts(send);  // every rank's query rows
+  const auto queries = group_.all_to_all(hidden.repeat({size_, 1}), send, receive);
+  auto scores = torch::zeros({queries.size(0), widest}, queries.options());
+  scores.narrow(1, 0, weight_.size(0)).copy_(torch::matmul(queries, weight_.detach().to(queries.dtype()).t()));
+  // Back to each asking rank: its rows' scores against every shard, (N * mine, widest) in rank order.
+  const auto back = group_.all_to_all(scores, receive, send);
+  // Column l * N + s is item l * N + s (shard s's local row l); the padding of narrower shards
+  // lands past the last item.
+  return back.view({size_, mine, widest}).permute({1, 2, 0}).reshape({mine, widest * size_}).narrow(1, 0, rows_);
+}
+
+torch::Tensor ShardedItemTable::gather_rows(const torch::Tensor& local) {
+  std::vector<int64_t> send(static_cast<size_t>(size_), 0), receive(static_cast<size_t>(size_), 0);
+  send[0] = local.size(0);
+  if (rank_ == 0)
+    for (int r = 0; r < size_; ++r) receive[r] = owned_rows(rows_, r, size_);
+  const auto received = group_.all_to_all(local.detach().contiguous(), send, receive);
+  if (rank_ != 0) return {};
+  auto shape = local.sizes().vec();
+  shape[0] = rows_;
+  auto whole = torch::empty(shape, local.options().requires_grad(false));
+  int64_t offset = 0;
+  for (int r = 0; r < size_; ++r) {
+    whole.slice(0, r, rows_, size_).copy_(received.narrow(0, offset, receive[r]));
+    offset += receive[r];
+  }
+  return whole;
+}
+
+void ShardedItemTable::gather_whole() {
+  torch::NoGradGuard no_grad;
+  const auto table = gather_rows(weight_);
+  std::vector<std::pair<std::string, torch::Tensor>> state;
+  for (const auto& b : optimizer_->named_buffers())
+    if (b.value().dim() >= 1) state.emplace_back(b.key(), gather_rows(b.value()));  // exp_avg, exp_avg_sq, row_step
+  if (rank_ != 0) return;
+  model_->item_embedding().set_data(table);
+  for (auto& [name, whole] : state) optimizer_->named_buffers()[name].set_data(whole);
+}
+
+void ShardedItemTable::keep_own_rows() {
+  torch::NoGradGuard no_grad;
+  const auto& table = model_->item_embedding();
+  if (table.size(0) == rows_) {
+    weight_.detach().copy_(own_rows(table.detach()));
+    table.set_data(torch::empty({0, hidden_}, table.options()));
+  }
+  for (const auto& b : optimizer_->named_buffers())
+    if (b.value().dim() >= 1 && b.value().size(0) == rows_ && rows_ != weight_.size(0))
+      b.value().set_data(own_rows(b.value()).clone());
+}
+
+}  // namespace freshrec

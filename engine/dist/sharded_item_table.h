@@ -1,0 +1,93 @@
+// An item table sharded by rows across a job's processes (TorchRec's row-wise sharding), on c10d's
+// all-to-all. Rank r of N holds the rows of the ids with id % N == r, at local row id / N, with their
+// row-wise Adam state: each process keeps about 1/N of the table and of its two moments.
+//
+// Why ids modulo N and not contiguous blocks: ids are given in order of first appearance, so the
+// catalogue's newest (and often hottest) items sit at the end; a modulo spreads them, and the items a
+// growing vocabulary adds, evenly over the ranks, where blocks would put them all on the last rank.
+//
+//  lookup      the unique ids of a lookup go to their owners (all-to-all), which answer with their
+//              rows (all-to-all); repeated ids are asked for once.
+//  backward    each lookup's gradient is summed per unique id on the asking rank (the deterministic
+//              segment reduction of ops::embedding_backward_sparse), kept until exchange_gradients
+//              sends every lookup's sums to the owners in one all-to-all; the owner's fused row-wise
+//              Adam reduces what it received in a fixed order (by sending rank, then lookup, then id).
+//  score_all   every rank's query rows go to every rank (all-to-all), each scores them against its
+//              own rows, and the scores come back to the asking rank (all-to-all): each rank ranks its
+//              users against the whole catalogue while no rank holds it. No gradient.
+//
+// Checkpoints hold the whole table, as one process's do, so that evaluation, export and serving read
+// them unchanged and a job may resume on another number of processes: gather_whole() assembles it on
+// rank 0 to write, and after a checkpoint was read whole, keep_own_rows() keeps this rank's share.
+//
+// Every rank must make the same calls in the same order (each is a collective); an empty lookup is a
+// valid call.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "engine/dist/process_group.h"
+#include "engine/train/sparse_adam.h"
+#include "models/sasrec.h"
+
+namespace freshrec {
+
+class ShardedItemTable final : public ItemRows {
+ public:
+  // Takes this rank's rows of `model`'s table (every rank's model holds the same whole table, as
+  // initialised from one seed), frees the model's copy and makes the model read its rows here.
+  ShardedItemTable(SASRec model, ProcessGroup& group, const ops::RowwiseAdamOptions& adam);
+  ~ShardedItemTable() override;
+  ShardedItemTable(const ShardedItemTable&) = delete;
+  ShardedItemTable& operator=(const ShardedItemTable&) = delete;
+
+  torch::Tensor lookup(const torch::Tensor& items) override;
+  torch::Tensor score_all(const torch::Tensor& hidden) override;
+
+  // After a backward pass: sends the gradients of every lookup since the last call to the rows'
+  // owners (one all-to-all), which hand them to optimizer(). Every rank calls it once a step.
+  void exchange_gradients();
+  // Row-wise Adam over this rank's rows (padding row 0 on rank 0 only).
+  SparseRowAdam& optimizer() { return optimizer_; }
+
+  int64_t rows() const { return rows_; }  // the whole table's, padding included
+  int64_t local_rows() const { return weight_.size(0); }
+  // This rank's rows (local row l holds id l * N + rank).
+  const torch::Tensor& weight() const { return weight_; }
+  // Bytes this rank holds of the table: its rows and both Adam moments.
+  int64_t bytes() const;
+
+  // Collective: rank 0's model holds the whole table again and optimizer()'s state is the whole
+  // table's (for save_checkpoint); the other ranks only send their rows.
+  void gather_whole();
+  // After the model's table (and maybe optimizer()'s state) was made whole (a checkpoint read, or
+  // gather_whole on rank 0): keeps this rank's rows of them and frees the rest. Not a collective.
+  void keep_own_rows();
+
+ private:
+  friend struct ShardedLookup;
+  struct Pending {
+    torch::Tensor ids, grads;  // unique ids of one lookup, and their summed gradients
+  };
+  // This rank's share (`local`, its local rows' count) of a whole tensor's rows: whole[rank::N].
+  torch::Tensor own_rows(const torch::Tensor& whole) const;
+  // Rank 0: the whole tensor from every rank's `local` rows (interleaved back by id); others: undefined.
+  torch::Tensor gather_rows(const torch::Tensor& local);
+  // The rows of the unique `ids` (ascending), from their owners; with the order the exchange used.
+  torch::Tensor fetch(const torch::Tensor& ids);
+
+  SASRec model_;
+  ProcessGroup& group_;
+  int rank_, size_;
+  int64_t rows_, hidden_;
+  torch::Tensor weight_;  // (local rows, C), requires grad so that lookups' backward runs
+  SparseRowAdam optimizer_{nullptr};
+  std::vector<Pending> pending_;  // one slot per differentiable lookup since exchange_gradients
+};
+
+// How many rows rank `rank` of `ranks` owns of a table of `rows` (ids rank, rank + ranks, ...).
+int64_t owned_rows(int64_t rows, int rank, int ranks);
+
+}  // namespace freshrec
