@@ -14,6 +14,16 @@
 #include "engine/dist/dist_env.h"
 #include "engine/jobs.h"
 
+#ifdef FRESHREC_JEMALLOC_LINKED
+// jemalloc's options, which MALLOC_CONF overrides: the pages a step frees stay with the process for the
+// next step instead of going back to the kernel and being faulted in again (a training or stream step
+// frees and allocates the same sizes every time; docs/BENCHMARKS.md, "Allocator").
+extern "C" {
+extern const char* malloc_conf;
+const char* malloc_conf = "dirty_decay_ms:-1,muzzy_decay_ms:-1";
+}
+#endif
+
 namespace {
 
 struct ConfigArgs {
