@@ -141,6 +141,23 @@ TEST(Distributed, TwoRanksTrainAsOneProcessOnTheSameGlobalBatches) {
   }
 }
 
+// The gradients' sums start while the backward pass runs: with buckets of 1 KB the small model's
+// gradients go in many buckets, every one of which starts from a gradient accumulator's hook before
+// the backward pass ends (every parameter gets a gradient here), and the job still trains as one process.
+TEST(Distributed, GradientsAreSummedWhileTheBackwardPassRuns) {
+  TempDir dir;
+  const std::string one = (dir.path() / "one").string(), two = (dir.path() / "two").string();
+  ASSERT_EQ(run_command(std::string(FRESHREC_BINARY) + train_args(one)).first, 0);
+  const auto [code, out] = two_ranks(train_args(two) + " dist.bucket_mb=0.001", dir.path().string());
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_LT(largest_relative_difference(one + "/last.pt", two + "/last.pt"), 1e-5);
+  std::ifstream in(fs::path(two) / "test.json");
+  const auto j = nlohmann::json::parse(in);
+  const int64_t buckets = j.at("allreduce_buckets").get<int64_t>(), steps = j.at("steps").get<int64_t>();
+  EXPECT_GE(buckets, 5) << "parameters of up to a few KB each in buckets of 1 KB";
+  EXPECT_EQ(j.at("buckets_started_in_backward").get<int64_t>(), buckets * steps);
+}
+
 // Batches of one user: rank 0's share of every batch is empty, it adds zero gradients and a zero
 // share of the positions, and the job still trains as one process.
 TEST(Distributed, AnEmptyShareAddsNothing) {
@@ -200,14 +217,21 @@ TEST(Distributed, ARowShardedTableTrainsAsTheWholeTable) {
   for (const char* key : {"HR@10", "NDCG@10", "MRR"})
     EXPECT_NEAR(sharded.at("test").at(key).get<double>(), alone.at(key).get<double>(), 1e-12) << key;
 
-  // Two ranks train the first epoch, one process the second, from the first's whole checkpoint.
+  // Two ranks train the first epoch; then one process, and again two ranks, train the second from the
+  // first's whole checkpoint (each rank keeps its rows of the table and of the optimizer's state).
   const auto [first_code, first_out] =
       two_ranks(train_args(half) + sampled + " dist.item_table=row_sharded train.epochs=1", dir.path().string());
   ASSERT_EQ(first_code, 0) << first_out;
+  const std::string again = (dir.path() / "again").string();
+  fs::copy(half, again, fs::copy_options::recursive);
   const auto [resumed_code, resumed_out] = run_command(std::string(FRESHREC_BINARY) + train_args(half) + sampled +
                                                        " train.sparse_embeddings=true --resume " + half + "/last.pt");
   ASSERT_EQ(resumed_code, 0) << resumed_out;
   EXPECT_LT(largest_relative_difference(one + "/last.pt", half + "/last.pt"), 1e-5);
+  const auto [sharded_code, sharded_out] = two_ranks(
+      train_args(again) + sampled + " dist.item_table=row_sharded --resume " + again + "/last.pt", dir.path().string());
+  ASSERT_EQ(sharded_code, 0) << sharded_out;
+  EXPECT_LT(largest_relative_difference(two + "/last.pt", again + "/last.pt"), 1e-5);
 }
 
 // `freshrec bench dist` runs the job both ways and reports them; each step of the job of two reduces

@@ -108,6 +108,10 @@ int run_dist_bench_job(const Config& config, const DistBenchOptions& o) {
   const double speedup = (a.at("step_seconds").get<double>() / std::max(1.0, a.at("steps").get<double>())) /
                          (b.at("step_seconds").get<double>() / std::max(1.0, b.at("steps").get<double>()));
   std::printf("step time, 1 process / %d processes: %.2fx\n", o.processes, speedup);
+  if (const double buckets = b.value("allreduce_buckets", 0.0); buckets > 0)
+    std::printf("gradients summed in %.0f bucket%s of at most %g MB; %.0f%% of them started before the backward pass "
+                "ended\n", buckets, buckets == 1 ? "" : "s", config.get_float("dist.bucket_mb"),
+                100 * b.value("buckets_started_in_backward", 0.0) / (buckets * std::max(1.0, b.at("steps").get<double>())));
   if (config.get_string("dist.item_table") == "row_sharded")
     std::printf("the item table is sharded by rows: each rank holds 1/%d of its weights and Adam moments; all-to-all "
                 "MB/step is what rank 0 sent the others (ids, rows, row gradients)\n", o.processes);

@@ -137,6 +137,20 @@ void ProcessGroup::allreduce_sum(const std::vector<at::Tensor>& tensors, int64_t
   collective_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 }
 
+std::function<void()> ProcessGroup::start_sum(const at::Tensor& flat) {
+  TORCH_CHECK(flat.is_contiguous(), "start_sum: the tensor is not contiguous");
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<at::Tensor> tensors{flat};
+  auto work = impl_->backend->allreduce(tensors, c10d::AllreduceOptions{});
+  allreduce_bytes_ += flat.numel() * static_cast<int64_t>(flat.element_size());
+  collective_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return [this, work] {
+    const auto waited = std::chrono::steady_clock::now();
+    work->wait();
+    collective_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - waited).count();
+  };
+}
+
 std::vector<double> ProcessGroup::sum(const std::vector<double>& values) {
   auto t = torch::tensor(values, torch::kDouble).to(impl_->device);
   allreduce_sum({t});

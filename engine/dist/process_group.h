@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +37,10 @@ class ProcessGroup {
   // dtype are packed into buckets of at most `bucket_bytes` and each bucket is one collective; the
   // order of tensors must be the same on every rank.
   void allreduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes = int64_t{25} << 20);
+  // Starts summing `flat` (contiguous, on the backend's device) over every rank, in place, and returns
+  // at once; calling the returned function waits until the sum is done. Sums must start in the same
+  // order on every rank.
+  std::function<void()> start_sum(const at::Tensor& flat);
   // The sums over ranks of host numbers (through the backend's device), elementwise; the same on every rank.
   std::vector<double> sum(const std::vector<double>& values);
   double sum(double value) { return sum(std::vector<double>{value}).front(); }

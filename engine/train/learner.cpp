@@ -72,11 +72,17 @@ Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters tr
   for (const auto& group : dense->param_groups()) base_lr_.push_back(group.options().get_lr());
 }
 
-void Learner::set_process_group(ProcessGroup* group) {
+void Learner::set_process_group(ProcessGroup* group, int64_t bucket_bytes) {
   if (group && sparse && !shards_)
     throw std::invalid_argument("a job of several processes shards a row-wise item table across its ranks "
                                 "(dist.item_table=row_sharded) or trains it in the dense optimizer");
   group_ = group;
+  reducer_.reset();
+  if (!group) return;
+  std::vector<torch::Tensor> params;
+  for (const auto& g : dense->param_groups())
+    for (const auto& p : g.params()) params.push_back(p);
+  reducer_ = std::make_unique<GradientReducer>(std::move(params), *group, bucket_bytes);
 }
 
 void Learner::grow(int64_t rows) {
@@ -93,16 +99,10 @@ torch::Tensor Learner::step(const torch::Tensor& loss, const std::function<doubl
   std::vector<torch::Tensor> params;
   for (const auto& group : dense->param_groups())
     for (const auto& p : group.params()) params.push_back(p);
-  // The same gradients on every rank: a parameter this rank's share did not reach counts 0 in the sum
-  // (so, unlike in one process, a parameter that no rank reached still takes Adam's momentum step).
-  if (group_) {
-    std::vector<torch::Tensor> grads;
-    for (auto& p : params) {
-      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-      grads.push_back(p.grad());
-    }
-    group_->allreduce_sum(grads);
-  }
+  // The same gradients on every rank (summed while the backward pass ran): a parameter this rank's
+  // share did not reach counts 0 in the sum (so, unlike in one process, a parameter that no rank
+  // reached still takes Adam's momentum step).
+  if (reducer_) reducer_->finish();
   // With the row-wise table the norm covers the dense parameters only: the table's gradient is never
   // reduced before the fused update (and Adam's step is scale-free per row).
   const double clip = settings_.clip_norm;

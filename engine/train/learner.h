@@ -16,6 +16,7 @@
 #include <optional>
 #include <vector>
 
+#include "engine/dist/gradient_reducer.h"
 #include "engine/dist/process_group.h"
 #include "engine/dist/sharded_item_table.h"
 #include "engine/train/dense_adam.h"
@@ -58,7 +59,11 @@ class Learner {
   // before clipping, so every rank clips and steps alike and the replicas stay equal. Each rank's
   // loss must be its share of the global batch's mean (its own mean times its share of the
   // positions). A row-wise table must be sharded across the same group. Null: one process.
-  void set_process_group(ProcessGroup* group);
+  // The sums start while the backward pass runs, a bucket of at most `bucket_bytes` at a time
+  // (GradientReducer).
+  void set_process_group(ProcessGroup* group, int64_t bucket_bytes = int64_t{25} << 20);
+  // The data-parallel reducer (null without a group).
+  const GradientReducer* reducer() const { return reducer_.get(); }
   // The item table grew to `rows` (new rows start with zero moments).
   void grow(int64_t rows);
   // Backward from `loss`, clipping, both optimizer steps. `rate` maps each parameter group's base
@@ -73,6 +78,7 @@ class Learner {
   std::vector<double> base_lr_;                               // each parameter group's, as built
   std::function<void(const torch::Tensor&)> step_unless_;    // the dense optimizer's guarded step
   ProcessGroup* group_ = nullptr;
+  std::unique_ptr<GradientReducer> reducer_;
   std::unique_ptr<ShardedItemTable> shards_;
 };
 

@@ -145,7 +145,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   if (shards)
     spdlog::info("item table sharded by rows over {} processes: this one holds {} of its {} rows", group->size(),
                  shards->local_rows(), shards->rows());
-  learner.set_process_group(local_sgd ? nullptr : group.get());  // local SGD: no per-step reduction
+  learner.set_process_group(local_sgd ? nullptr : group.get(),  // local SGD: no per-step reduction
+                            static_cast<int64_t>(config.get_float("dist.bucket_mb") * (1 << 20)));
   std::optional<ModelAverager> averager;
   if (local_sgd) {
     AveragingSettings a;
@@ -464,6 +465,9 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                                        {"step_collective_seconds", summary.step_collective_seconds},
                                        {"step_allreduce_bytes", summary.step_allreduce_bytes},
                                        {"step_all_to_all_bytes", summary.step_all_to_all_bytes},
+                                       {"allreduce_buckets", learner.reducer() ? learner.reducer()->buckets() : 0},
+                                       {"buckets_started_in_backward",
+                                        learner.reducer() ? learner.reducer()->started_in_backward() : 0},
                                        {"item_table_bytes_per_rank",  // weights and both Adam moments
                                         shards ? shards->bytes()
                                                : 3 * model->item_embedding().numel() *
