@@ -28,8 +28,9 @@ ModelAverager::ModelAverager(std::vector<torch::Tensor> params, ProcessGroup& gr
   noise_seed_ = splitmix64(base ^ splitmix64(static_cast<uint64_t>(group.rank()) + 1));
 }
 
-bool ModelAverager::after_step(bool trained, bool force) {
+bool ModelAverager::after_step(bool trained, bool force, int64_t step) {
   ++since_;
+  step_ = step;
   trained_ = trained_ || trained;
   if (since_ < settings_.every && !force) return false;
   average();
@@ -49,8 +50,9 @@ void ModelAverager::average() {
     for (auto& d : deltas) d.mul_(scale);
   }
   if (trained_ && settings_.noise_multiplier > 0) {
-    // Each rank and round its own stream.
-    auto generator = at::make_generator<at::CPUGeneratorImpl>(splitmix64(noise_seed_ + static_cast<uint64_t>(rounds_)));
+    // Each rank and round its own stream, keyed by the job's step count (a resumed run goes on from it
+    // and draws no round's noise twice).
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(splitmix64(noise_seed_ + static_cast<uint64_t>(step_)));
     const double sigma = settings_.noise_multiplier * settings_.clip_delta;
     for (auto& d : deltas) {
       const auto noise = at::normal(0.0, sigma, d.sizes(), generator, torch::TensorOptions().dtype(d.dtype()));
@@ -68,7 +70,6 @@ void ModelAverager::average() {
   for (size_t i = 0; i < params_.size(); ++i) anchor_[i].copy_(params_[i]);
   since_ = 0;
   trained_ = false;
-  ++rounds_;
 }
 
 void ModelAverager::restart() {

@@ -36,8 +36,9 @@ class ModelAverager {
   ModelAverager(std::vector<torch::Tensor> params, ProcessGroup& group, const AveragingSettings& settings);
   // After a step (`trained`: this rank took one; false when its users have run out): a round when
   // `every` steps have passed since the last one, or when `force` (the end of an epoch: replicas agree
-  // before they are evaluated and saved). Returns whether a round happened.
-  bool after_step(bool trained, bool force);
+  // before they are evaluated and saved). `step`: the job's steps so far, the same on every rank, which
+  // keys a seeded noise. Returns whether a round happened.
+  bool after_step(bool trained, bool force, int64_t step);
   // Averages now (every rank must call it at the same point): the mean of the deltas of the ranks that
   // trained since the last round (a rank that only waited adds neither delta nor noise).
   void average();
@@ -49,7 +50,7 @@ class ModelAverager {
   std::vector<torch::Tensor> params_, anchor_;  // anchor: the weights after the last round
   ProcessGroup& group_;
   AveragingSettings settings_;
-  int64_t since_ = 0, rounds_ = 0;
+  int64_t since_ = 0, step_ = 0;
   bool trained_ = false;  // this rank took a step since the last round
   uint64_t noise_seed_ = 0;
 };

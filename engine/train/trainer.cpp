@@ -324,7 +324,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       if (chunk_users.empty()) {
         if (local_sgd) {  // this rank's users have run out: it waits for the round with its weights as they are
           ++step;
-          if (averager->after_step(/*trained=*/false, b + 1 == batches)) after_round();
+          if (averager->after_step(/*trained=*/false, b + 1 == batches, step)) after_round();
           continue;
         }
         // Data-parallel, a last batch smaller than the job: this rank's share is empty.
@@ -379,7 +379,7 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
       learner.step(shared ? loss * share : loss, rate);
       if (plan) plan->restore();
       ++step, ++taken;
-      if (averager && averager->after_step(/*trained=*/true, b + 1 == batches)) after_round();
+      if (averager && averager->after_step(/*trained=*/true, b + 1 == batches, step)) after_round();
       loss_sum += loss.detach();
       if (shared) shared_sum += loss.detach() * share;
       if (progress.due(b + 1)) progress.log(b + 1, loss_sum.item<double>() / std::max<int64_t>(taken, 1));
