@@ -230,6 +230,9 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
                              std::to_string(dist.rank) + " of " + std::to_string(dist.world_size) +
                              " (WORLD_SIZE): start it without a launcher");
   check_stream_settings(config);
+  if (!reference_python.empty() && config.get_string("stream.source") != "replay")
+    throw ConfigError("the PyTorch reference's step is measured on a replayed stream (stream.source=" +
+                      config.get_string("stream.source") + " given; --python \"\" skips the reference)");
   const std::filesystem::path out = config.get_string("stream.output_dir");
   StreamRun continual;
   continual.output_dir = (out / "continual").string();
@@ -386,8 +389,6 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
   }
   std::printf("checkpoint: %s\n", results.back().second.checkpoint.c_str());
   write_charts(out.string());
-  if (!reference_python.empty() && !reference)
-    throw ConfigError("the PyTorch reference's step is measured on a replayed stream (stream.source=replay)");
   if (reference) {
     const auto& s = results.back().second;
     const double steps[2] = {s.events / std::max(s.profile.model_step(), 1e-9),

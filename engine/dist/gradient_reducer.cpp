@@ -69,7 +69,8 @@ void GradientReducer::start(Bucket& bucket) {
 }
 
 void GradientReducer::mark_ready(size_t param) {
-  if (seen_[param]) return;
+  // One backward pass a step: a second would sum partial gradients (no gradient accumulation here).
+  TORCH_CHECK(!seen_[param], "GradientReducer: a second backward pass reached parameter ", param, " before finish()");
   seen_[param] = 1;
   ++buckets_[bucket_of_[param]].ready;
   // Start every complete bucket in index order: the same collectives in the same order on every rank.

@@ -29,6 +29,7 @@ struct ShardedLookup : public torch::autograd::Function<ShardedLookup> {
     table->pending_.push_back({unique, torch::Tensor()});
     ctx->saved_data["table"] = reinterpret_cast<int64_t>(table);
     ctx->saved_data["slot"] = slot;
+    ctx->saved_data["generation"] = table->generation_;
     ctx->save_for_backward({inverse});
     auto shape = items.sizes().vec();
     shape.push_back(weight.size(1));
@@ -38,6 +39,8 @@ struct ShardedLookup : public torch::autograd::Function<ShardedLookup> {
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grad_outputs) {
     auto* table = reinterpret_cast<ShardedItemTable*>(ctx->saved_data["table"].toInt());
+    TORCH_CHECK(ctx->saved_data["generation"].toInt() == table->generation_,
+                "a row-sharded item table's lookup was differentiated after its step exchanged the gradients");
     auto& slot = table->pending_.at(static_cast<size_t>(ctx->saved_data["slot"].toInt()));
     const auto inverse = ctx->get_saved_variables()[0];
     const int64_t unique = slot.ids.size(0);
@@ -90,8 +93,11 @@ torch::Tensor ShardedItemTable::fetch(const torch::Tensor& ids) {
 torch::Tensor ShardedItemTable::lookup(const torch::Tensor& items) {
   TORCH_CHECK(items.scalar_type() == torch::kLong, "item lookup: ids must be int64, got ", items.scalar_type());
   if (items.numel() > 0) {
-    // Asked of the owners too, but a wrong id is this rank's error, so it is checked here.
-    const auto low = items.min().item<int64_t>(), high = items.max().item<int64_t>();
+    // A wrong id is this rank's error, so it is checked here (one read-back; the exchange reads the
+    // counts back anyway). The other ranks stop at their next collective (dist.timeout_seconds).
+    const auto [low_t, high_t] = torch::aminmax(items);
+    const auto range = torch::stack({low_t, high_t}).cpu();
+    const int64_t low = range[0].item<int64_t>(), high = range[1].item<int64_t>();
     TORCH_CHECK(low >= 0 && high < rows_, "item lookup: id ", low < 0 ? low : high, " outside the table's ", rows_,
                 " rows");
   }
@@ -109,6 +115,7 @@ void ShardedItemTable::exchange_gradients() {
   for (auto& p : pending_)
     if (p.grads.defined()) ids.push_back(p.ids), grads.push_back(p.grads);
   pending_.clear();
+  ++generation_;
   const auto all_ids = ids.empty() ? torch::empty({0}, torch::dtype(torch::kLong).device(weight_.device())) : torch::cat(ids);
   const auto all_grads = grads.empty() ? torch::empty({0, hidden_}, weight_.options().requires_grad(false)) : torch::cat(grads);
   const auto owner = all_ids.remainder(size_);
@@ -175,11 +182,11 @@ void ShardedItemTable::keep_own_rows() {
   const auto& table = model_->item_embedding();
   if (table.size(0) == rows_) {
     weight_.detach().copy_(own_rows(table.detach()));
-    table.set_data(torch::empty({0, hidden_}, table.options()));
+    table.set_data(torch::empty({0, hidden_}, weight_.options().requires_grad(false)));
   }
   for (const auto& b : optimizer_->named_buffers())
     if (b.value().dim() >= 1 && b.value().size(0) == rows_ && rows_ != weight_.size(0))
-      b.value().set_data(own_rows(b.value()).clone());
+      b.value().set_data(own_rows(b.value()).to(weight_.device()).clone());
 }
 
 }  // namespace freshrec

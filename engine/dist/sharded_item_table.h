@@ -71,9 +71,12 @@ class ShardedItemTable final : public ItemRows {
   struct Pending {
     torch::Tensor ids, grads;  // unique ids of one lookup, and their summed gradients
   };
+  // The lookups of step `generation` wait in pending_ (a backward pass of an older step's lookup is refused).
+  int64_t generation_ = 0;
   // This rank's share (`local`, its local rows' count) of a whole tensor's rows: whole[rank::N].
   torch::Tensor own_rows(const torch::Tensor& whole) const;
-  // Rank 0: the whole tensor from every rank's `local` rows (interleaved back by id); others: undefined.
+  // Rank 0: the whole tensor from every rank's `local` rows (interleaved back by id), on their device;
+  // others: undefined.
   torch::Tensor gather_rows(const torch::Tensor& local);
   // The rows of the unique `ids` (ascending), from their owners; with the order the exchange used.
   torch::Tensor fetch(const torch::Tensor& ids);

@@ -95,7 +95,6 @@ torch::Tensor Learner::step(const torch::Tensor& loss, const std::function<doubl
   const auto value = loss.detach();
   dense->zero_grad();
   loss.backward();
-  if (shards_) shards_->exchange_gradients();  // every lookup's row gradients to the rows' owners
   std::vector<torch::Tensor> params;
   for (const auto& group : dense->param_groups())
     for (const auto& p : group.params()) params.push_back(p);
@@ -103,6 +102,9 @@ torch::Tensor Learner::step(const torch::Tensor& loss, const std::function<doubl
   // share did not reach counts 0 in the sum (so, unlike in one process, a parameter that no rank
   // reached still takes Adam's momentum step).
   if (reducer_) reducer_->finish();
+  // Then every lookup's row gradients to the rows' owners: after every bucket's allreduce, so each
+  // rank makes its collectives in one order, whatever its backward pass reached.
+  if (shards_) shards_->exchange_gradients();
   // With the row-wise table the norm covers the dense parameters only: the table's gradient is never
   // reduced before the fused update (and Adam's step is scale-free per row).
   const double clip = settings_.clip_norm;

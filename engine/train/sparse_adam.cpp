@@ -17,11 +17,11 @@ void SparseRowAdamImpl::step(double lr, const std::optional<torch::Tensor>& skip
     gradients_.grad_outputs.push_back(weight_.grad().detach());
     weight_.mutable_grad() = torch::Tensor();
   }
+  step_ += 1;  // every step counts, with or without rows to update: ranks of a sharded table stay in step
   if (gradients_.empty()) return;
   auto indices = torch::cat(gradients_.indices);
   auto grads = torch::cat(gradients_.grad_outputs);
   gradients_.clear();
-  step_ += 1;
   auto options = options_;
   options.lr = lr;
   torch::NoGradGuard no_grad;

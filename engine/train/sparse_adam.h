@@ -18,7 +18,8 @@ class SparseRowAdamImpl : public torch::nn::Module {
   // Where lookups of `weight` send their gradients.
   ops::SparseGradients& gradients() { return gradients_; }
   // Applies and clears the collected gradients at learning rate `lr`, with the table's dense .grad if
-  // one was made (a full softmax over the table), then clears that too. No-op without gradients.
+  // one was made (a full softmax over the table), then clears that too. Without gradients only the
+  // step counter advances.
   // `skip` (a float32 scalar on the table's device, nonzero: skip) guards the step on the device:
   // the gradients are cleared and nothing else changes, but the step counter still advances (the
   // host keeps it without reading the flag back).
