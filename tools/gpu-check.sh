@@ -109,6 +109,10 @@ case "${1:-}" in
         dist.backend=gloo train.output_dir=/tmp/dist-gloo
       run_stage dist-nccl 120 python3 -m torch.distributed.run --no-python --standalone --nproc-per-node=2 $B $d \
         dist.backend=nccl train.output_dir=/tmp/dist-nccl
+      # The item table sharded by rows (sampled softmax): all-to-all over NCCL, and one process's row-wise table.
+      run_stage dist-rows-one 120 $B $d train.loss=sampled train.sparse_embeddings=true train.output_dir=/tmp/dist-rows-one
+      run_stage dist-rows-nccl 120 python3 -m torch.distributed.run --no-python --standalone --nproc-per-node=2 $B $d \
+        train.loss=sampled dist.item_table=row_sharded dist.backend=nccl train.output_dir=/tmp/dist-rows-nccl
     fi
     if has ml1m && [[ -f .deps/data/ml-1m.txt ]]; then
       # The same 30-epoch run as on the CPU (docs/RESULTS.md), compared by its validation
