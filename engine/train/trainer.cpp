@@ -39,20 +39,16 @@ EvalOptions eval_options_from_config(const Config& config) {
   return o;
 }
 
-}  // namespace
+// How the trainer runs, read from the config and checked against itself and the job before anything
+// is made; a conflict is a ConfigError naming the key.
+struct TrainModes {
+  bool sampled = false;       // train.loss=sampled
+  bool exclude_seen = false;  // train.exclude_seen
+  bool local_sgd = false;     // dist.mode=local_sgd in a job of several
+  bool sharded = false;       // dist.item_table=row_sharded in a job of several
+};
 
-TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path,
-                         const std::string& teacher_path, const PretrainedModel* from) {
-  configure_threads(config.get_int("train.threads"));
-  // A job of several processes (torchrun): data-parallel over c10d, each rank on its own device.
-  const DistEnv dist = DistEnv::from_environment();
-  const torch::Device device = job_device(dist, select_device(config.get_string("train.device")));
-  const bool bf16 = configure_precision(config.get_string("train.precision"));
-  const uint64_t seed = static_cast<uint64_t>(config.get_int("train.seed"));
-  const int64_t epochs = config.get_int("train.epochs"), batch_size = config.get_int("train.batch_size");
-  const int64_t patience = config.get_int("train.patience"), warmup = config.get_int("train.warmup_steps");
-  const int64_t chunk = config.get_int("train.ce_chunk"), negatives = config.get_int("train.negatives");
-  const double lr = config.get_float("train.lr");
+TrainModes check_modes(const Config& config, const DistEnv& dist, bool distilling, bool finetuning) {
   const bool sampled = config.get_string("train.loss") == "sampled";
   const bool sparse = config.get_bool("train.sparse_embeddings");
   if (sparse && !sampled)
@@ -67,20 +63,20 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   if (exclude_seen && sampled)
     throw ConfigError(config.origin("train.exclude_seen") +
                       ": train.exclude_seen needs train.loss=full (it shapes the full-softmax cross-entropy)");
-  if (epochs <= 0 || batch_size <= 0) throw ConfigError("train.epochs and train.batch_size must be positive");
+  if (config.get_int("train.epochs") <= 0 || config.get_int("train.batch_size") <= 0)
+    throw ConfigError("train.epochs and train.batch_size must be positive");
   if (const double decay = config.get_float("train.lr_decay"); decay <= 0 || decay > 1)
     throw ConfigError(config.origin("train.lr_decay") + ": train.lr_decay must be in (0, 1], got " + std::to_string(decay));
-  if (sampled && negatives <= 0) throw ConfigError("train.negatives must be positive for train.loss=sampled");
-  const std::filesystem::path out_dir = config.get_string("train.output_dir");  // made once the set-up has passed
+  if (sampled && config.get_int("train.negatives") <= 0)
+    throw ConfigError("train.negatives must be positive for train.loss=sampled");
   if (dist.distributed() && sparse && !row_sharded)
     throw ConfigError(config.origin("train.sparse_embeddings") +
                       ": a job of several processes shards a row-wise item table across its ranks "
                       "(dist.item_table=row_sharded) or trains it in the dense optimizer (train.sparse_embeddings=false)");
   // dist.mode=local_sgd: each rank its own users and its own steps; the weights averaged in rounds.
   const bool local_sgd = dist.distributed() && config.get_string("dist.mode") == "local_sgd";
-  const double noise = config.get_float("dist.noise_multiplier");
   if (config.get_string("dist.mode") == "local_sgd") {
-    if (noise > 0 && config.get_float("dist.clip_delta") <= 0)
+    if (config.get_float("dist.noise_multiplier") > 0 && config.get_float("dist.clip_delta") <= 0)
       throw ConfigError(config.origin("dist.noise_multiplier") +
                         ": dist.noise_multiplier needs dist.clip_delta > 0 (the noise is scaled to the clip)");
     if (!dist.distributed()) spdlog::warn("dist.mode=local_sgd: a job of one process trains as usual");
@@ -92,9 +88,31 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
   if (sharded && local_sgd)
     throw ConfigError(config.origin("dist.item_table") + ": dist.item_table=row_sharded needs dist.mode=data_parallel "
                       "(local SGD averages whole replicas)");
-  if (sharded && (!teacher_path.empty() || from))
+  if (sharded && (distilling || finetuning))
     throw ConfigError(config.origin("dist.item_table") + ": dist.item_table=row_sharded trains a model from scratch "
                       "(distillation and fine-tunes read the whole table)");
+  return {sampled, exclude_seen, local_sgd, sharded};
+}
+
+}  // namespace
+
+TrainSummary train_model(const Config& config, const EventLog& log, const std::string& resume_path,
+                         const std::string& teacher_path, const PretrainedModel* from) {
+  configure_threads(config.get_int("train.threads"));
+  // A job of several processes (torchrun): data-parallel over c10d, each rank on its own device.
+  const DistEnv dist = DistEnv::from_environment();
+  const torch::Device device = job_device(dist, select_device(config.get_string("train.device")));
+  const bool bf16 = configure_precision(config.get_string("train.precision"));
+  const uint64_t seed = static_cast<uint64_t>(config.get_int("train.seed"));
+  const int64_t epochs = config.get_int("train.epochs"), batch_size = config.get_int("train.batch_size");
+  const int64_t patience = config.get_int("train.patience"), warmup = config.get_int("train.warmup_steps");
+  const int64_t chunk = config.get_int("train.ce_chunk"), negatives = config.get_int("train.negatives");
+  const double lr = config.get_float("train.lr");
+  const TrainModes modes = check_modes(config, dist, !teacher_path.empty(), from != nullptr);
+  const bool sampled = modes.sampled, exclude_seen = modes.exclude_seen, local_sgd = modes.local_sgd,
+             sharded = modes.sharded;
+  const std::filesystem::path out_dir = config.get_string("train.output_dir");  // made once the set-up has passed
+  const double noise = config.get_float("dist.noise_multiplier");
   const std::unique_ptr<ProcessGroup> group = join_job(dist, config, device);
   if (group) {
     if (local_sgd)
