@@ -21,19 +21,17 @@ std::vector<int64_t> to_vector(const torch::Tensor& t) {
 // The lookup as an autograd function: the forward fetches the unique ids' rows from their owners;
 // the backward sums each unique id's gradient and leaves it in the table's slot for this lookup.
 struct ShardedLookup : public torch::autograd::Function<ShardedLookup> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& weight,
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& /*weight*/,
                                const torch::Tensor& items, ShardedItemTable* table) {
-    auto [unique, inverse] = at::_unique(items.reshape({-1}), /*sorted=*/true, /*return_inverse=*/true);
-    auto rows = table->fetch(unique);
+    torch::Tensor unique, inverse;
+    auto rows = table->rows_of(items, &unique, &inverse);
     const int64_t slot = static_cast<int64_t>(table->pending_.size());
     table->pending_.push_back({unique, torch::Tensor()});
     ctx->saved_data["table"] = reinterpret_cast<int64_t>(table);
     ctx->saved_data["slot"] = slot;
     ctx->saved_data["generation"] = table->generation_;
     ctx->save_for_backward({inverse});
-    auto shape = items.sizes().vec();
-    shape.push_back(weight.size(1));
-    return rows.index_select(0, inverse).view(shape);
+    return rows;
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
@@ -78,16 +76,32 @@ torch::Tensor ShardedItemTable::own_rows(const torch::Tensor& whole) const {
   return whole.slice(0, rank_, whole.size(0), size_);
 }
 
+ShardedItemTable::Routed ShardedItemTable::route(const torch::Tensor& ids) {
+  Routed r;
+  const auto owner = ids.remainder(size_);
+  r.order = owner.argsort(/*stable=*/true);  // ids grouped by owner, in their order within each
+  r.send = to_vector(owner.bincount({}, size_));
+  r.receive = group_.exchange_counts(r.send);
+  r.local = group_.all_to_all(ids.index_select(0, r.order), r.send, r.receive).div(size_, "floor");
+  return r;
+}
+
 torch::Tensor ShardedItemTable::fetch(const torch::Tensor& ids) {
   torch::NoGradGuard no_grad;
-  const auto owner = ids.remainder(size_);
-  const auto order = owner.argsort(/*stable=*/true);  // ids grouped by owner, ascending within each
-  const auto send = to_vector(owner.bincount({}, size_));
-  const auto receive = group_.exchange_counts(send);
-  const auto asked = group_.all_to_all(ids.index_select(0, order), send, receive);
-  const auto answers = group_.all_to_all(weight_.detach().index_select(0, asked.div(size_, "floor")), receive, send);
+  const Routed r = route(ids);
+  const auto answers = group_.all_to_all(weight_.detach().index_select(0, r.local), r.receive, r.send);
   auto rows = torch::empty({ids.size(0), hidden_}, weight_.options().requires_grad(false));
-  return rows.index_copy_(0, order, answers);
+  return rows.index_copy_(0, r.order, answers);
+}
+
+torch::Tensor ShardedItemTable::rows_of(const torch::Tensor& items, torch::Tensor* unique_ids, torch::Tensor* inverse) {
+  auto [unique, positions] = at::_unique(items.reshape({-1}), /*sorted=*/true, /*return_inverse=*/true);
+  auto shape = items.sizes().vec();
+  shape.push_back(hidden_);
+  auto rows = fetch(unique).index_select(0, positions).view(shape);
+  if (unique_ids) *unique_ids = std::move(unique);
+  if (inverse) *inverse = std::move(positions);
+  return rows;
 }
 
 torch::Tensor ShardedItemTable::lookup(const torch::Tensor& items) {
@@ -101,12 +115,7 @@ torch::Tensor ShardedItemTable::lookup(const torch::Tensor& items) {
     TORCH_CHECK(low >= 0 && high < rows_, "item lookup: id ", low < 0 ? low : high, " outside the table's ", rows_,
                 " rows");
   }
-  if (!torch::GradMode::is_enabled()) {
-    auto [unique, inverse] = at::_unique(items.reshape({-1}), /*sorted=*/true, /*return_inverse=*/true);
-    auto shape = items.sizes().vec();
-    shape.push_back(hidden_);
-    return fetch(unique).index_select(0, inverse).view(shape);
-  }
+  if (!torch::GradMode::is_enabled()) return rows_of(items);
   return ShardedLookup::apply(weight_, items, this);
 }
 
@@ -118,14 +127,10 @@ void ShardedItemTable::exchange_gradients() {
   ++generation_;
   const auto all_ids = ids.empty() ? torch::empty({0}, torch::dtype(torch::kLong).device(weight_.device())) : torch::cat(ids);
   const auto all_grads = grads.empty() ? torch::empty({0, hidden_}, weight_.options().requires_grad(false)) : torch::cat(grads);
-  const auto owner = all_ids.remainder(size_);
-  const auto order = owner.argsort(/*stable=*/true);
-  const auto send = to_vector(owner.bincount({}, size_));
-  const auto receive = group_.exchange_counts(send);
-  const auto local = group_.all_to_all(all_ids.index_select(0, order), send, receive).div(size_, "floor");
-  const auto received = group_.all_to_all(all_grads.index_select(0, order), send, receive);
-  if (local.size(0) == 0) return;
-  optimizer_->gradients().indices.push_back(local);
+  const Routed r = route(all_ids);
+  const auto received = group_.all_to_all(all_grads.index_select(0, r.order), r.send, r.receive);
+  if (r.local.size(0) == 0) return;
+  optimizer_->gradients().indices.push_back(r.local);
   optimizer_->gradients().grad_outputs.push_back(received);
 }
 

@@ -78,8 +78,18 @@ class ShardedItemTable final : public ItemRows {
   // Rank 0: the whole tensor from every rank's `local` rows (interleaved back by id), on their device;
   // others: undefined.
   torch::Tensor gather_rows(const torch::Tensor& local);
-  // The rows of the unique `ids` (ascending), from their owners; with the order the exchange used.
+  // `ids` sent to their owners (after their counts): `order` groups them by owner, `send` and
+  // `receive` are the exchange's row counts, `local` the owner-local rows this rank was sent.
+  struct Routed {
+    torch::Tensor order, local;
+    std::vector<int64_t> send, receive;
+  };
+  Routed route(const torch::Tensor& ids);
+  // The rows of the unique `ids`, from their owners.
   torch::Tensor fetch(const torch::Tensor& ids);
+  // Rows for any shape of ids, (...) -> (..., C), each distinct id asked for once; its unique ids and
+  // each position's index among them when asked for.
+  torch::Tensor rows_of(const torch::Tensor& items, torch::Tensor* unique_ids = nullptr, torch::Tensor* inverse = nullptr);
 
   SASRec model_;
   ProcessGroup& group_;
