@@ -25,6 +25,7 @@
 #include "engine/stream/kafka_source.h"
 #endif
 #include "engine/stream/stream_learner.h"
+#include "engine/stream/stream_manifest.h"
 #include "engine/train/trainer.h"
 #include "engine/io/atomic_file.h"
 #include "engine/report/run_charts.h"
@@ -225,22 +226,51 @@ int run_eval_job(const std::string& checkpoint, const std::vector<std::string>& 
 
 int run_stream_job(const Config& config, const std::string& teacher_path, const std::string& student_path, bool resume,
                    bool compare_frozen, const std::string& reference_python) {
-  if (const DistEnv dist = DistEnv::from_environment(); dist.distributed())
-    throw std::runtime_error("freshrec stream runs as one process; this one was started as rank " +
-                             std::to_string(dist.rank) + " of " + std::to_string(dist.world_size) +
-                             " (WORLD_SIZE): start it without a launcher");
   check_stream_settings(config);
+  const DistEnv dist = DistEnv::from_environment();
+  const std::filesystem::path out = config.get_string("stream.output_dir");
+  if (dist.distributed()) {
+    // A job of several replays a log, each rank learning from its users' events; what else the stream
+    // job does runs as one process.
+    const std::string job = "a stream of several processes (WORLD_SIZE=" + std::to_string(dist.world_size) + ")";
+    if (config.get_string("stream.source") != "replay")
+      throw ConfigError(job + " replays a log (stream.source=replay); stream.source=" + config.get_string("stream.source") +
+                        " runs as one process");
+    if (!student_path.empty() || config.get_int("student.hidden") > 0)
+      throw ConfigError(job + " updates the teacher alone: no --student, student.hidden=0");
+    if (compare_frozen || !reference_python.empty())
+      throw ConfigError(job + " runs the continual pass alone: --compare-frozen and the reference run as one process");
+    if (config.get_string("stream.loss") != "sampled")
+      throw ConfigError(job + " needs stream.loss=sampled: each step gathers the touched item rows' gradients from "
+                        "every rank, and a full softmax touches every row");
+    // torchrun --max-restarts starts the same command again after a rank failed: it resumes from the
+    // job's last complete checkpoint, when it has one.
+    if (!resume && dist.restart_count > 0 && read_stream_manifest((out / "continual").string())) {
+      spdlog::info("restart {} of the job: resuming from {}", dist.restart_count,
+                   (out / "continual" / kStreamManifest).string());
+      resume = true;
+    }
+    if (teacher_path.empty() && !resume)
+      throw ConfigError(job + " needs --teacher CHECKPOINT (`freshrec train` pre-trains one, under the launcher too)");
+  }
+  if (!reference_python.empty() && config.get_string("stream.source") != "replay")
   if (!reference_python.empty() && config.get_string("stream.source") != "replay")
     throw ConfigError("the PyTorch reference's step is measured on a replayed stream (stream.source=" +
                       config.get_string("stream.source") + " given; --python \"\" skips the reference)");
-  const std::filesystem::path out = config.get_string("stream.output_dir");
   StreamRun continual;
   continual.output_dir = (out / "continual").string();
   continual.teacher = teacher_path;
   continual.student = student_path;
   continual.publish_dir = config.get_string("stream.publish_dir");
-  if (resume) {
+  if (resume && dist.distributed()) {
+    continual.resume = stream_shard_to_resume(continual.output_dir, dist.rank, dist.world_size);
+  } else if (resume) {
     continual.resume = (out / "continual" / "stream.pt").string();
+    if (const auto manifest = read_stream_manifest(continual.output_dir))
+      throw std::runtime_error(continual.output_dir + ": the stream was checkpointed by " +
+                               std::to_string(manifest->world_size) + " processes (" + kStreamManifest +
+                               "); resume it under a launcher of as many (WORLD_SIZE=" +
+                               std::to_string(manifest->world_size) + ")");
     if (!std::filesystem::exists(continual.resume))
       throw std::runtime_error(continual.resume + ": nothing to resume (no stream checkpoint there)");
   }
@@ -333,6 +363,7 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
       repeat = run_stream(config, source, warm, again);
     }
   }
+  if (dist.rank != 0) return 0;  // rank 0 reports for the job
   std::printf("\nprequential (test-then-train) metrics over the stream:\n%-10s %9s %9s %9s %8s %9s %9s %8s %8s %9s %9s %9s\n",
               "model", "events", "HR@10", "NDCG@10", "MRR", "cold", "new items", "dead", "s", "events/s",
               "p50 ms", "p99 ms");

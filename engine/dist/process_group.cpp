@@ -99,6 +99,22 @@ ProcessGroup::ProcessGroup(const DistEnv& env, const std::string& backend, std::
 
 ProcessGroup::~ProcessGroup() = default;
 
+namespace {
+
+// Waits for a collective; when it fails (a peer process stopped, or the network between them broke, or
+// the timeout passed) the error says so, with this rank, above the backend's own words.
+void wait_for(c10d::Work& work, int rank) {
+  try {
+    work.wait();
+  } catch (const std::exception& e) {
+    throw std::runtime_error("rank " + std::to_string(rank) +
+                             ": a collective of the job failed: another rank stopped (its log, or torchrun's summary, "
+                             "names it and why) or the connection to it broke: " + e.what());
+  }
+}
+
+}  // namespace
+
 void ProcessGroup::allreduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes) {
   const auto started = std::chrono::steady_clock::now();
   // Buckets of one dtype, in the given order: the same buckets on every rank.
@@ -125,7 +141,7 @@ void ProcessGroup::allreduce_sum(const std::vector<at::Tensor>& tensors, int64_t
     pending.emplace_back(impl_->backend->allreduce(flat, c10d::AllreduceOptions{}), flat.front());
   }
   for (size_t b = 0; b < buckets.size(); ++b) {
-    pending[b].first->wait();
+    wait_for(*pending[b].first, rank_);
     if (buckets[b].size() == 1) continue;  // reduced in place
     int64_t offset = 0;
     for (auto& t : buckets[b]) {
@@ -146,7 +162,7 @@ std::function<void()> ProcessGroup::start_sum(const at::Tensor& flat) {
   collective_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return [this, work] {
     const auto waited = std::chrono::steady_clock::now();
-    work->wait();
+    wait_for(*work, rank_);
     collective_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - waited).count();
   };
 }
@@ -171,7 +187,7 @@ at::Tensor ProcessGroup::all_to_all(const at::Tensor& input, const std::vector<i
   auto in = input.to(impl_->device).contiguous();
   auto out = torch::empty(shape, in.options());
   std::vector<int64_t> send(send_counts), recv(recv_counts);
-  impl_->backend->alltoall_base(out, in, recv, send, c10d::AllToAllOptions{})->wait();
+  wait_for(*impl_->backend->alltoall_base(out, in, recv, send, c10d::AllToAllOptions{}), rank_);
   const int64_t row_bytes = input.numel() / std::max<int64_t>(input.size(0), 1) * static_cast<int64_t>(input.element_size());
   all_to_all_bytes_ += (sent - send_counts[rank_]) * row_bytes;
   collective_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -184,11 +200,18 @@ std::vector<int64_t> ProcessGroup::exchange_counts(const std::vector<int64_t>& s
   return std::vector<int64_t>(received.data_ptr<int64_t>(), received.data_ptr<int64_t>() + received.numel());
 }
 
+at::Tensor ProcessGroup::all_gather(const at::Tensor& rows) {
+  const std::vector<int64_t> send(static_cast<size_t>(size_), rows.size(0));
+  const std::vector<int64_t> recv = exchange_counts(send);
+  // Each rank's block of the all-to-all's input is this rank's rows, whole.
+  return all_to_all(torch::cat(std::vector<at::Tensor>(static_cast<size_t>(size_), rows)), send, recv);
+}
+
 void ProcessGroup::barrier() {
   const auto started = std::chrono::steady_clock::now();
   c10d::BarrierOptions options;
   if (impl_->device.is_cuda()) options.device_ids = {impl_->device.index()};
-  impl_->backend->barrier(options)->wait();
+  wait_for(*impl_->backend->barrier(options), rank_);
   collective_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 }
 

@@ -52,6 +52,10 @@ class ProcessGroup {
                         const std::vector<int64_t>& recv_counts);
   // How many rows each rank will send this one, given how many this one sends each (one small all-to-all).
   std::vector<int64_t> exchange_counts(const std::vector<int64_t>& send_counts);
+  // Every rank's `rows` (rows along dim 0; the same trailing shape and dtype on every rank, any number
+  // of rows, none included), concatenated in rank order, on the input's device: the same on every rank.
+  // The counts' exchange, then one all-to-all that sends this rank's rows to each.
+  at::Tensor all_gather(const at::Tensor& rows);
 
   // Since the group started: seconds spent in collectives (launching and waiting for them), and the
   // bytes handed to allreduce (each rank's payload; a ring allreduce moves about 2 (N - 1) / N times

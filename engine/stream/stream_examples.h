@@ -20,6 +20,7 @@ struct Pending {
   int64_t seen;  // distinct items of the user before this event (with SeenItems)
   bool cold;     // the item was new when the event arrived: the model could not have ranked it
   std::chrono::steady_clock::time_point arrival;
+  int64_t index = 0;  // its place among the micro-batch's events (every rank's, in a job of several)
 };
 
 // An example as a model step takes it: a view of the items before it (oldest first: the user's kept

@@ -19,6 +19,8 @@
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/ids.h"
+#include "engine/dist/process_group.h"
+#include "engine/splitmix.h"
 #include "engine/export/publisher.h"
 #include "engine/runtime.h"
 #include "engine/stream/history_store.h"
@@ -26,6 +28,7 @@
 #include "engine/stream/seen_items.h"
 #include "engine/stream/stopwatch.h"
 #include "engine/stream/stream_examples.h"
+#include "engine/stream/stream_manifest.h"
 #include "engine/stream/stream_models.h"
 #include "engine/stream/stream_settings.h"
 #include "engine/stream/stream_state.h"
@@ -40,10 +43,12 @@ namespace fs = std::filesystem;
 // flags. On a GPU it is copied asynchronously and taken in once the next micro-batch's work is
 // queued (StreamLearner::absorb), so no step waits for the device; on the CPU at once.
 struct Readout {
-  BatchRanks ranks;                    // (B) int64 each
+  BatchRanks ranks;                    // (B) int64 each: this rank's events
   torch::Tensor losses;                // (4) float: teacher loss, skipped, student loss, skipped; undefined: no step
   std::vector<char> cold;
   std::vector<std::chrono::steady_clock::time_point> arrivals;
+  std::vector<int64_t> index;          // each event's place in the micro-batch (Pending::index)
+  int64_t events = 0;                  // the micro-batch's events, every rank's
   int64_t known = 0;                   // the vocabulary's end when scored: a cold item's rank
   uint64_t batch = 0;
   // The stream's counters as of the micro-batch, for the metrics line that its ranks may close.
@@ -68,12 +73,16 @@ torch::Tensor to_host(const torch::Tensor& t) {
 
 class StreamLearner {
  public:
+  // `group`: a job of several processes, of which this is one rank (null: one process).
   StreamLearner(const Config& config, const StreamRun& run, const std::vector<RawEvent>& warm_history,
-                EventSource& source)
+                EventSource& source, torch::Device device, ProcessGroup* group)
       : settings_(config),
         run_(run),
         source_(source),
-        device_(select_device(config.get_string("train.device"))),
+        group_(group),
+        rank_(group ? group->rank() : 0),
+        ranks_(group ? group->size() : 1),
+        device_(device),
         bf16_(configure_precision(config.get_string("train.precision"))),
         reservoir_(static_cast<size_t>(settings_.replay_capacity), settings_.seed) {
     fs::create_directories(run.output_dir);
@@ -81,11 +90,13 @@ class StreamLearner {
     if (start.empty()) throw std::runtime_error("stream: a teacher checkpoint (or a stream checkpoint to resume) is needed");
     info_ = read_checkpoint_info(start);
     step_.emplace(load_stream_models(config, settings_, run, info_, device_), settings_, config, device_, bf16_);
+    if (group_) step_->set_process_group(group_, static_cast<int64_t>(config.get_float("dist.bucket_mb") * (1 << 20)));
     model_ = step_->teacher().model;
     items_ = info_.items;
     store_ = HistoryStore(settings_.history_keep);
     has_student_ = static_cast<bool>(step_->student());
-    if (settings_.publishing() && run.learn) {
+    publishing_ = settings_.publishing() && run.learn;
+    if (publishing_ && rank_ == 0) {  // rank 0 publishes for the job
       publisher_ = std::make_unique<Publisher>(
           run.publish_dir.empty() ? (fs::path(run.output_dir) / "published").string() : run.publish_dir,
           settings_.publish_keep);
@@ -99,7 +110,12 @@ class StreamLearner {
     } else {
       // Histories from before the stream; items the teacher never saw get rows, but are not counted
       // as stream arrivals.
-      for (const auto& e : warm_history) store_.push(store_.user_slot(e.user), item_id(e.item, nullptr));
+      // In a job of several every rank gives every item its id (the same ids on every rank) and keeps
+      // its own users' histories.
+      for (const auto& e : warm_history) {
+        const int32_t item = item_id(e.item, nullptr);
+        if (mine(e.user)) store_.push(store_.user_slot(e.user), item);
+      }
       store_.settle();
       fill_seen();
       summary_.new_items = 0;
@@ -110,41 +126,61 @@ class StreamLearner {
     const auto dead_path = fs::path(run.output_dir) / "dead_letters.jsonl";
     const uint64_t metrics_kept = run.resume.empty() ? 0 : info_.meta.value("metrics_bytes", uint64_t{0});
     const uint64_t dead_kept = run.resume.empty() ? 0 : info_.meta.value("dead_letter_bytes", uint64_t{0});
-    if (run.resume.empty() && (fs::exists(metrics_path) || fs::exists(run.output_dir + "/stream.pt")))
-      spdlog::warn("{}: a fresh start replaces the earlier run's stream.pt, metrics.jsonl and dead_letters.jsonl "
-                   "(--resume continues it instead)", run.output_dir);
-    truncate_to(metrics_path, metrics_kept);
-    truncate_to(dead_path, dead_kept);
-    metrics_.open(metrics_path, std::ios::app);
-    dead_letters_.open(dead_path, std::ios::app);
+    if (run.resume.empty()) {
+      if (rank_ == 0 && (fs::exists(metrics_path) || fs::exists(run.output_dir + "/stream.pt") ||
+                         fs::exists(fs::path(run.output_dir) / kStreamManifest)))
+        spdlog::warn("{}: a fresh start replaces the earlier run's checkpoints, metrics.jsonl and dead_letters.jsonl "
+                     "(--resume continues it instead)", run.output_dir);
+      // A fresh job of several forgets the folder's earlier checkpoints at once, so that a restart
+      // before its own first one never resumes another run's.
+      if (group_) {
+        if (rank_ == 0) fs::remove(fs::path(run.output_dir) / kStreamManifest);
+        remove_other_stream_shards(run.output_dir, rank_, 0);
+      }
+    }
+    if (rank_ == 0) {  // the job's side files: rank 0 sees every record and holds the job's metrics
+      truncate_to(metrics_path, metrics_kept);
+      truncate_to(dead_path, dead_kept);
+      metrics_.open(metrics_path, std::ios::app);
+      dead_letters_.open(dead_path, std::ios::app);
+    }
   }
 
   // Where the source continues when resuming ("" on a fresh start).
   const std::string& saved_position() const { return saved_position_; }
 
+  // In a job of several every rank consumes every record: each gives every item its id, so ids, the
+  // table's growth and the micro-batches' bounds agree without a message, and each keeps and learns
+  // from the events of its own users (ownership by a hash of the user's id).
   void consume(const StreamRecord& record) {
     ++summary_.events;
-    if (pending_.empty()) oldest_pending_ = std::chrono::steady_clock::now();
+    if (batch_events_ == 0) oldest_pending_ = std::chrono::steady_clock::now();
     if (!record.event) {
       ++summary_.dead_letters;
-      dead_letters_ << dead_letter_json(record) << "\n";
+      if (rank_ == 0) dead_letters_ << dead_letter_json(record) << "\n";
       spdlog::debug("dead letter at {}: {}", record.origin, printable(record.error));
+    } else if (!mine(record.event->user)) {
+      item_id(record.event->item, nullptr);
+      ++batch_events_;
     } else {
       bool new_user = false;
       const int32_t slot = store_.user_slot(record.event->user, &new_user);
-      summary_.new_users += new_user;
+      new_users_here_ += new_user;
       bool cold = false;
       const int32_t item = item_id(record.event->item, &cold);
       const auto length = static_cast<int32_t>(store_.history(slot).size());
       const int64_t seen = seen_ ? seen_->add(slot, item) : 0;
-      pending_.push_back({slot, length, item, seen, cold, std::chrono::steady_clock::now()});
+      pending_.push_back({slot, length, item, seen, cold, std::chrono::steady_clock::now(), batch_events_});
       store_.push(slot, item);
+      ++batch_events_;
     }
-    if (static_cast<int64_t>(pending_.size()) >= settings_.batch_size) flush();
+    if (batch_events_ >= settings_.batch_size) flush();
   }
 
-  // A micro-batch also closes when its oldest event has waited stream.max_wait_ms.
+  // A micro-batch also closes when its oldest event has waited stream.max_wait_ms (in one process: the
+  // ranks of a job of several close theirs by count alone, where every rank sees the same).
   void tick() {
+    if (group_) return;
     if (!pending_.empty() && std::chrono::steady_clock::now() - oldest_pending_ >=
                                  std::chrono::milliseconds(settings_.max_wait_ms))
       flush();
@@ -169,7 +205,7 @@ class StreamLearner {
       summary_.publish_delay_p50_ms = quantile_of_sorted(publish_delays_ms_, 0.5);
       summary_.publish_delay_p99_ms = quantile_of_sorted(publish_delays_ms_, 0.99);
     }
-    summary_.checkpoint = (fs::path(run_.output_dir) / "stream.pt").string();
+    summary_.checkpoint = last_checkpoint_path_;
     if (!latencies_ms_.empty()) {
       std::sort(latencies_ms_.begin(), latencies_ms_.end());
       summary_.latency_p50_ms = quantile_of_sorted(latencies_ms_, 0.5);
@@ -206,41 +242,59 @@ class StreamLearner {
 
   // Takes in the readouts of finished micro-batches, oldest first, until at most `in_flight` remain:
   // metrics, the guard's skips, losses, and each event's latency up to this point, when the step that
-  // learned from it is known to be done.
+  // learned from it is known to be done. In a job of several the ranks pool their readouts (one sum
+  // over the ranks per micro-batch), so every rank counts every event in the micro-batch's order, as
+  // one process does.
   void absorb(size_t in_flight) {
     while (readouts_.size() > in_flight) {
       Readout& r = readouts_.front();
       if (r.copied) r.copied->synchronize();  // waits for that micro-batch only: later work stays queued
       const auto now = std::chrono::steady_clock::now();
-      const int64_t* ranks = r.ranks.teacher.data_ptr<int64_t>();
-      const int64_t* student_ranks = has_student_ ? r.ranks.student.data_ptr<int64_t>() : nullptr;
+      // Each event's teacher rank, student rank, coldness and latency, in the micro-batch's order.
+      const auto events = static_cast<size_t>(r.events);
+      std::vector<double> pooled(4 * events + 3, 0.0);
+      const int64_t* ranks = r.cold.empty() ? nullptr : r.ranks.teacher.data_ptr<int64_t>();
+      const int64_t* student_ranks = has_student_ && !r.cold.empty() ? r.ranks.student.data_ptr<int64_t>() : nullptr;
       for (size_t i = 0; i < r.cold.size(); ++i) {
-        const int64_t rank = r.cold[i] ? r.known : ranks[i];  // a new item is a miss: it could not be ranked
-        summary_.cold_items += r.cold[i];
+        double* slot = pooled.data() + 4 * r.index[i];
+        slot[0] = static_cast<double>(r.cold[i] ? r.known : ranks[i]);  // a new item is a miss: it could not be ranked
+        slot[1] = has_student_ ? static_cast<double>(r.cold[i] ? r.known : student_ranks[i]) : 0.0;
+        slot[2] = r.cold[i];
+        slot[3] = std::chrono::duration<double, std::milli>(now - r.arrivals[i]).count();
+      }
+      const float* l = r.losses.defined() ? r.losses.data_ptr<float>() : nullptr;
+      if (l) pooled[4 * events] = l[0], pooled[4 * events + 1] = l[1], pooled[4 * events + 2] = 1;
+      if (group_) pooled = group_->sum(pooled);
+      for (size_t k = 0; k < events; ++k) {
+        const double* slot = pooled.data() + 4 * k;
+        const auto rank = static_cast<int64_t>(slot[0]);
+        summary_.cold_items += slot[2] != 0;
         summary_.overall.add(rank);
         window_.add(rank);
         if (has_student_) {
-          const int64_t student_rank = r.cold[i] ? r.known : student_ranks[i];
+          const auto student_rank = static_cast<int64_t>(slot[1]);
           summary_.student_overall.add(student_rank);
           student_window_.add(student_rank);
         }
         ++summary_.scored;
         if (static_cast<int64_t>(window_.count()) >= settings_.window) write_window(r.as_of);
-        if (latencies_ms_.size() < kMaxLatencySamples)
-          latencies_ms_.push_back(std::chrono::duration<double, std::milli>(now - r.arrivals[i]).count());
+        if (latencies_ms_.size() < kMaxLatencySamples) latencies_ms_.push_back(slot[3]);
       }
-      if (r.losses.defined()) {
-        const float* l = r.losses.data_ptr<float>();
-        if (l[1] != 0.f) {  // the guard: this batch never reached the weights
+      // The step's loss (the ranks' shares summed) and the guard's flag (the same on every rank).
+      if (pooled[4 * events + 2] > 0) {
+        const double loss = pooled[4 * events], skipped = l ? l[1] : 0.f;
+        if (skipped != 0) {  // the guard: this batch never reached the weights
           ++summary_.skipped_batches;
-          spdlog::warn("batch {} skipped: loss {}", r.batch, l[0]);
+          spdlog::warn("batch {} skipped: loss {}", r.batch, loss);
         } else {
-          last_loss_ = l[0];
+          last_loss_ = loss;
         }
-        if (has_student_ && l[3] != 0.f) {
+      }
+      if (l && has_student_) {
+        if (l[3] != 0.f) {
           ++summary_.skipped_batches;
           spdlog::warn("batch {}: student step skipped, loss {}", r.batch, l[2]);
-        } else if (has_student_) {
+        } else {
           last_student_loss_ = l[2];
         }
       }
@@ -251,6 +305,11 @@ class StreamLearner {
   // Exports the student (the teacher without one) as the next published version.
   void publish() {
     absorb(0);  // the manifest's rolling metrics cover every event learned from
+    if (!publisher_) {  // another rank of a job of several: rank 0 publishes; the counters stay alike
+      ++summary_.publications;
+      events_since_publish_ = 0;
+      return;
+    }
     nlohmann::json info = {{"events", summary_.events},
                            {"source_position", source_.position()},
                            {"batches", summary_.batches},
@@ -279,51 +338,73 @@ class StreamLearner {
   }
 
   void flush() {
-    if (pending_.empty()) return;
-    // Each event's history as of its arrival: the newest stream.history_keep (0: all) of the user's
-    // items before it. The store is not cut until settle() below, so these views hold.
-    std::vector<Example> batch;
-    StepInputs in;
-    {
-      Stopwatch clock(profile_.batching);
-      batch.reserve(pending_.size());
-      for (const auto& p : pending_) {
-        const size_t n = store_.kept(p.length);
-        batch.push_back({store_.history(p.slot).data() + (p.length - n), n, p.item});
-      }
-      in = make_step_inputs(batch, model_->options().maxlen, /*with_excluded=*/!seen_, device_);
-    }
-    if (seen_) {  // each event's excluded items gathered on the device: O(batch) host work
-      Stopwatch clock(profile_.excluded);
-      std::vector<int32_t> slots;
-      std::vector<int64_t> sizes;
-      slots.reserve(pending_.size()), sizes.reserve(pending_.size());
-      for (const auto& p : pending_) slots.push_back(p.slot), sizes.push_back(p.seen);
-      in.excluded = seen_->excluded(slots, sizes, in.targets);
-    }
+    if (batch_events_ == 0) return;
     Readout out;
     out.known = items_.end_id();  // rows past the vocabulary are spare capacity
     StreamStep::Context context{summary_.batches, out.known, reservoir_, profile_, summary_.replayed};
-    if (run_.learn && step_->fused()) {
-      out.losses = step_->learn(batch, in, &out.ranks, context);  // ranks from the step's own forward
-    } else {
+    if (!pending_.empty()) {
+      // Each event's history as of its arrival: the newest stream.history_keep (0: all) of the user's
+      // items before it. The store is not cut until settle() below, so these views hold.
+      std::vector<Example> batch;
+      StepInputs in;
       {
-        Stopwatch clock(profile_.ranking);
-        out.ranks = step_->score(in, out.known);
+        Stopwatch clock(profile_.batching);
+        batch.reserve(pending_.size());
+        for (const auto& p : pending_) {
+          const size_t n = store_.kept(p.length);
+          batch.push_back({store_.history(p.slot).data() + (p.length - n), n, p.item});
+        }
+        in = make_step_inputs(batch, model_->options().maxlen, /*with_excluded=*/!seen_, device_);
       }
-      if (run_.learn) out.losses = step_->learn(batch, in, nullptr, context);
-    }
-    if (seen_) {  // freeing the gathered rows is the device's work too (O(batch x widest row) on a CPU)
-      Stopwatch clock(profile_.excluded);
-      in = StepInputs{};
+      if (seen_) {  // each event's excluded items gathered on the device: O(batch) host work
+        Stopwatch clock(profile_.excluded);
+        std::vector<int32_t> slots;
+        std::vector<int64_t> sizes;
+        slots.reserve(pending_.size()), sizes.reserve(pending_.size());
+        for (const auto& p : pending_) slots.push_back(p.slot), sizes.push_back(p.seen);
+        in.excluded = seen_->excluded(slots, sizes, in.targets);
+      }
+      if (run_.learn && step_->fused()) {
+        out.losses = step_->learn(batch, in, &out.ranks, context);  // ranks from the step's own forward
+      } else {
+        {
+          Stopwatch clock(profile_.ranking);
+          out.ranks = step_->score(in, out.known);
+        }
+        if (run_.learn) out.losses = step_->learn(batch, in, nullptr, context);
+      }
+      if (seen_) {  // freeing the gathered rows is the device's work too (O(batch x widest row) on a CPU)
+        Stopwatch clock(profile_.excluded);
+        in = StepInputs{};
+      }
+    } else if (run_.learn) {  // a rank of a job of several with no event in this micro-batch takes the step too
+      out.losses = step_->learn({}, StepInputs{}, nullptr, context);
     }
     store_.settle();
     for (const auto& p : pending_) {
       out.cold.push_back(p.cold);
       out.arrivals.push_back(p.arrival);
-      if (publisher_ && run_.learn) unpublished_.push_back(p.arrival);
+      out.index.push_back(p.index);
+      if (publisher_) unpublished_.push_back(p.arrival);
     }
+    out.events = batch_events_;
     out.batch = summary_.batches;
+    // The clock's triggers, and the new users: rank 0's clock decides for a job of several, whose new
+    // users are every rank's.
+    const auto now = std::chrono::steady_clock::now();
+    bool publish_by_time = publishing_ && settings_.publish_seconds > 0 &&
+                           std::chrono::duration<double>(now - last_publish_).count() >= settings_.publish_seconds;
+    bool checkpoint_by_time = settings_.checkpoint_seconds > 0 &&
+                              std::chrono::duration<double>(now - last_checkpoint_).count() >= settings_.checkpoint_seconds;
+    if (group_) {
+      const auto agreed = group_->sum({static_cast<double>(new_users_here_), rank_ == 0 && publish_by_time ? 1.0 : 0.0,
+                                       rank_ == 0 && checkpoint_by_time ? 1.0 : 0.0});
+      summary_.new_users += static_cast<uint64_t>(agreed[0]);
+      publish_by_time = agreed[1] > 0, checkpoint_by_time = agreed[2] > 0;
+    } else {
+      summary_.new_users += new_users_here_;
+    }
+    new_users_here_ = 0;
     out.as_of = current();
     {
       Stopwatch clock(profile_.readout);
@@ -338,25 +419,16 @@ class StreamLearner {
       // On a GPU one micro-batch stays in flight, so the host queues the next while this one runs.
       absorb(device_.is_cuda() ? 1 : 0);
     }
-    const auto done = std::chrono::steady_clock::now();
     ++summary_.batches;
-    events_since_checkpoint_ += static_cast<int64_t>(pending_.size());
-    events_since_publish_ += static_cast<int64_t>(pending_.size());
+    events_since_checkpoint_ += batch_events_;
+    events_since_publish_ += batch_events_;
     pending_.clear();
-    if (publisher_ && run_.learn) {
-      const bool publish_by_count = settings_.publish_every > 0 && events_since_publish_ >= settings_.publish_every;
-      const bool publish_by_time = settings_.publish_seconds > 0 &&
-                                   std::chrono::duration<double>(done - last_publish_).count() >= settings_.publish_seconds;
-      if (publish_by_count || publish_by_time) {
-        Stopwatch clock(profile_.saving);
-        publish();
-      }
+    batch_events_ = 0;
+    if (publishing_ && ((settings_.publish_every > 0 && events_since_publish_ >= settings_.publish_every) || publish_by_time)) {
+      Stopwatch clock(profile_.saving);
+      publish();
     }
-    const bool by_count = settings_.checkpoint_every > 0 && events_since_checkpoint_ >= settings_.checkpoint_every;
-    const bool by_time = settings_.checkpoint_seconds > 0 &&
-                         std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint_).count() >=
-                             settings_.checkpoint_seconds;
-    if (by_count || by_time) {
+    if ((settings_.checkpoint_every > 0 && events_since_checkpoint_ >= settings_.checkpoint_every) || checkpoint_by_time) {
       Stopwatch clock(profile_.saving);
       save();
     }
@@ -370,6 +442,11 @@ class StreamLearner {
   // One metrics line for the window, its counters as of its last micro-batch.
   void write_window(const Readout::AsOf& as_of) {
     if (window_.count() == 0) return;
+    if (rank_ != 0) {  // rank 0 writes the job's metrics (every rank holds the same)
+      window_ = RankingMetrics({10});
+      student_window_ = RankingMetrics({10});
+      return;
+    }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
     const uint64_t events = as_of.events;
     metrics_ << nlohmann::json{{"label", run_.label},
@@ -441,9 +518,11 @@ class StreamLearner {
     info.users = store_.user_ids();
     const std::string position = source_.position();
     // The side files first, durable, with their sizes in the checkpoint: a resume truncates them
-    // back to these sizes, so each dead letter and metrics line appears once.
-    const uint64_t dead_letter_bytes = durable_size(dead_letters_, fs::path(run_.output_dir) / "dead_letters.jsonl");
-    const uint64_t metrics_bytes = durable_size(metrics_, fs::path(run_.output_dir) / "metrics.jsonl");
+    // back to these sizes, so each dead letter and metrics line appears once (rank 0's, in a job of
+    // several).
+    const uint64_t dead_letter_bytes =
+        rank_ == 0 ? durable_size(dead_letters_, fs::path(run_.output_dir) / "dead_letters.jsonl") : 0;
+    const uint64_t metrics_bytes = rank_ == 0 ? durable_size(metrics_, fs::path(run_.output_dir) / "metrics.jsonl") : 0;
     info.meta = {{"kind", "stream"},
                  {"dead_letter_bytes", dead_letter_bytes},
                  {"metrics_bytes", metrics_bytes},
@@ -460,8 +539,28 @@ class StreamLearner {
       pack_student(info, student.model, step_->student_config(), student.dense.get(), student.sparse.get());
     }
     Learner& teacher = step_->teacher();
-    save_checkpoint((fs::path(run_.output_dir) / "stream.pt").string(), model_, teacher.dense.get(), info,
-                    teacher.sparse.get());
+    if (!group_) {
+      last_checkpoint_path_ = (fs::path(run_.output_dir) / "stream.pt").string();
+      save_checkpoint(last_checkpoint_path_, model_, teacher.dense.get(), info, teacher.sparse.get());
+    } else {
+      // Version V: every rank's file, then (once all are durable) rank 0's manifest naming V, then
+      // each rank drops its older files. A crash at any point leaves a manifest whose files all exist.
+      const uint64_t version = version_ + 1;
+      info.meta["version"] = version;
+      info.meta["rank"] = rank_;
+      info.meta["world_size"] = ranks_;
+      last_checkpoint_path_ = (fs::path(run_.output_dir) / stream_shard_name(version, rank_)).string();
+      save_checkpoint(last_checkpoint_path_, model_, teacher.dense.get(), info, teacher.sparse.get());
+      group_->barrier();
+      if (rank_ == 0) {
+        StreamManifest manifest{version, ranks_, summary_.events, position, {}};
+        for (int r = 0; r < ranks_; ++r) manifest.shards.push_back(stream_shard_name(version, r));
+        write_stream_manifest(run_.output_dir, manifest);
+      }
+      group_->barrier();
+      remove_other_stream_shards(run_.output_dir, rank_, version);
+      version_ = version;
+    }
     source_.checkpointed(position);
     events_since_checkpoint_ = 0;
     last_checkpoint_ = std::chrono::steady_clock::now();
@@ -473,6 +572,11 @@ class StreamLearner {
     const auto& m = info_.meta;
     if (m.value("kind", "") != "stream") throw std::runtime_error(path + ": not a stream checkpoint (kind is not 'stream')");
     saved_position_ = m.at("source_position").get<std::string>();
+    if (m.value("world_size", 1) != ranks_ || m.value("rank", 0) != rank_)
+      throw std::runtime_error(path + ": written by rank " + std::to_string(m.value("rank", 0)) + " of " +
+                               std::to_string(m.value("world_size", 1)) + ", read by rank " + std::to_string(rank_) +
+                               " of " + std::to_string(ranks_) + ": a stream resumes on as many processes as wrote it");
+    version_ = m.value("version", uint64_t{0});
     visit_counters(CounterReader{m, info_.tensors, path});
     const auto known = static_cast<int64_t>(items_.size());
     store_ = HistoryStore::restore(
@@ -482,9 +586,22 @@ class StreamLearner {
     reservoir_.restore(info_, path, known);
   }
 
+  // Whether `user` is one of this rank's users (always, in one process): a hash of the id, modulo the ranks.
+  bool mine(const std::string& user) const {
+    return ranks_ == 1 || static_cast<int>(splitmix64_finalise(chain_digest(0xcbf29ce484222325ULL, user)) %
+                                           static_cast<uint64_t>(ranks_)) == rank_;
+  }
+
   StreamSettings settings_;
   StreamRun run_;
   EventSource& source_;
+  ProcessGroup* group_;  // null: one process
+  int rank_, ranks_;
+  int64_t batch_events_ = 0;    // the open micro-batch's events, every rank's (in one process, pending_'s)
+  uint64_t new_users_here_ = 0; // this rank's new users since the last micro-batch
+  uint64_t version_ = 0;        // a job of several: the last checkpoint version written or resumed from
+  std::string last_checkpoint_path_;
+  bool publishing_ = false;     // stream.publish_* and learning (the publisher itself is rank 0's)
   std::string saved_position_;
   std::chrono::steady_clock::time_point oldest_pending_;
   std::chrono::steady_clock::time_point last_checkpoint_ = std::chrono::steady_clock::now();
@@ -522,7 +639,14 @@ class StreamLearner {
 StreamSummary run_stream(const Config& config, EventSource& source, const std::vector<RawEvent>& warm_history,
                          const StreamRun& run) {
   configure_threads(config.get_int("train.threads"));
-  StreamLearner learner(config, run, warm_history, source);
+  // Started by a launcher (WORLD_SIZE > 1): one rank of a job of several.
+  const DistEnv dist = DistEnv::from_environment();
+  const torch::Device device = job_device(dist, select_device(config.get_string("train.device")));
+  const std::unique_ptr<ProcessGroup> group = join_job(dist, config, device);
+  if (group)
+    spdlog::info("{}: rank {} of {} ({}): each rank learns from its users' events of every micro-batch", run.label,
+                 group->rank(), group->size(), group->backend());
+  StreamLearner learner(config, run, warm_history, source, device, group.get());
   if (!run.resume.empty()) {
     source.seek(learner.saved_position());
     spdlog::info("{}: resuming at source position {}", run.label, learner.saved_position());

@@ -56,6 +56,12 @@ BatchRanks StreamStep::score(const StepInputs& in, int64_t known) {
   return ranks;
 }
 
+void StreamStep::set_process_group(ProcessGroup* group, int64_t bucket_bytes) {
+  if (group && models_.student) throw std::invalid_argument("a stream of several processes updates the teacher alone");
+  group_ = group;
+  models_.teacher.set_process_group(group, bucket_bytes, /*replicate_rows=*/true);
+}
+
 void StreamStep::grow(int64_t rows) {
   models_.teacher.grow(rows);
   if (models_.student) models_.student.grow(rows);
@@ -73,7 +79,19 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
       Stopwatch clock(context.profile.ranking);
       *ranked = score(in, context.known);
     }
-    return {};
+    // In a job of several, when another rank has examples this one takes the step with them, its
+    // gradients zero: a loss of zero over the dense weights (the item rows get none).
+    if (!group_ || group_->sum(0.0) == 0) return {};
+    torch::Tensor zero;
+    for (const auto& g : models_.teacher.dense->param_groups())
+      for (const auto& p : g.params()) zero = zero.defined() ? zero + p.sum() * 0.0 : p.sum() * 0.0;
+    torch::Tensor skip;
+    {
+      Stopwatch clock(context.profile.update);
+      skip = models_.teacher.step(zero);
+    }
+    const auto nan = torch::full({}, std::numeric_limits<float>::quiet_NaN(), skip.options());
+    return torch::stack({torch::zeros({}, skip.options()), skip, nan, torch::zeros({}, skip.options())});
   }
   const size_t fresh = examples.size();
   const auto replayed = static_cast<size_t>(std::llround(settings_.replay_share * static_cast<double>(fresh)));
@@ -105,6 +123,7 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
   torch::manual_seed(settings_.seed * 1000003ULL + context.batch);  // same draws when resumed
   model->train();
   torch::Tensor loss, batch_hidden;
+  int64_t loss_rows = 0;  // the rows the loss is the mean of
   {
     Stopwatch clock(context.profile.forward);
     const Autocast autocast(device_, bf16_);  // train.precision=bf16: the forward and the loss
@@ -125,6 +144,7 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
         hidden = model->last_hidden(step.inputs);
       }
     }
+    loss_rows = target.size(0);
     auto negatives = torch::randint(1, context.known, {settings_.negatives}, target.options());
     auto log_q = torch::zeros({model->options().num_items + 1}, hidden.options().dtype(torch::kFloat));  // uniform
     // Full softmax over the known items (the padding row and the rows reserved for items yet to come
@@ -140,6 +160,12 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
   if (ranked) {
     Stopwatch clock(context.profile.ranking);
     ranked->teacher = ranks_from(model, batch_hidden, in, context.known);  // before the step
+  }
+  // A job of several: this rank's share of the micro-batch's mean loss (its examples' or positions'
+  // share), so the gradients summed over the ranks are those of the whole micro-batch.
+  if (group_) {
+    const double rows = static_cast<double>(loss_rows);
+    loss = loss * (rows / group_->sum(rows));
   }
   // Guard: a bad batch never reaches the weights (decided on the device; the caller counts it).
   torch::Tensor skip, student;

@@ -46,10 +46,19 @@ class StreamStep {
   // Train on the events of `batch` that have a history (`in`: the batch's StepInputs, reused for
   // them), plus stream.replay_share as many replayed examples. With `ranked` (when fused()), the
   // forward runs over every row of the batch and ranks it there, before any weight changes.
-  // Returns (teacher loss, skipped, student loss, skipped) on the device; undefined without a step.
+  // Returns (teacher loss, skipped, student loss, skipped) on the device; undefined without a step. In
+  // a job of several the teacher's loss is this rank's share of the micro-batch's (its mean times its
+  // share of the examples): the ranks' sum is the micro-batch's.
   at::Tensor learn(const std::vector<Example>& batch, const StepInputs& in, BatchRanks* ranked, Context& context);
   // The item tables grew to ids 0..rows (both models; new rows draw from the current generator).
   void grow(int64_t rows);
+  // A job of several (the teacher alone): each rank learns from its share of every micro-batch, its
+  // loss weighted by its share of the micro-batch's examples, the dense gradients summed over `group`
+  // in buckets of `bucket_bytes` and the item rows' gradients gathered from every rank
+  // (Learner::set_process_group, replicate_rows), so every rank takes the step one process would take
+  // on the whole micro-batch. Every rank then calls learn() for every micro-batch, with an empty batch
+  // when it has no event in it.
+  void set_process_group(ProcessGroup* group, int64_t bucket_bytes);
 
   Learner& teacher() { return models_.teacher; }
   Learner& student() { return models_.student; }  // empty without a student
@@ -61,6 +70,7 @@ class StreamStep {
 
   StreamModels models_;
   const StreamSettings settings_;
+  ProcessGroup* group_ = nullptr;
   DistillOptions distill_;
   torch::Device device_;
   bool bf16_;  // train.precision=bf16

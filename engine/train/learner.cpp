@@ -72,17 +72,43 @@ Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters tr
   for (const auto& group : dense->param_groups()) base_lr_.push_back(group.options().get_lr());
 }
 
-void Learner::set_process_group(ProcessGroup* group, int64_t bucket_bytes) {
-  if (group && sparse && !shards_)
+void Learner::set_process_group(ProcessGroup* group, int64_t bucket_bytes, bool replicate_rows) {
+  if (group && sparse && !shards_ && !replicate_rows)
     throw std::invalid_argument("a job of several processes shards a row-wise item table across its ranks "
                                 "(dist.item_table=row_sharded) or trains it in the dense optimizer");
   group_ = group;
+  replicated_rows_ = group && sparse && !shards_ && replicate_rows;
   reducer_.reset();
   if (!group) return;
   std::vector<torch::Tensor> params;
   for (const auto& g : dense->param_groups())
     for (const auto& p : g.params()) params.push_back(p);
   reducer_ = std::make_unique<GradientReducer>(std::move(params), *group, bucket_bytes);
+}
+
+// Every rank's row gradients of this step, on every rank, in rank order: the ids and the rows of each
+// rank's lookups, concatenated, in two gathers (the ids' and the rows'). The row-wise Adam then
+// reduces them by id in one order on every rank.
+void Learner::gather_row_gradients() {
+  auto& g = sparse->gradients();
+  TORCH_CHECK(!model->item_embedding().grad().defined(),
+              "a replicated row-wise item table takes row gradients only (no full softmax over it)");
+  const auto& weight = model->item_embedding();
+  const int64_t width = weight.size(1);
+  torch::Tensor ids = torch::empty({0}, torch::dtype(torch::kLong).device(weight.device()));
+  torch::Tensor rows = torch::empty({0, width}, weight.options().requires_grad(false));
+  if (!g.empty()) {
+    std::vector<torch::Tensor> flat_ids, flat_rows;
+    for (size_t i = 0; i < g.indices.size(); ++i) {
+      flat_ids.push_back(g.indices[i].reshape({-1}).to(torch::kLong));
+      flat_rows.push_back(g.grad_outputs[i].reshape({-1, width}).to(weight.scalar_type()));
+    }
+    ids = torch::cat(flat_ids), rows = torch::cat(flat_rows);
+  }
+  g.clear();
+  auto all_ids = group_->all_gather(ids);
+  auto all_rows = group_->all_gather(rows);
+  if (all_ids.size(0) > 0) g.indices.push_back(all_ids), g.grad_outputs.push_back(all_rows);
 }
 
 void Learner::grow(int64_t rows) {
@@ -105,6 +131,7 @@ torch::Tensor Learner::step(const torch::Tensor& loss, const std::function<doubl
   // Then every lookup's row gradients to the rows' owners: after every bucket's allreduce, so each
   // rank makes its collectives in one order, whatever its backward pass reached.
   if (shards_) shards_->exchange_gradients();
+  if (replicated_rows_) gather_row_gradients();
   // With the row-wise table the norm covers the dense parameters only: the table's gradient is never
   // reduced before the fused update (and Adam's step is scale-free per row).
   const double clip = settings_.clip_norm;

@@ -60,8 +60,11 @@ class Learner {
   // loss must be its share of the global batch's mean (its own mean times its share of the
   // positions). A row-wise table must be sharded across the same group. Null: one process.
   // The sums start while the backward pass runs, a bucket of at most `bucket_bytes` at a time
-  // (GradientReducer).
-  void set_process_group(ProcessGroup* group, int64_t bucket_bytes = int64_t{25} << 20);
+  // (GradientReducer). With `replicate_rows`, a row-wise table that is not sharded is kept whole on
+  // every rank: each step gathers every rank's row gradients (ProcessGroup::all_gather, in rank order)
+  // and every rank applies them all alike, so the replicas stay equal; the table must then take no
+  // dense gradient (no full softmax over it).
+  void set_process_group(ProcessGroup* group, int64_t bucket_bytes = int64_t{25} << 20, bool replicate_rows = false);
   // The data-parallel reducer (null without a group).
   const GradientReducer* reducer() const { return reducer_.get(); }
   // The item table grew to `rows` (new rows start with zero moments).
@@ -74,10 +77,13 @@ class Learner {
   torch::Tensor step(const torch::Tensor& loss, const std::function<double(double)>& rate = {});
 
  private:
+  void gather_row_gradients();
+
   LearnerSettings settings_;
   std::vector<double> base_lr_;                               // each parameter group's, as built
   std::function<void(const torch::Tensor&)> step_unless_;    // the dense optimizer's guarded step
   ProcessGroup* group_ = nullptr;
+  bool replicated_rows_ = false;  // set_process_group's replicate_rows
   std::unique_ptr<GradientReducer> reducer_;
   std::unique_ptr<ShardedItemTable> shards_;
 };
