@@ -246,7 +246,7 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
     // torchrun --max-restarts starts the same command again after a rank failed: it resumes from the
     // job's last complete checkpoint, when it has one.
     if (!resume && dist.restart_count > 0 && read_stream_manifest((out / "continual").string())) {
-      spdlog::info("restart {} of the job: resuming from {}", dist.restart_count,
+      spdlog::warn("restart {} of the job: resuming from {}", dist.restart_count,
                    (out / "continual" / kStreamManifest).string());
       resume = true;
     }

@@ -104,7 +104,167 @@ void expect_same_losses(const std::string& one, const std::string& two, double r
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], relative * std::abs(a[i])) << "epoch " << i + 1;
 }
 
+// A stream over the small job's generated log (1,500 users, items introduced over time), sampled
+// softmax, micro-batches of 32 events, a checkpoint every 320 events: the `stream` command's arguments
+// writing to `out` (the teacher given with --teacher, or pre-trained on the log's first 60%).
+std::string stream_args(const std::string& out) {
+  return " --log-level warn stream" + kSmallJob +
+         " generator.users=1500 generator.items=150 generator.drift=0.02 train.loss=sampled train.negatives=32"
+         " stream.pretrain_fraction=0.6 stream.batch_size=32 stream.window=500 stream.grow_chunk=16"
+         " stream.max_wait_ms=3600000 stream.checkpoint_every=320 stream.output_dir=" + out;
+}
+
+// The file of `rank` that a distributed stream's manifest in `dir` names.
+std::string stream_shard(const std::string& dir, int rank) {
+  std::ifstream in(fs::path(dir) / "stream.json");
+  const auto manifest = nlohmann::json::parse(in);
+  return (fs::path(dir) / manifest.at("shards").at(rank).get<std::string>()).string();
+}
+
+// A metrics.jsonl's lines without their wall-clock seconds, and their losses apart.
+std::pair<std::vector<nlohmann::json>, std::vector<double>> stream_metrics(const std::string& dir) {
+  std::pair<std::vector<nlohmann::json>, std::vector<double>> lines;
+  std::ifstream in(fs::path(dir) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    j.erase("seconds");
+    lines.second.push_back(j.at("loss").get<double>());
+    j.erase("loss");
+    lines.first.push_back(j);
+  }
+  return lines;
+}
+
+// Every weight of the two checkpoints equal, bit for bit.
+void expect_identical_models(const std::string& a_path, const std::string& b_path) {
+  SASRec a = load_checkpoint_model(a_path, torch::kCPU), b = load_checkpoint_model(b_path, torch::kCPU);
+  const auto pb = b->named_parameters();
+  for (const auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key();
+}
+
+// Two ranks' stream run with the teacher of `teacher_run` (a one-process stream run): the job's
+// continual folder.
+std::string two_rank_stream(const std::string& teacher_run, const std::string& out, const std::string& logs) {
+  const auto [code, log] = two_ranks(stream_args(out) + " --teacher " + teacher_run + "/teacher/best.pt", logs);
+  EXPECT_EQ(code, 0) << log;
+  return out + "/continual";
+}
+
 }  // namespace
+
+// A stream of two ranks: each replays the log and learns from its own users' events of every
+// micro-batch, the gradients summed (the item rows' gathered), so it takes the steps one process takes
+// on the same micro-batches: the same weights within 1e-5 (float sums in another order), the same
+// prequential metrics in every window, the same new users, items and cold items. The replicas stay
+// equal bit for bit, and a stream resumes only on as many processes as wrote it.
+TEST(Distributed, AStreamOfTwoRanksLearnsAsOneProcess) {
+  TempDir dir;
+  const std::string one = (dir.path() / "one").string(), two = (dir.path() / "two").string();
+  const auto [single_code, single_out] = run_command(std::string(FRESHREC_BINARY) + stream_args(one));
+  ASSERT_EQ(single_code, 0) << single_out;
+  const std::string job = two_rank_stream(one, two, dir.path().string());
+  const auto alone = read_checkpoint_info(one + "/continual/stream.pt");
+  const auto shared = read_checkpoint_info(stream_shard(job, 0));
+  for (const char* counter : {"events", "scored", "new_users", "new_items", "cold_items", "batches", "source_position"})
+    EXPECT_EQ(shared.meta.at(counter), alone.meta.at(counter)) << counter;
+  EXPECT_GT(alone.meta.at("new_items").get<int64_t>(), 0) << "the stream grows the vocabulary";
+  EXPECT_EQ(shared.items.size(), alone.items.size());
+  EXPECT_LT(largest_relative_difference(one + "/continual/stream.pt", stream_shard(job, 0)), 1e-5);
+  expect_identical_models(stream_shard(job, 0), stream_shard(job, 1));
+  // Each rank keeps its own users' histories: together, one process's.
+  const auto other = read_checkpoint_info(stream_shard(job, 1));
+  EXPECT_GT(shared.users.size(), 0u);
+  EXPECT_GT(other.users.size(), 0u);
+  EXPECT_EQ(shared.users.size() + other.users.size(), alone.users.size());
+  const auto [lines_alone, losses_alone] = stream_metrics(one + "/continual");
+  const auto [lines_shared, losses_shared] = stream_metrics(job);
+  ASSERT_EQ(lines_shared.size(), lines_alone.size());
+  ASSERT_GT(lines_alone.size(), 10u);
+  for (size_t i = 0; i < lines_alone.size(); ++i) {
+    EXPECT_EQ(lines_shared[i], lines_alone[i]) << "metrics line " << i;
+    EXPECT_NEAR(losses_shared[i], losses_alone[i], 1e-5 * std::abs(losses_alone[i])) << "metrics line " << i;
+  }
+  // Resumed on another number of processes: refused, naming both.
+  const auto [alone_code, alone_out] = run_command(std::string(FRESHREC_BINARY) + stream_args(two) + " --resume");
+  EXPECT_NE(alone_code, 0);
+  EXPECT_NE(alone_out.find("the stream was checkpointed by 2 processes"), std::string::npos) << alone_out;
+  const auto [both_code, both_out] = two_ranks(stream_args(one) + " --resume", dir.path().string());
+  EXPECT_NE(both_code, 0);
+  EXPECT_NE(both_out.find("nothing to resume for a job of 2 processes (stream.pt there was written by one process"),
+            std::string::npos)
+      << both_out;
+}
+
+// A rank of a stream killed (SIGKILL) after the job's first checkpoint: the other rank stops at its
+// next collective with an error naming itself, and the job started again with --resume continues from
+// the last complete checkpoint to the model, the metrics and the counters of an uninterrupted run:
+// every event applied once.
+TEST(Distributed, AStreamResumesAfterARankIsKilled) {
+  TempDir dir;
+  const std::string teacher = (dir.path() / "teacher").string();
+  const auto [teacher_code, teacher_out] = run_command(std::string(FRESHREC_BINARY) + stream_args(teacher));
+  ASSERT_EQ(teacher_code, 0) << teacher_out;
+  const std::string whole = two_rank_stream(teacher, (dir.path() / "whole").string(), dir.path().string());
+
+  const std::string killed = (dir.path() / "killed").string(), logs = dir.path().string();
+  const std::string args = stream_args(killed) + " --teacher " + teacher + "/teacher/best.pt";
+  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port());
+  const std::string bin = FRESHREC_BINARY;
+  const auto [code, out] = run_command(
+      "RANK=0 LOCAL_RANK=0 " + env + " " + bin + args + " >" + logs + "/rank0.log 2>&1 & p0=$!; " +
+      "RANK=1 LOCAL_RANK=1 " + env + " " + bin + args + " >" + logs + "/rank1.log 2>&1 & p1=$!; " +
+      "while [ ! -e " + killed + "/continual/stream.json ] && kill -0 $p1 2>/dev/null; do sleep 0.01; done; " +
+      "kill -9 $p1; wait $p0; a=$?; wait $p1; b=$?; cat " + logs + "/rank0.log; echo \"exit $a $b\"");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("exit 1 137"), std::string::npos) << "rank 0 fails, rank 1 was killed\n" << out;
+  EXPECT_NE(out.find("rank 0: a collective of the job failed: another rank stopped"), std::string::npos) << out;
+  std::ifstream manifest_in(fs::path(killed) / "continual" / "stream.json");
+  const auto manifest = nlohmann::json::parse(manifest_in);
+  const auto finished = read_checkpoint_info(stream_shard(whole, 0));
+  EXPECT_LT(manifest.at("events").get<uint64_t>(), finished.meta.at("events").get<uint64_t>()) << "killed mid-stream";
+
+  const auto [resumed_code, resumed_out] = two_ranks(stream_args(killed) + " --resume", logs);
+  ASSERT_EQ(resumed_code, 0) << resumed_out;
+  const std::string job = killed + "/continual";
+  const auto resumed = read_checkpoint_info(stream_shard(job, 0));
+  for (const char* counter : {"events", "scored", "new_users", "new_items", "batches", "source_position", "version"})
+    EXPECT_EQ(resumed.meta.at(counter), finished.meta.at(counter)) << counter;
+  for (int rank : {0, 1}) expect_identical_models(stream_shard(whole, rank), stream_shard(job, rank));
+  EXPECT_EQ(stream_metrics(job), stream_metrics(whole));
+  // Each rank keeps only the files of the manifest's version.
+  size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(job)) files += entry.path().extension() == ".pt";
+  EXPECT_EQ(files, 2u);
+}
+
+// The same through torchrun --max-restarts: torchrun sees the killed worker, stops the other and starts
+// the job again, and the restarted ranks resume from the last complete checkpoint by themselves.
+TEST(Distributed, TorchrunRestartsAKilledStream) {
+  const std::string torchrun = std::string(FRESHREC_SOURCE_DIR) + "/.venv/bin/torchrun";
+  if (!fs::exists(torchrun)) GTEST_SKIP() << "no torchrun at " << torchrun << " (tools/quickstart.sh makes the .venv)";
+  TempDir dir;
+  const std::string teacher = (dir.path() / "teacher").string();
+  const auto [teacher_code, teacher_out] = run_command(std::string(FRESHREC_BINARY) + stream_args(teacher));
+  ASSERT_EQ(teacher_code, 0) << teacher_out;
+  const std::string whole = two_rank_stream(teacher, (dir.path() / "whole").string(), dir.path().string());
+  const std::string restarted = (dir.path() / "restarted").string();
+  const std::string bin = FRESHREC_BINARY;
+  const auto [code, out] = run_command(
+      torchrun + " --no-python --standalone --nproc-per-node=2 --max-restarts=1 --monitor-interval=0.2 " + bin +
+      stream_args(restarted) + " --teacher " + teacher + "/teacher/best.pt > " + dir.path().string() +
+      "/torchrun.log 2>&1 & t=$!; while [ ! -e " + restarted + "/continual/stream.json ] && kill -0 $t 2>/dev/null; " +
+      "do sleep 0.01; done; pkill -9 -n -f '^" + bin + " .*" + restarted + "'; wait $t; r=$?; cat " + dir.path().string() +
+      "/torchrun.log; exit $r");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("restart 1 of the job: resuming from"), std::string::npos) << out;
+  const std::string job = restarted + "/continual";
+  const auto resumed = read_checkpoint_info(stream_shard(job, 0));
+  const auto finished = read_checkpoint_info(stream_shard(whole, 0));
+  for (const char* counter : {"events", "scored", "new_users", "new_items", "batches", "source_position"})
+    EXPECT_EQ(resumed.meta.at(counter), finished.meta.at(counter)) << counter;
+  expect_identical_models(stream_shard(whole, 0), stream_shard(job, 0));
+  EXPECT_EQ(stream_metrics(job), stream_metrics(whole));
+}
 
 // Data parallelism: each rank takes half of every global batch, the dense gradients are summed over
 // c10d (Gloo) before clipping and Adam, so after the same steps the weights are one process's. Not bit
@@ -338,7 +498,11 @@ TEST(Distributed, ALonelyRankAndTheRowWiseTableAreClearErrors) {
                  "RANK='2': expected a whole number from 0 to 1");
   expect_refused(env + bin + train_args((dir.path() / "nccl").string()) + " dist.backend=nccl",
                  "dist.backend=nccl reduces GPU tensors");
-  // The stream is one process: a launcher's rank is told so before anything runs.
+  // A stream of several replays a log, from a teacher it is given: told before anything runs.
+  expect_refused(env + bin + " stream stream.source=stdin stream.output_dir=" + (dir.path() / "stream").string(),
+                 "a stream of several processes (WORLD_SIZE=2) replays a log (stream.source=replay)");
   expect_refused(env + bin + " stream stream.output_dir=" + (dir.path() / "stream").string(),
-                 "freshrec stream runs as one process");
+                 "a stream of several processes (WORLD_SIZE=2) needs --teacher CHECKPOINT");
+  expect_refused(env + bin + " stream stream.loss=full stream.output_dir=" + (dir.path() / "stream").string(),
+                 "needs stream.loss=sampled");
 }
