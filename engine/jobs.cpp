@@ -230,12 +230,18 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
   const DistEnv dist = DistEnv::from_environment();
   const std::filesystem::path out = config.get_string("stream.output_dir");
   if (dist.distributed()) {
-    // A job of several replays a log, each rank learning from its users' events; what else the stream
-    // job does runs as one process.
+    // A job of several replays a log (each rank learning from its users' events) or consumes a Kafka
+    // topic (each rank its share of the partitions); what else the stream job does runs as one process.
     const std::string job = "a stream of several processes (WORLD_SIZE=" + std::to_string(dist.world_size) + ")";
-    if (config.get_string("stream.source") != "replay")
-      throw ConfigError(job + " replays a log (stream.source=replay); stream.source=" + config.get_string("stream.source") +
-                        " runs as one process");
+    const std::string source = config.get_string("stream.source");
+    if (source != "replay" && source != "kafka")
+      throw ConfigError(job + " replays a log or consumes Kafka (stream.source=replay or kafka); stream.source=" +
+                        source + " runs as one process");
+    // A rank whose share is late waits for it in a collective at most stream.max_wait_ms.
+    if (source == "kafka" && config.get_int("stream.max_wait_ms") >= 1000 * config.get_float("dist.timeout_seconds"))
+      throw ConfigError(job + " closes a micro-batch at least every stream.max_wait_ms (" +
+                        std::to_string(config.get_int("stream.max_wait_ms")) +
+                        " ms), which must be shorter than dist.timeout_seconds, the longest a rank waits for the others");
     if (!student_path.empty() || config.get_int("student.hidden") > 0)
       throw ConfigError(job + " updates the teacher alone: no --student, student.hidden=0");
     if (compare_frozen || !reference_python.empty())
@@ -285,7 +291,9 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
   } else if (config.get_string("stream.source") == "kafka") {
 #ifdef FRESHREC_WITH_KAFKA
     if (continual.teacher.empty() && !resume) throw ConfigError("stream.source=kafka needs --teacher CHECKPOINT");
-    KafkaSource source(KafkaOptions::from_config(config));
+    KafkaOptions options = KafkaOptions::from_config(config);
+    options.member = dist.rank, options.members = dist.world_size;
+    KafkaSource source(options);
     results.emplace_back("continual", run_stream(config, source, {}, continual));
 #else
     throw ConfigError("stream.source=kafka: this build has no Kafka support (librdkafka was not found)");

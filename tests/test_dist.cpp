@@ -10,12 +10,20 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "engine/checkpoint/checkpoint.h"
+#include "engine/config/config.h"
+#include "engine/data/readers.h"
+#include "engine/stream/sources.h"
 #include "models/sasrec.h"
 #include "tests/test_support.h"
+#ifdef FRESHREC_WITH_KAFKA
+#include "tests/mock_kafka.h"
+#endif
 
 namespace fs = std::filesystem;
 using namespace freshrec;
@@ -107,11 +115,13 @@ void expect_same_losses(const std::string& one, const std::string& two, double r
 // A stream over the small job's generated log (1,500 users, items introduced over time), sampled
 // softmax, micro-batches of 32 events, a checkpoint every 320 events: the `stream` command's arguments
 // writing to `out` (the teacher given with --teacher, or pre-trained on the log's first 60%).
+const std::string kStreamJob =
+    " generator.users=1500 generator.items=150 generator.drift=0.02 train.loss=sampled train.negatives=32"
+    " stream.pretrain_fraction=0.6 stream.batch_size=32 stream.window=500 stream.grow_chunk=16"
+    " stream.max_wait_ms=3600000 stream.checkpoint_every=320";
+
 std::string stream_args(const std::string& out) {
-  return " --log-level warn stream" + kSmallJob +
-         " generator.users=1500 generator.items=150 generator.drift=0.02 train.loss=sampled train.negatives=32"
-         " stream.pretrain_fraction=0.6 stream.batch_size=32 stream.window=500 stream.grow_chunk=16"
-         " stream.max_wait_ms=3600000 stream.checkpoint_every=320 stream.output_dir=" + out;
+  return " --log-level warn stream" + kSmallJob + kStreamJob + " stream.output_dir=" + out;
 }
 
 // The file of `rank` that a distributed stream's manifest in `dir` names.
@@ -265,6 +275,80 @@ TEST(Distributed, TorchrunRestartsAKilledStream) {
   expect_identical_models(stream_shard(whole, 0), stream_shard(job, 0));
   EXPECT_EQ(stream_metrics(job), stream_metrics(whole));
 }
+
+#ifdef FRESHREC_WITH_KAFKA
+// Two ranks consuming a topic of two partitions, each rank one (a user's events all in one partition,
+// as a producer keyed by user puts them): every message is applied once, the replicas stay equal, each
+// rank's checkpoint holds its own partition's offset and users. A rank killed after the job's first
+// checkpoint, and the job resumed, ends with the uninterrupted job's model and metrics: each rank's
+// micro-batches are its share of events in its partition's order, closed by count (stream.max_wait_ms
+// is longer than the run), so the two jobs take the same steps.
+TEST(Distributed, KafkaRanksReadTheirPartitionsAndResumeAfterAKill) {
+  TempDir dir;
+  const std::string teacher = (dir.path() / "teacher").string();
+  const auto [teacher_code, teacher_out] = run_command(std::string(FRESHREC_BINARY) + stream_args(teacher));
+  ASSERT_EQ(teacher_code, 0) << teacher_out;
+  // The stream's messages: the generated log after the teacher's 60%, as CSV lines.
+  Config config;
+  std::istringstream overrides(kSmallJob + kStreamJob);
+  for (std::string token; overrides >> token;) config.apply_override(token);
+  const ReplaySource replay = ReplaySource::from_log(load_event_log(config, nullptr), "generator");
+  std::vector<std::string> messages;
+  for (uint64_t p = replay.quantile_position(0.6); p < replay.records().size(); ++p)
+    messages.push_back(replay.records()[p].text);
+  ASSERT_GT(messages.size(), 5000u);
+  testing_support::MockKafka kafka(1);
+  kafka.create_topic("events", 2);
+  kafka.produce("events", messages, 0, std::string::npos, [&](size_t i) {
+    const std::string& m = messages[i];
+    return static_cast<int32_t>(std::hash<std::string>{}(m.substr(0, m.find(','))) % 2);
+  });
+  auto args = [&](const std::string& run) {
+    return stream_args((dir.path() / run).string()) + " stream.source=kafka stream.line_format=csv" +
+           " stream.kafka.brokers=" + kafka.bootstraps() + " stream.kafka.topic=events stream.kafka.group=" + run +
+           " stream.kafka.idle_exit_ms=2000 stream.max_wait_ms=20000";
+  };
+  const std::string logs = dir.path().string();
+  const auto [whole_code, whole_out] = two_ranks(args("whole") + " --teacher " + teacher + "/teacher/best.pt", logs);
+  ASSERT_EQ(whole_code, 0) << whole_out;
+  const std::string whole = (dir.path() / "whole" / "continual").string();
+  const auto finished = read_checkpoint_info(stream_shard(whole, 0)), other = read_checkpoint_info(stream_shard(whole, 1));
+  EXPECT_EQ(finished.meta.at("events").get<size_t>(), messages.size());  // none lost, none twice
+  EXPECT_EQ(finished.meta.at("scored").get<size_t>(), messages.size());
+  EXPECT_GT(finished.meta.at("new_items").get<size_t>(), 0u);
+  expect_identical_models(stream_shard(whole, 0), stream_shard(whole, 1));
+  // Each rank read its partition to the end, and holds the histories of the users it read.
+  const auto p0 = nlohmann::json::parse(finished.meta.at("source_position").get<std::string>()).at("events");
+  const auto p1 = nlohmann::json::parse(other.meta.at("source_position").get<std::string>()).at("events");
+  ASSERT_EQ(p0.size(), 1u);
+  ASSERT_EQ(p1.size(), 1u);
+  EXPECT_EQ(p0.at("0").get<size_t>() + p1.at("1").get<size_t>(), messages.size());
+  EXPECT_EQ(finished.tensors.at("history_lengths").sum().item<int64_t>() +
+                other.tensors.at("history_lengths").sum().item<int64_t>(),
+            static_cast<int64_t>(messages.size()));
+
+  const std::string killed = (dir.path() / "killed").string();
+  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port());
+  const std::string bin = FRESHREC_BINARY, first = args("killed") + " --teacher " + teacher + "/teacher/best.pt";
+  const auto [code, out] = run_command(
+      "RANK=0 LOCAL_RANK=0 " + env + " " + bin + first + " >" + logs + "/rank0.log 2>&1 & p0=$!; " +
+      "RANK=1 LOCAL_RANK=1 " + env + " " + bin + first + " >" + logs + "/rank1.log 2>&1 & p1=$!; " +
+      "while [ ! -e " + killed + "/continual/stream.json ] && kill -0 $p1 2>/dev/null; do sleep 0.01; done; " +
+      "kill -9 $p1; wait $p0; a=$?; wait $p1; b=$?; cat " + logs + "/rank0.log; echo \"exit $a $b\"");
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("exit 1 137"), std::string::npos) << out;
+  std::ifstream manifest_in(fs::path(killed) / "continual" / "stream.json");
+  EXPECT_LT(nlohmann::json::parse(manifest_in).at("events").get<size_t>(), messages.size()) << "killed mid-stream";
+  const auto [resumed_code, resumed_out] = two_ranks(args("killed") + " --resume", logs);
+  ASSERT_EQ(resumed_code, 0) << resumed_out;
+  const std::string job = killed + "/continual";
+  const auto resumed = read_checkpoint_info(stream_shard(job, 0));
+  for (const char* counter : {"events", "scored", "new_users", "new_items", "batches", "source_position"})
+    EXPECT_EQ(resumed.meta.at(counter), finished.meta.at(counter)) << counter;
+  for (int rank : {0, 1}) expect_identical_models(stream_shard(whole, rank), stream_shard(job, rank));
+  EXPECT_EQ(stream_metrics(job), stream_metrics(whole));
+}
+#endif
 
 // Data parallelism: each rank takes half of every global batch, the dense gradients are summed over
 // c10d (Gloo) before clipping and Adam, so after the same steps the weights are one process's. Not bit
@@ -500,7 +584,7 @@ TEST(Distributed, ALonelyRankAndTheRowWiseTableAreClearErrors) {
                  "dist.backend=nccl reduces GPU tensors");
   // A stream of several replays a log, from a teacher it is given: told before anything runs.
   expect_refused(env + bin + " stream stream.source=stdin stream.output_dir=" + (dir.path() / "stream").string(),
-                 "a stream of several processes (WORLD_SIZE=2) replays a log (stream.source=replay)");
+                 "a stream of several processes (WORLD_SIZE=2) replays a log or consumes Kafka");
   expect_refused(env + bin + " stream stream.output_dir=" + (dir.path() / "stream").string(),
                  "a stream of several processes (WORLD_SIZE=2) needs --teacher CHECKPOINT");
   expect_refused(env + bin + " stream stream.loss=full stream.output_dir=" + (dir.path() / "stream").string(),

@@ -1317,65 +1317,10 @@ TEST(Stream, EmptyBatchesAndTheLossGuardLeaveTheModelAlone) {
 }
 
 #ifdef FRESHREC_WITH_KAFKA
-#include <librdkafka/rdkafka.h>
-#include <librdkafka/rdkafka_mock.h>  // after rdkafka.h, as it requires
-#include <librdkafka/rdkafkacpp.h>
-
 #include "engine/stream/kafka_source.h"
+#include "tests/mock_kafka.h"
 
-namespace {
-
-// librdkafka's built-in mock cluster: real Kafka-protocol brokers on loopback, inside this process.
-class MockKafka {
- public:
-  explicit MockKafka(int brokers) {
-    char error[512];
-    handle_ = rd_kafka_new(RD_KAFKA_PRODUCER, rd_kafka_conf_new(), error, sizeof error);
-    if (!handle_) throw std::runtime_error(error);
-    cluster_ = rd_kafka_mock_cluster_new(handle_, brokers);
-    if (!cluster_) throw std::runtime_error("cannot start the mock Kafka cluster");
-  }
-  ~MockKafka() {
-    producer_.reset();
-    rd_kafka_mock_cluster_destroy(cluster_);
-    rd_kafka_destroy(handle_);
-  }
-  std::string bootstraps() const { return rd_kafka_mock_cluster_bootstraps(cluster_); }
-  void create_topic(const std::string& topic, int partitions) {
-    rd_kafka_mock_topic_create(cluster_, topic.c_str(), partitions, 1);
-  }
-  void restart_broker(int id) {
-    rd_kafka_mock_broker_set_down(cluster_, id);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    rd_kafka_mock_broker_set_up(cluster_, id);
-  }
-  // Messages [first, last) of `messages`, message i to partition i % 2.
-  void produce(const std::string& topic, const std::vector<std::string>& messages, size_t first = 0,
-               size_t last = std::string::npos) {
-    if (!producer_) {
-      std::string error;
-      std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
-      conf->set("bootstrap.servers", bootstraps(), error);
-      producer_.reset(RdKafka::Producer::create(conf.get(), error));
-      if (!producer_) throw std::runtime_error("mock Kafka: " + error);
-    }
-    for (size_t i = first; i < std::min(last, messages.size()); ++i) {
-      auto& m = messages[i];
-      while (producer_->produce(topic, static_cast<int32_t>(i % 2), RdKafka::Producer::RK_MSG_COPY,
-                                const_cast<char*>(m.data()), m.size(), nullptr, 0, 0, nullptr) ==
-             RdKafka::ERR__QUEUE_FULL)
-        producer_->poll(10);
-    }
-    if (producer_->flush(10000) != RdKafka::ERR_NO_ERROR) throw std::runtime_error("mock Kafka: messages not delivered");
-  }
-
- private:
-  rd_kafka_t* handle_;
-  rd_kafka_mock_cluster_t* cluster_;
-  std::unique_ptr<RdKafka::Producer> producer_;
-};
-
-}  // namespace
+using freshrec::testing_support::MockKafka;
 
 // A checkpoint's Kafka position names its topic: resuming on another topic, or from text that is not
 // {topic: {partition: next offset}}, is refused with a clear error.

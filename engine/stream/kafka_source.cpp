@@ -5,7 +5,9 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <stdexcept>
+#include <thread>
 
 #include "engine/config/config.h"
 
@@ -94,6 +96,7 @@ KafkaSource::KafkaSource(const KafkaOptions& options) : options_(options), rebal
     throw std::runtime_error("kafka: " + error);
   consumer_.reset(RdKafka::KafkaConsumer::create(conf.get(), error));
   if (!consumer_) throw std::runtime_error("kafka: cannot create a consumer: " + error);
+  if (options.members > 1) return;  // assigned its share at the first next(), after a resume's seek()
   const auto err = consumer_->subscribe({options.topic});
   if (err != RdKafka::ERR_NO_ERROR)
     throw std::runtime_error("kafka: cannot subscribe to " + options.topic + ": " + RdKafka::err2str(err));
@@ -103,7 +106,49 @@ KafkaSource::~KafkaSource() {
   if (consumer_) consumer_->close();
 }
 
+void KafkaSource::assign_share() {
+  std::string error;
+  std::unique_ptr<RdKafka::Topic> topic(RdKafka::Topic::create(consumer_.get(), options_.topic, nullptr, error));
+  if (!topic) throw std::runtime_error("kafka: topic " + options_.topic + ": " + error);
+  int partitions = 0;
+  std::string why;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (partitions == 0 && std::chrono::steady_clock::now() < deadline) {
+    RdKafka::Metadata* raw = nullptr;
+    const auto err = consumer_->metadata(false, topic.get(), &raw, 5000);
+    std::unique_ptr<RdKafka::Metadata> metadata(raw);
+    why = RdKafka::err2str(err);
+    if (err == RdKafka::ERR_NO_ERROR && metadata && !metadata->topics()->empty()) {
+      const auto* t = metadata->topics()->front();
+      why = RdKafka::err2str(t->err());
+      if (t->err() == RdKafka::ERR_NO_ERROR) partitions = static_cast<int>(t->partitions()->size());
+    }
+    if (partitions == 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (partitions == 0)
+    throw std::runtime_error("kafka: no partitions of topic " + options_.topic + " found in 30 s (" + why + ")");
+  std::vector<RdKafka::TopicPartition*> share;
+  for (int p = options_.member; p < partitions; p += options_.members) {
+    auto it = next_offsets_.find(p);
+    share.push_back(RdKafka::TopicPartition::create(
+        options_.topic, p, it != next_offsets_.end() ? it->second : RdKafka::Topic::OFFSET_STORED));
+    assigned_partitions_.insert(p);
+  }
+  const auto err = consumer_->assign(share);
+  RdKafka::TopicPartition::destroy(share);
+  if (err != RdKafka::ERR_NO_ERROR)
+    throw std::runtime_error("kafka: cannot assign partitions of " + options_.topic + ": " + RdKafka::err2str(err));
+  spdlog::info("kafka: rank {} of {} reads {} of the {} partitions of {}", options_.member, options_.members,
+               assigned_partitions_.size(), partitions, options_.topic);
+  if (assigned_partitions_.empty())
+    spdlog::warn("kafka: topic {} has {} partitions for {} ranks: rank {} reads none", options_.topic, partitions,
+                 options_.members, options_.member);
+  last_message_ = std::chrono::steady_clock::now();  // idle time counts from the assignment
+  assigned_ = true;
+}
+
 std::optional<StreamRecord> KafkaSource::next(int wait_ms) {
+  if (options_.members > 1 && !assigned_) assign_share();
   std::unique_ptr<RdKafka::Message> message(consumer_->consume(std::max(wait_ms, 0)));
   switch (message->err()) {
     case RdKafka::ERR_NO_ERROR: {

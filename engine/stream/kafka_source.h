@@ -4,6 +4,12 @@
 // assignment a rebalance brings, a partition continues at the model's own next offset, so no event
 // is lost or applied twice. One model per consumer group: a partition held by another member is not
 // read by this one meanwhile.
+//
+// In a stream of several processes each rank is one consumer of the group and owns a fixed share of
+// the topic's partitions, those numbered p with p % ranks == rank, assigned to it directly rather than
+// balanced by the group: a partition's users' histories live on the rank that reads it, so it never
+// moves while the job runs, and a resume (on as many ranks) reads each partition where its rank's
+// checkpoint stopped. Offsets are still committed to the group, so lag monitoring sees the job.
 #pragma once
 
 #include <chrono>
@@ -29,6 +35,7 @@ struct KafkaOptions {
   LineFormat format = LineFormat::Json;
   int idle_exit_ms = 0;  // > 0: the source ends after this long without a message (replays, tests)
   std::map<std::string, std::string> properties;  // further librdkafka settings (session.timeout.ms, ...)
+  int member = 0, members = 1;  // a job of several: this rank, of how many (partitions p % members == member)
   static KafkaOptions from_config(const Config& config);
 };
 
@@ -42,9 +49,13 @@ class KafkaSource : public EventSource {
   std::string position() const override;
   void seek(const std::string& position) override;
   void checkpointed(const std::string& position) override;
+  bool partitioned() const override { return options_.members > 1; }
 
  private:
   class Rebalance;
+  // A job of several: assigns this rank's partitions (its checkpoint's offsets, else the group's
+  // committed ones), waiting up to 30 s for the topic's metadata. Throws naming the topic.
+  void assign_share();
   KafkaOptions options_;
   std::unique_ptr<Rebalance> rebalance_;
   std::unique_ptr<RdKafka::KafkaConsumer> consumer_;

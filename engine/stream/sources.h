@@ -35,6 +35,10 @@ class EventSource {
   virtual void seek(const std::string& position) = 0;
   // Told once a checkpoint holding position() is durable (a Kafka source commits its offsets then).
   virtual void checkpointed(const std::string& /*position*/) {}
+  // In a stream of several processes: whether each rank's source delivers records of its own (a Kafka
+  // consumer's share of the partitions) rather than the whole stream (a replayed log, which every rank
+  // reads whole).
+  virtual bool partitioned() const { return false; }
 };
 
 // A recorded log delivered in timestamp order: a file parsed whole (stable: ties keep file order; a

@@ -11,11 +11,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <optional>
+#include <unordered_set>
 
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/data/ids.h"
@@ -82,6 +84,7 @@ class StreamLearner {
         group_(group),
         rank_(group ? group->rank() : 0),
         ranks_(group ? group->size() : 1),
+        partitioned_(group && source.partitioned()),
         device_(device),
         bf16_(configure_precision(config.get_string("train.precision"))),
         reservoir_(static_cast<size_t>(settings_.replay_capacity), settings_.seed) {
@@ -123,7 +126,11 @@ class StreamLearner {
     // On resume, drop what was written after the checkpoint: those records come again. A fresh
     // start begins both files anew, so they never mix two runs.
     const auto metrics_path = fs::path(run.output_dir) / "metrics.jsonl";
-    const auto dead_path = fs::path(run.output_dir) / "dead_letters.jsonl";
+    // Every rank's dead letters are rank 0's to write when every rank reads the whole stream; each
+    // rank writes its own when each reads its own records.
+    const auto dead_path = fs::path(run.output_dir) / (rank_ == 0 ? std::string("dead_letters.jsonl")
+                                                                  : "dead_letters.rank" + std::to_string(rank_) + ".jsonl");
+    writes_dead_letters_ = rank_ == 0 || partitioned_;
     const uint64_t metrics_kept = run.resume.empty() ? 0 : info_.meta.value("metrics_bytes", uint64_t{0});
     const uint64_t dead_kept = run.resume.empty() ? 0 : info_.meta.value("dead_letter_bytes", uint64_t{0});
     if (run.resume.empty()) {
@@ -138,12 +145,15 @@ class StreamLearner {
         remove_other_stream_shards(run.output_dir, rank_, 0);
       }
     }
-    if (rank_ == 0) {  // the job's side files: rank 0 sees every record and holds the job's metrics
+    if (rank_ == 0) {  // the job's metrics: every rank holds them, rank 0 writes them
       truncate_to(metrics_path, metrics_kept);
-      truncate_to(dead_path, dead_kept);
       metrics_.open(metrics_path, std::ios::app);
+    }
+    if (writes_dead_letters_) {
+      truncate_to(dead_path, dead_kept);
       dead_letters_.open(dead_path, std::ios::app);
     }
+    dead_letters_path_ = dead_path;
   }
 
   // Where the source continues when resuming ("" on a fresh start).
@@ -153,11 +163,23 @@ class StreamLearner {
   // table's growth and the micro-batches' bounds agree without a message, and each keeps and learns
   // from the events of its own users (ownership by a hash of the user's id).
   void consume(const StreamRecord& record) {
+    if (partitioned_) {  // held until the ranks close the micro-batch together (exchange)
+      ++consumed_here_;
+      if (!record.event) {
+        ++dead_here_;
+        dead_letters_ << dead_letter_json(record) << "\n";
+        spdlog::debug("dead letter at {}: {}", record.origin, printable(record.error));
+      } else {
+        if (raw_.empty()) oldest_raw_ = std::chrono::steady_clock::now();
+        raw_.push_back({record.event->user, record.event->item, std::chrono::steady_clock::now()});
+      }
+      return;
+    }
     ++summary_.events;
     if (batch_events_ == 0) oldest_pending_ = std::chrono::steady_clock::now();
     if (!record.event) {
       ++summary_.dead_letters;
-      if (rank_ == 0) dead_letters_ << dead_letter_json(record) << "\n";
+      if (writes_dead_letters_) dead_letters_ << dead_letter_json(record) << "\n";
       spdlog::debug("dead letter at {}: {}", record.origin, printable(record.error));
     } else if (!mine(record.event->user)) {
       item_id(record.event->item, nullptr);
@@ -186,6 +208,86 @@ class StreamLearner {
       flush();
   }
   int wait_ms() const { return static_cast<int>(settings_.max_wait_ms); }
+
+  // A job of several whose ranks read records of their own (a Kafka consumer's partitions).
+  bool partitioned() const { return partitioned_; }
+  // Whether this rank is ready to close the micro-batch with the others: it holds its share of
+  // stream.batch_size events, or the oldest has waited stream.max_wait_ms, or (holding none) that long
+  // has passed since the last micro-batch, or its source has finished.
+  bool due(bool finished) const {
+    const auto share = (settings_.batch_size + ranks_ - 1) / ranks_;
+    const auto since = raw_.empty() ? last_exchange_ : oldest_raw_;
+    return finished || static_cast<int64_t>(raw_.size()) >= share ||
+           std::chrono::steady_clock::now() - since >= std::chrono::milliseconds(settings_.max_wait_ms);
+  }
+  // Closes a micro-batch of a partitioned job, every rank together. One sum tells each rank every
+  // rank's events, records and dead letters and whether its source finished; the names of items new to
+  // the vocabulary are gathered from every rank and given ids in rank order (the same ids on every
+  // rank, the table grown alike); then each rank's events are the micro-batch's, after those of the
+  // ranks before it, and the step runs as flush() does. An item new in the micro-batch is cold in each
+  // of its events there. Returns true when every rank's source has finished and no rank had an event:
+  // the stream is over.
+  bool exchange(bool finished) {
+    std::vector<std::string> unknown;
+    std::unordered_set<std::string> listed;
+    for (const auto& r : raw_)
+      if (items_.find(r.item) < 0 && listed.insert(r.item).second) unknown.push_back(r.item);
+    std::string names;
+    for (const auto& name : unknown) {
+      const auto length = static_cast<uint32_t>(name.size());
+      names.append(reinterpret_cast<const char*>(&length), sizeof length).append(name);
+    }
+    constexpr int kFields = 5;  // events, records, dead letters, finished, bytes of new names
+    std::vector<double> header(static_cast<size_t>(kFields * ranks_), 0.0);
+    double* own = header.data() + kFields * rank_;
+    own[0] = static_cast<double>(raw_.size()), own[1] = static_cast<double>(consumed_here_);
+    own[2] = static_cast<double>(dead_here_), own[3] = finished ? 1 : 0, own[4] = static_cast<double>(names.size());
+    header = group_->sum(header);
+    int64_t events = 0, offset = 0, finished_ranks = 0;
+    double name_bytes = 0;
+    for (int r = 0; r < ranks_; ++r) {
+      const double* h = header.data() + kFields * r;
+      if (r < rank_) offset += static_cast<int64_t>(h[0]);
+      events += static_cast<int64_t>(h[0]);
+      summary_.events += static_cast<uint64_t>(h[1]);
+      summary_.dead_letters += static_cast<uint64_t>(h[2]);
+      finished_ranks += h[3] != 0;
+      name_bytes += h[4];
+    }
+    const int32_t first_new = items_.end_id();
+    if (name_bytes > 0) {
+      auto bytes = torch::empty({static_cast<int64_t>(names.size())}, torch::kUInt8);
+      std::memcpy(bytes.data_ptr<uint8_t>(), names.data(), names.size());
+      const auto all = group_->all_gather(bytes).contiguous();
+      const auto* p = reinterpret_cast<const char*>(all.data_ptr<uint8_t>());
+      const auto* end = p + all.numel();
+      while (p < end) {
+        uint32_t length = 0;
+        std::memcpy(&length, p, sizeof length);
+        p += sizeof length;
+        item_id(std::string(p, length), nullptr);
+        p += length;
+      }
+    }
+    for (size_t i = 0; i < raw_.size(); ++i) {
+      const auto& r = raw_[i];
+      bool new_user = false;
+      const int32_t slot = store_.user_slot(r.user, &new_user);
+      new_users_here_ += new_user;
+      const int32_t item = items_.find(r.item);
+      const auto length = static_cast<int32_t>(store_.history(slot).size());
+      const int64_t seen = seen_ ? seen_->add(slot, item) : 0;
+      pending_.push_back({slot, length, item, seen, item >= first_new, r.arrival, offset + static_cast<int64_t>(i)});
+      store_.push(slot, item);
+    }
+    raw_.clear();
+    consumed_here_ = dead_here_ = 0;
+    last_exchange_ = std::chrono::steady_clock::now();
+    batch_events_ = events;
+    if (events == 0) return finished_ranks == ranks_;
+    flush();
+    return false;
+  }
 
   StreamSummary finish() {
     flush();
@@ -520,8 +622,7 @@ class StreamLearner {
     // The side files first, durable, with their sizes in the checkpoint: a resume truncates them
     // back to these sizes, so each dead letter and metrics line appears once (rank 0's, in a job of
     // several).
-    const uint64_t dead_letter_bytes =
-        rank_ == 0 ? durable_size(dead_letters_, fs::path(run_.output_dir) / "dead_letters.jsonl") : 0;
+    const uint64_t dead_letter_bytes = writes_dead_letters_ ? durable_size(dead_letters_, dead_letters_path_) : 0;
     const uint64_t metrics_bytes = rank_ == 0 ? durable_size(metrics_, fs::path(run_.output_dir) / "metrics.jsonl") : 0;
     info.meta = {{"kind", "stream"},
                  {"dead_letter_bytes", dead_letter_bytes},
@@ -588,7 +689,7 @@ class StreamLearner {
 
   // Whether `user` is one of this rank's users (always, in one process): a hash of the id, modulo the ranks.
   bool mine(const std::string& user) const {
-    return ranks_ == 1 || static_cast<int>(splitmix64_finalise(chain_digest(0xcbf29ce484222325ULL, user)) %
+    return ranks_ == 1 || partitioned_ || static_cast<int>(splitmix64_finalise(chain_digest(0xcbf29ce484222325ULL, user)) %
                                            static_cast<uint64_t>(ranks_)) == rank_;
   }
 
@@ -597,6 +698,16 @@ class StreamLearner {
   EventSource& source_;
   ProcessGroup* group_;  // null: one process
   int rank_, ranks_;
+  bool partitioned_;              // each rank reads records of its own (exchange())
+  struct Raw {                    // a partitioned job's event, until its micro-batch closes
+    std::string user, item;
+    std::chrono::steady_clock::time_point arrival;
+  };
+  std::vector<Raw> raw_;
+  uint64_t consumed_here_ = 0, dead_here_ = 0;  // since the last exchange()
+  std::chrono::steady_clock::time_point oldest_raw_, last_exchange_ = std::chrono::steady_clock::now();
+  bool writes_dead_letters_ = false;
+  fs::path dead_letters_path_;
   int64_t batch_events_ = 0;    // the open micro-batch's events, every rank's (in one process, pending_'s)
   uint64_t new_users_here_ = 0; // this rank's new users since the last micro-batch
   uint64_t version_ = 0;        // a job of several: the last checkpoint version written or resumed from
@@ -652,7 +763,13 @@ StreamSummary run_stream(const Config& config, EventSource& source, const std::v
     spdlog::info("{}: resuming at source position {}", run.label, learner.saved_position());
   }
   const auto started = std::chrono::steady_clock::now();
-  while (true) {
+  // Each rank reads its own records: the ranks close every micro-batch together.
+  while (learner.partitioned()) {
+    if (auto record = source.next(std::min(learner.wait_ms(), 50))) learner.consume(*record);
+    const bool finished = source.finished();
+    if (learner.due(finished) && learner.exchange(finished)) break;
+  }
+  while (!learner.partitioned()) {
     if (auto record = source.next(learner.wait_ms())) {
       learner.consume(*record);
     } else if (source.finished()) {
