@@ -242,8 +242,6 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
       throw ConfigError(job + " closes a micro-batch at least every stream.max_wait_ms (" +
                         std::to_string(config.get_int("stream.max_wait_ms")) +
                         " ms), which must be shorter than dist.timeout_seconds, the longest a rank waits for the others");
-    if (!student_path.empty() || config.get_int("student.hidden") > 0)
-      throw ConfigError(job + " updates the teacher alone: no --student, student.hidden=0");
     if (compare_frozen || !reference_python.empty())
       throw ConfigError(job + " runs the continual pass alone: --compare-frozen and the reference run as one process");
     if (config.get_string("stream.loss") != "sampled")
@@ -258,6 +256,9 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
     }
     if (teacher_path.empty() && !resume)
       throw ConfigError(job + " needs --teacher CHECKPOINT (`freshrec train` pre-trains one, under the launcher too)");
+    if (student_path.empty() && !resume && config.get_int("student.hidden") > 0)
+      throw ConfigError(job + " distils no student before it starts: give one with --student CHECKPOINT "
+                        "(`freshrec distill` trains one, under the launcher too), or student.hidden=0");
   }
   if (!reference_python.empty() && config.get_string("stream.source") != "replay")
   if (!reference_python.empty() && config.get_string("stream.source") != "replay")

@@ -1,6 +1,8 @@
 // Runtime settings; see runtime.h.
 #include "engine/runtime.h"
 
+#include "engine/dist/dist_env.h"
+
 #include <ATen/autocast_mode.h>
 #include <spdlog/spdlog.h>
 
@@ -54,7 +56,9 @@ Autocast::~Autocast() {
 
 void configure_threads(int64_t threads) {
   const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t n = threads > 0 ? threads : cores;
+  // 0: this process's share of the machine's cores, with the job's other processes on it (torchrun's
+  // LOCAL_WORLD_SIZE), so that they do not oversubscribe the cores.
+  const int64_t n = threads > 0 ? threads : std::max<int64_t>(1, cores / DistEnv::from_environment().local_world_size);
   if (torch::get_num_threads() != n) torch::set_num_threads(static_cast<int>(n));
   spdlog::debug("intra-op threads: {} ({} cores)", n, cores);
 }

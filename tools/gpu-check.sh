@@ -114,6 +114,11 @@ case "${1:-}" in
       run_stage dist-rows-one 120 $B $d train.loss=sampled train.sparse_embeddings=true train.output_dir=/tmp/dist-rows-one
       run_stage dist-rows-nccl 120 python3 -m torch.distributed.run --no-python --standalone --nproc-per-node=2 $B $d \
         train.loss=sampled dist.item_table=row_sharded dist.backend=nccl train.output_dir=/tmp/dist-rows-nccl
+      # The stream as one process and as two ranks over NCCL, from dist-one's teacher: the same metrics.
+      st="stream -c configs/demo.yaml train.device=cuda --teacher /tmp/dist-one/best.pt student.hidden=0"
+      run_stage dist-stream-one 120 $B $st stream.output_dir=/tmp/dist-stream-one
+      run_stage dist-stream-nccl 120 python3 -m torch.distributed.run --no-python --standalone --nproc-per-node=2 $B \
+        $st dist.backend=nccl stream.output_dir=/tmp/dist-stream-nccl
     fi
     if has ml1m && [[ -f .deps/data/ml-1m.txt ]]; then
       # The same 30-epoch run as on the CPU (docs/RESULTS.md), compared by its validation

@@ -68,7 +68,7 @@ const std::vector<KeySpec>& config_schema() {
       {"train.lr_decays", K::Int, "0", "how many plateau decays before early stopping (0: stop at the first plateau)", {}, 0, 1000},
       {"train.seed", K::Int, "42", "seed of initialisation, shuffling and dropout", {}, 0, 4294967295},
       {"train.device", K::Choice, "auto", "auto: CUDA when a GPU is present, else CPU", {"auto", "cpu", "cuda"}},
-      {"train.threads", K::Int, "0", "intra-op CPU threads (0: all cores)", {}, 0, 4096},
+      {"train.threads", K::Int, "0", "intra-op CPU threads (0: all cores, or under a launcher their share per process of the machine: cores / LOCAL_WORLD_SIZE)", {}, 0, 4096},
       {"train.precision", K::Choice, "fp32",
        "fp32; tf32: fp32 weights, TF32 matmuls on a GPU; bf16: forward and loss under bfloat16 autocast, fp32 "
        "weights and optimizer state (rankings are scored in fp32)",

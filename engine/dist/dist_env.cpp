@@ -32,6 +32,7 @@ DistEnv DistEnv::from_environment(const std::function<const char*(const char*)>&
   e.world_size = integer("WORLD_SIZE", read("WORLD_SIZE"), 1, 1 << 20, 1);
   e.rank = integer("RANK", read("RANK"), 0, e.world_size - 1, 0);
   e.local_rank = integer("LOCAL_RANK", read("LOCAL_RANK"), 0, e.world_size - 1, 0);
+  e.local_world_size = integer("LOCAL_WORLD_SIZE", read("LOCAL_WORLD_SIZE"), 1, e.world_size, 1);
   e.restart_count = integer("TORCHELASTIC_RESTART_COUNT", read("TORCHELASTIC_RESTART_COUNT"), 0, 1 << 20, 0);
   const char* agent = read("TORCHELASTIC_USE_AGENT_STORE");
   e.agent_store = agent != nullptr && std::string(agent) == "True";

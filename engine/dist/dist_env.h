@@ -11,6 +11,7 @@ namespace freshrec {
 
 struct DistEnv {
   int rank = 0, world_size = 1, local_rank = 0;
+  int local_world_size = 1;  // LOCAL_WORLD_SIZE (torchrun's): the job's processes on this machine
   std::string master_addr;  // the rendezvous store's host
   int master_port = 0;
   // torchrun's agent already serves the store at MASTER_ADDR:MASTER_PORT

@@ -354,7 +354,7 @@ class StreamLearner {
       const auto now = std::chrono::steady_clock::now();
       // Each event's teacher rank, student rank, coldness and latency, in the micro-batch's order.
       const auto events = static_cast<size_t>(r.events);
-      std::vector<double> pooled(4 * events + 3, 0.0);
+      std::vector<double> pooled(4 * events + 4, 0.0);
       const int64_t* ranks = r.cold.empty() ? nullptr : r.ranks.teacher.data_ptr<int64_t>();
       const int64_t* student_ranks = has_student_ && !r.cold.empty() ? r.ranks.student.data_ptr<int64_t>() : nullptr;
       for (size_t i = 0; i < r.cold.size(); ++i) {
@@ -365,7 +365,10 @@ class StreamLearner {
         slot[3] = std::chrono::duration<double, std::milli>(now - r.arrivals[i]).count();
       }
       const float* l = r.losses.defined() ? r.losses.data_ptr<float>() : nullptr;
-      if (l) pooled[4 * events] = l[0], pooled[4 * events + 1] = l[1], pooled[4 * events + 2] = 1;
+      if (l) {
+        pooled[4 * events] = l[0], pooled[4 * events + 1] = l[1], pooled[4 * events + 2] = 1;
+        if (has_student_) pooled[4 * events + 3] = l[2];
+      }
       if (group_) pooled = group_->sum(pooled);
       for (size_t k = 0; k < events; ++k) {
         const double* slot = pooled.data() + 4 * k;
@@ -382,7 +385,7 @@ class StreamLearner {
         if (static_cast<int64_t>(window_.count()) >= settings_.window) write_window(r.as_of);
         if (latencies_ms_.size() < kMaxLatencySamples) latencies_ms_.push_back(slot[3]);
       }
-      // The step's loss (the ranks' shares summed) and the guard's flag (the same on every rank).
+      // The steps' losses (the ranks' shares summed) and the guard's flags (the same on every rank).
       if (pooled[4 * events + 2] > 0) {
         const double loss = pooled[4 * events], skipped = l ? l[1] : 0.f;
         if (skipped != 0) {  // the guard: this batch never reached the weights
@@ -395,9 +398,9 @@ class StreamLearner {
       if (l && has_student_) {
         if (l[3] != 0.f) {
           ++summary_.skipped_batches;
-          spdlog::warn("batch {}: student step skipped, loss {}", r.batch, l[2]);
+          spdlog::warn("batch {}: student step skipped, loss {}", r.batch, pooled[4 * events + 3]);
         } else {
-          last_student_loss_ = l[2];
+          last_student_loss_ = pooled[4 * events + 3];
         }
       }
       readouts_.pop_front();

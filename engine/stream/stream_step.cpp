@@ -57,10 +57,23 @@ BatchRanks StreamStep::score(const StepInputs& in, int64_t known) {
 }
 
 void StreamStep::set_process_group(ProcessGroup* group, int64_t bucket_bytes) {
-  if (group && models_.student) throw std::invalid_argument("a stream of several processes updates the teacher alone");
   group_ = group;
   models_.teacher.set_process_group(group, bucket_bytes, /*replicate_rows=*/true);
+  if (models_.student) models_.student.set_process_group(group, bucket_bytes, /*replicate_rows=*/true);
 }
+
+namespace {
+
+// A loss of zero over a learner's dense weights: the step of a rank with no example, whose gradients
+// count zero in the sums (the item rows get none).
+torch::Tensor zero_loss(Learner& learner) {
+  torch::Tensor zero;
+  for (const auto& g : learner.dense->param_groups())
+    for (const auto& p : g.params()) zero = zero.defined() ? zero + p.sum() * 0.0 : p.sum() * 0.0;
+  return zero;
+}
+
+}  // namespace
 
 void StreamStep::grow(int64_t rows) {
   models_.teacher.grow(rows);
@@ -79,19 +92,21 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
       Stopwatch clock(context.profile.ranking);
       *ranked = score(in, context.known);
     }
-    // In a job of several, when another rank has examples this one takes the step with them, its
-    // gradients zero: a loss of zero over the dense weights (the item rows get none).
+    // In a job of several, when another rank has examples this one takes the steps with them (the
+    // same collectives, in the same order), its gradients zero.
     if (!group_ || group_->sum(0.0) == 0) return {};
-    torch::Tensor zero;
-    for (const auto& g : models_.teacher.dense->param_groups())
-      for (const auto& p : g.params()) zero = zero.defined() ? zero + p.sum() * 0.0 : p.sum() * 0.0;
-    torch::Tensor skip;
+    torch::Tensor skip, student_skip;
     {
       Stopwatch clock(context.profile.update);
-      skip = models_.teacher.step(zero);
+      skip = models_.teacher.step(zero_loss(models_.teacher));
     }
-    const auto nan = torch::full({}, std::numeric_limits<float>::quiet_NaN(), skip.options());
-    return torch::stack({torch::zeros({}, skip.options()), skip, nan, torch::zeros({}, skip.options())});
+    if (models_.student) {
+      Stopwatch clock(context.profile.student);
+      group_->sum(0.0);
+      student_skip = models_.student.step(zero_loss(models_.student));
+    }
+    const auto zero = torch::zeros({}, skip.options());
+    return torch::stack({zero, skip, zero, student_skip.defined() ? student_skip : zero});
   }
   const size_t fresh = examples.size();
   const auto replayed = static_cast<size_t>(std::llround(settings_.replay_share * static_cast<double>(fresh)));
@@ -221,6 +236,10 @@ torch::Tensor StreamStep::learn_student(const StepInputs& step, const StepInputs
                              settings_.full_softmax ? nullptr : &sampled, settings_.ce_chunk);
   }
   if (ranked) ranked->student = ranks_from(student, student_hidden, in, known);
+  if (group_) {  // this rank's share of the micro-batch's mean, as the teacher's
+    const auto rows = static_cast<double>(target.size(0));
+    loss = loss * (rows / group_->sum(rows));
+  }
   const auto skip = models_.student.step(loss);
   return torch::stack({loss.detach().to(torch::kFloat), skip});
 }

@@ -47,12 +47,12 @@ class StreamStep {
   // them), plus stream.replay_share as many replayed examples. With `ranked` (when fused()), the
   // forward runs over every row of the batch and ranks it there, before any weight changes.
   // Returns (teacher loss, skipped, student loss, skipped) on the device; undefined without a step. In
-  // a job of several the teacher's loss is this rank's share of the micro-batch's (its mean times its
-  // share of the examples): the ranks' sum is the micro-batch's.
+  // a job of several each loss is this rank's share of the micro-batch's (its mean times its share of
+  // the examples): the ranks' sum is the micro-batch's.
   at::Tensor learn(const std::vector<Example>& batch, const StepInputs& in, BatchRanks* ranked, Context& context);
   // The item tables grew to ids 0..rows (both models; new rows draw from the current generator).
   void grow(int64_t rows);
-  // A job of several (the teacher alone): each rank learns from its share of every micro-batch, its
+  // A job of several: each rank learns from its share of every micro-batch (teacher and student), its
   // loss weighted by its share of the micro-batch's examples, the dense gradients summed over `group`
   // in buckets of `bucket_bytes` and the item rows' gradients gathered from every rank
   // (Learner::set_process_group, replicate_rows), so every rank takes the step one process would take

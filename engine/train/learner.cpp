@@ -86,9 +86,9 @@ void Learner::set_process_group(ProcessGroup* group, int64_t bucket_bytes, bool 
   reducer_ = std::make_unique<GradientReducer>(std::move(params), *group, bucket_bytes);
 }
 
-// Every rank's row gradients of this step, on every rank, in rank order: the ids and the rows of each
-// rank's lookups, concatenated, in two gathers (the ids' and the rows'). The row-wise Adam then
-// reduces them by id in one order on every rank.
+// Every rank's row gradients of this step, on every rank, in rank order: each rank's touched rows
+// (summed over its lookups) and their ids, in two gathers (the ids' and the rows'). The row-wise Adam
+// then reduces them by id in one order on every rank.
 void Learner::gather_row_gradients() {
   auto& g = sparse->gradients();
   TORCH_CHECK(!model->item_embedding().grad().defined(),
@@ -103,7 +103,11 @@ void Learner::gather_row_gradients() {
       flat_ids.push_back(g.indices[i].reshape({-1}).to(torch::kLong));
       flat_rows.push_back(g.grad_outputs[i].reshape({-1, width}).to(weight.scalar_type()));
     }
-    ids = torch::cat(flat_ids), rows = torch::cat(flat_rows);
+    // Each touched row once, its gradients summed (the row-wise kernels' deterministic segment sum):
+    // what crosses the network is one row per distinct item, not one per lookup.
+    std::tie(ids, rows) = ops::embedding_backward_sparse(torch::cat(flat_ids), torch::cat(flat_rows).to(torch::kFloat),
+                                                         weight.size(0), /*padding_idx=*/0);
+    rows = rows.to(weight.scalar_type());
   }
   g.clear();
   auto all_ids = group_->all_gather(ids);
