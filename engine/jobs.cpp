@@ -256,6 +256,10 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
     }
     if (teacher_path.empty() && !resume)
       throw ConfigError(job + " needs --teacher CHECKPOINT (`freshrec train` pre-trains one, under the launcher too)");
+    const bool sharded = config.get_string("dist.item_table") == "row_sharded";
+    if (sharded && (!student_path.empty() || config.get_int("student.hidden") > 0))
+      throw ConfigError(job + " with dist.item_table=row_sharded updates the teacher alone (the student would need "
+                        "the whole table): no --student, student.hidden=0");
     if (student_path.empty() && !resume && config.get_int("student.hidden") > 0)
       throw ConfigError(job + " distils no student before it starts: give one with --student CHECKPOINT "
                         "(`freshrec distill` trains one, under the launcher too), or student.hidden=0");
@@ -271,6 +275,8 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
   continual.publish_dir = config.get_string("stream.publish_dir");
   if (resume && dist.distributed()) {
     continual.resume = stream_shard_to_resume(continual.output_dir, dist.rank, dist.world_size);
+    if (config.get_string("dist.item_table") == "row_sharded")  // the whole table is in rank 0's file
+      continual.resume_model = stream_shard_to_resume(continual.output_dir, 0, dist.world_size);
   } else if (resume) {
     continual.resume = (out / "continual" / "stream.pt").string();
     if (const auto manifest = read_stream_manifest(continual.output_dir))

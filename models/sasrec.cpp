@@ -293,7 +293,11 @@ void SASRecImpl::set_dropout(double p) {
 
 void SASRecImpl::grow_items(int64_t num_items) {
   if (num_items <= options_.num_items) return;
-  TORCH_CHECK(!item_rows_, "SASRec: the item table is sharded across the job's processes; grow it there");
+  if (item_rows_) {
+    item_rows_->grow(num_items);
+    options_.num_items = num_items;
+    return;
+  }
   torch::NoGradGuard no_grad;
   const auto old = item_embedding_.detach();
   const double spread = old.size(0) > 2 ? old.narrow(0, 1, old.size(0) - 1).std().item<double>() : 0.02;

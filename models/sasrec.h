@@ -109,6 +109,8 @@ class ItemRows {
   virtual torch::Tensor lookup(const torch::Tensor& items) = 0;
   // Every item's score for each row of `hidden` (B, C) -> (B, num_items + 1), padding included; no gradient.
   virtual torch::Tensor score_all(const torch::Tensor& hidden) = 0;
+  // Rows for ids up to `num_items`, the new ones drawn as SASRecImpl::grow_items draws them.
+  virtual void grow(int64_t num_items) = 0;
 };
 
 class SASRecImpl : public torch::nn::Module {
@@ -127,7 +129,7 @@ class SASRecImpl : public torch::nn::Module {
   torch::Tensor lookup_items(const torch::Tensor& items);
   void set_sparse_gradients(ops::SparseGradients* sink) { sparse_sink_ = sink; }
   // Lookups and score_all read `rows` instead of the model's own table (null: the model's own). The
-  // owner of `rows` keeps the table; item_table() and grow_items() then refuse.
+  // owner of `rows` keeps the table; item_table() then refuses and grow_items() asks `rows` to grow.
   void set_item_rows(ItemRows* rows) { item_rows_ = rows; }
   bool rows_elsewhere() const { return item_rows_ != nullptr; }
   // The representation after the newest item: (B, T) -> (B, C), equal to forward(items).select(1, -1)
@@ -136,7 +138,8 @@ class SASRecImpl : public torch::nn::Module {
 
   // Adds item rows so ids up to `num_items` exist (a stream met new items). New rows are drawn with
   // the spread of the existing rows, so they start as plausible, unremarkable items. The table keeps
-  // its identity (set_data), so optimizers and sparse sinks holding it stay valid.
+  // its identity (set_data), so optimizers and sparse sinks holding it stay valid. With item rows
+  // elsewhere, their owner grows them (ItemRows::grow, a collective).
   void grow_items(int64_t num_items);
   // Changes the dropout rate of every layer (e.g. a stream's single-pass updates), in [0, 1).
   void set_dropout(double p);

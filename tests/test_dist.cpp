@@ -120,8 +120,8 @@ const std::string kStreamJob =
     " stream.pretrain_fraction=0.6 stream.batch_size=32 stream.window=500 stream.grow_chunk=16"
     " stream.max_wait_ms=3600000 stream.checkpoint_every=320";
 
-std::string stream_args(const std::string& out) {
-  return " --log-level warn stream" + kSmallJob + kStreamJob + " stream.output_dir=" + out;
+std::string stream_args(const std::string& out, const std::string& log_level = "warn") {
+  return " --log-level " + log_level + " stream" + kSmallJob + kStreamJob + " stream.output_dir=" + out;
 }
 
 // The file of `rank` that a distributed stream's manifest in `dir` names.
@@ -269,6 +269,58 @@ TEST(Distributed, AStreamResumesAfterARankIsKilled) {
   size_t files = 0;
   for (const auto& entry : fs::directory_iterator(job)) files += entry.path().extension() == ".pt";
   EXPECT_EQ(files, 2u);
+}
+
+// A stream of two ranks over a row-sharded item table (dist.item_table=row_sharded): each rank holds
+// half the rows, the vocabulary grows by the same rule (new rows drawn whole from the seed, each rank
+// keeping its own), and the job takes one process's steps: weights within 1e-5, every metrics line
+// equal. Killed after its first checkpoint and resumed, it ends with the uninterrupted job's weights
+// and metrics, bit for bit.
+TEST(Distributed, ARowShardedStreamLearnsAsOneProcessAndResumes) {
+  TempDir dir;
+  const std::string one = (dir.path() / "one").string(), logs = dir.path().string();
+  const auto [single_code, single_out] = run_command(std::string(FRESHREC_BINARY) + stream_args(one));
+  ASSERT_EQ(single_code, 0) << single_out;
+  auto args = [&](const std::string& run) {
+    return stream_args((dir.path() / run).string(), "info") + " dist.item_table=row_sharded";
+  };
+  const std::string teacher = " --teacher " + one + "/teacher/best.pt";
+  const auto [code, out] = two_ranks(args("whole") + teacher, logs);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("item table sharded by rows over 2 processes: this one holds"), std::string::npos) << out;
+  const std::string whole = (dir.path() / "whole" / "continual").string();
+  const auto alone = read_checkpoint_info(one + "/continual/stream.pt");
+  const auto shared = read_checkpoint_info(stream_shard(whole, 0));
+  EXPECT_GT(alone.meta.at("new_items").get<int64_t>(), 0) << "the stream grows the sharded table";
+  for (const char* counter : {"events", "scored", "new_users", "new_items", "cold_items", "batches"})
+    EXPECT_EQ(shared.meta.at(counter), alone.meta.at(counter)) << counter;
+  EXPECT_EQ(shared.meta.at("item_table"), "whole");
+  EXPECT_EQ(read_checkpoint_info(stream_shard(whole, 1)).meta.at("item_table"), "in rank 0's file");
+  EXPECT_LT(largest_relative_difference(one + "/continual/stream.pt", stream_shard(whole, 0)), 1e-5);
+  const auto [lines_alone, losses_alone] = stream_metrics(one + "/continual");
+  const auto [lines_shared, losses_shared] = stream_metrics(whole);
+  ASSERT_EQ(lines_shared.size(), lines_alone.size());
+  for (size_t i = 0; i < lines_alone.size(); ++i) {
+    EXPECT_EQ(lines_shared[i], lines_alone[i]) << "metrics line " << i;
+    EXPECT_NEAR(losses_shared[i], losses_alone[i], 1e-5 * std::abs(losses_alone[i])) << "metrics line " << i;
+  }
+
+  const std::string killed = (dir.path() / "killed").string();
+  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port());
+  const std::string bin = FRESHREC_BINARY, first = args("killed") + teacher;
+  const auto [kill_code, kill_out] = run_command(
+      "RANK=0 LOCAL_RANK=0 " + env + " " + bin + first + " >" + logs + "/rank0.log 2>&1 & p0=$!; " +
+      "RANK=1 LOCAL_RANK=1 " + env + " " + bin + first + " >" + logs + "/rank1.log 2>&1 & p1=$!; " +
+      "while [ ! -e " + killed + "/continual/stream.json ] && kill -0 $p1 2>/dev/null; do sleep 0.01; done; " +
+      "kill -9 $p1; wait $p0; a=$?; wait $p1; b=$?; echo \"exit $a $b\"");
+  ASSERT_EQ(kill_code, 0) << kill_out;
+  EXPECT_NE(kill_out.find("exit 1 137"), std::string::npos) << kill_out;
+  const auto [resumed_code, resumed_out] = two_ranks(args("killed") + " --resume", logs);
+  ASSERT_EQ(resumed_code, 0) << resumed_out;
+  const std::string job = killed + "/continual";
+  expect_identical_models(stream_shard(whole, 0), stream_shard(job, 0));
+  EXPECT_EQ(stream_metrics(job), stream_metrics(whole));
+  EXPECT_EQ(read_checkpoint_info(stream_shard(job, 0)).meta.at("events"), shared.meta.at("events"));
 }
 
 // The same through torchrun --max-restarts: torchrun sees the killed worker, stops the other and starts

@@ -1,6 +1,9 @@
 // The row-sharded item table; see sharded_item_table.h.
 #include "engine/dist/sharded_item_table.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "kernels/sparse_embedding.h"
 
 namespace freshrec {
@@ -132,6 +135,25 @@ void ShardedItemTable::exchange_gradients() {
   if (r.local.size(0) == 0) return;
   optimizer_->gradients().indices.push_back(r.local);
   optimizer_->gradients().grad_outputs.push_back(received);
+}
+
+void ShardedItemTable::grow(int64_t num_items) {
+  const int64_t rows = num_items + 1;
+  if (rows <= rows_) return;
+  torch::NoGradGuard no_grad;
+  // The spread (standard deviation, unbiased) of every weight of the rows past the padding row, from
+  // every rank's count, sum and sum of squares.
+  const auto mine = rank_ == 0 ? weight_.detach().narrow(0, 1, weight_.size(0) - 1) : weight_.detach();
+  const auto wide = mine.to(torch::kDouble);
+  const auto sums = group_.sum({static_cast<double>(mine.numel()), wide.sum().item<double>(), wide.square().sum().item<double>()});
+  const double n = sums[0];
+  const double spread = rows_ > 2 && n > 1 ? std::sqrt(std::max(0.0, (sums[2] - sums[1] * sums[1] / n) / (n - 1))) : 0.02;
+  const auto extra = torch::randn({rows - rows_, hidden_}, weight_.options().requires_grad(false)) * spread;
+  // The new ids rows_, rows_ + 1, ...: this rank's are those with id % N == rank.
+  const int64_t first = ((rank_ - rows_) % size_ + size_) % size_;
+  if (first < extra.size(0)) weight_.set_data(torch::cat({weight_.detach(), extra.slice(0, first, extra.size(0), size_)}));
+  optimizer_->grow_to_weight();
+  rows_ = rows;
 }
 
 torch::Tensor ShardedItemTable::score_all(const torch::Tensor& hidden) {

@@ -45,6 +45,10 @@ class ShardedItemTable final : public ItemRows {
 
   torch::Tensor lookup(const torch::Tensor& items) override;
   torch::Tensor score_all(const torch::Tensor& hidden) override;
+  // Collective: the table grew to ids 0..num_items. Every rank draws the new rows whole, as one process
+  // draws them (SASRecImpl::grow_items: the current generator, scaled by the existing rows' spread,
+  // which the ranks' sums give), and keeps its own; their moments start at zero.
+  void grow(int64_t num_items) override;
 
   // After a backward pass: sends the gradients of every lookup since the last call to the rows'
   // owners (one all-to-all), which hand them to optimizer(). Every rank calls it once a step.

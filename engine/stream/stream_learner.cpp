@@ -92,9 +92,16 @@ class StreamLearner {
     const std::string& start = run.resume.empty() ? run.teacher : run.resume;
     if (start.empty()) throw std::runtime_error("stream: a teacher checkpoint (or a stream checkpoint to resume) is needed");
     info_ = read_checkpoint_info(start);
-    step_.emplace(load_stream_models(config, settings_, run, info_, device_), settings_, config, device_, bf16_);
+    // dist.item_table=row_sharded: the teacher's table sharded by rows across the ranks.
+    ProcessGroup* item_shards = group_ && config.get_string("dist.item_table") == "row_sharded" ? group_ : nullptr;
+    step_.emplace(load_stream_models(config, settings_, run, info_, device_, item_shards), settings_, config, device_,
+                  bf16_);
     if (group_) step_->set_process_group(group_, static_cast<int64_t>(config.get_float("dist.bucket_mb") * (1 << 20)));
     model_ = step_->teacher().model;
+    shards_ = step_->teacher().item_shards();
+    if (shards_)
+      spdlog::info("{}: item table sharded by rows over {} processes: this one holds {} of its {} rows", run.label,
+                   ranks_, shards_->local_rows(), shards_->rows());
     items_ = info_.items;
     store_ = HistoryStore(settings_.history_keep);
     has_student_ = static_cast<bool>(step_->student());
@@ -410,6 +417,7 @@ class StreamLearner {
   // Exports the student (the teacher without one) as the next published version.
   void publish() {
     absorb(0);  // the manifest's rolling metrics cover every event learned from
+    if (shards_) shards_->gather_whole();  // rank 0 exports the whole table
     if (!publisher_) {  // another rank of a job of several: rank 0 publishes; the counters stay alike
       ++summary_.publications;
       events_since_publish_ = 0;
@@ -432,6 +440,7 @@ class StreamLearner {
     Learner& published = has_student_ ? step_->student() : step_->teacher();
     published.model->eval();
     publisher_->publish(published.model, items_, has_student_ ? step_->student_config() : info_.config_yaml, info);
+    if (shards_) shards_->keep_own_rows();
     ++summary_.publications;
     const auto done = std::chrono::steady_clock::now();
     for (const auto& arrival : unpublished_)
@@ -447,7 +456,7 @@ class StreamLearner {
     Readout out;
     out.known = items_.end_id();  // rows past the vocabulary are spare capacity
     StreamStep::Context context{summary_.batches, out.known, reservoir_, profile_, summary_.replayed};
-    if (!pending_.empty()) {
+    if (!pending_.empty() || shards_) {  // a row-sharded table's ranks step in lockstep, empty or not
       // Each event's history as of its arrival: the newest stream.history_keep (0: all) of the user's
       // items before it. The store is not cut until settle() below, so these views hold.
       std::vector<Example> batch;
@@ -649,12 +658,16 @@ class StreamLearner {
     } else {
       // Version V: every rank's file, then (once all are durable) rank 0's manifest naming V, then
       // each rank drops its older files. A crash at any point leaves a manifest whose files all exist.
+      // A row-sharded table is gathered whole into rank 0's file (the other files hold no row of it).
       const uint64_t version = version_ + 1;
       info.meta["version"] = version;
       info.meta["rank"] = rank_;
       info.meta["world_size"] = ranks_;
+      if (shards_) info.meta["item_table"] = rank_ == 0 ? "whole" : "in rank 0's file";
       last_checkpoint_path_ = (fs::path(run_.output_dir) / stream_shard_name(version, rank_)).string();
+      if (shards_) shards_->gather_whole();
       save_checkpoint(last_checkpoint_path_, model_, teacher.dense.get(), info, teacher.sparse.get());
+      if (shards_) shards_->keep_own_rows();
       group_->barrier();
       if (rank_ == 0) {
         StreamManifest manifest{version, ranks_, summary_.events, position, {}};
@@ -672,7 +685,10 @@ class StreamLearner {
 
   // The stream's state from its checkpoint at `path` (the models are loaded by then).
   void restore(const std::string& path) {
-    load_checkpoint_optimizer(path, *step_->teacher().dense, step_->teacher().sparse.get());
+    // A row-sharded table's state is whole in rank 0's file: each rank keeps its rows of it.
+    load_checkpoint_optimizer(run_.resume_model.empty() ? path : run_.resume_model, *step_->teacher().dense,
+                              step_->teacher().sparse.get());
+    if (auto* shards = step_->teacher().item_shards()) shards->keep_own_rows();
     const auto& m = info_.meta;
     if (m.value("kind", "") != "stream") throw std::runtime_error(path + ": not a stream checkpoint (kind is not 'stream')");
     saved_position_ = m.at("source_position").get<std::string>();
@@ -716,6 +732,7 @@ class StreamLearner {
   uint64_t version_ = 0;        // a job of several: the last checkpoint version written or resumed from
   std::string last_checkpoint_path_;
   bool publishing_ = false;     // stream.publish_* and learning (the publisher itself is rank 0's)
+  ShardedItemTable* shards_ = nullptr;  // dist.item_table=row_sharded: the teacher's table, by rows
   std::string saved_position_;
   std::chrono::steady_clock::time_point oldest_pending_;
   std::chrono::steady_clock::time_point last_checkpoint_ = std::chrono::steady_clock::now();

@@ -60,8 +60,8 @@ SASRec with_adapters(SASRec& plain, const Config& config, uint64_t seed, torch::
 }  // namespace
 
 StreamModels load_stream_models(const Config& config, const StreamSettings& settings, const StreamRun& run,
-                                CheckpointInfo& info, torch::Device device) {
-  const std::string& start = run.resume.empty() ? run.teacher : run.resume;
+                                CheckpointInfo& info, torch::Device device, ProcessGroup* item_shards) {
+  const std::string& start = run.resume.empty() ? run.teacher : run.resume_model.empty() ? run.resume : run.resume_model;
   if (!run.resume.empty()) {  // the optimizer state saved is that of one update mode
     const std::string saved = info.meta.value("update", "all"), now = settings.adapters_only ? "adapters" : "all";
     if (saved != now)
@@ -73,7 +73,8 @@ StreamModels load_stream_models(const Config& config, const StreamSettings& sett
   if (settings.adapters_only && teacher->options().lora_rank == 0)
     teacher = with_adapters(teacher, config, settings.seed, device, info.config_yaml);
   const LearnerSettings& learning = settings.learning;
-  models.teacher = Learner(teacher, learning, settings.adapters_only ? adapters_only(teacher) : TrainedParameters{});
+  models.teacher =
+      Learner(teacher, learning, settings.adapters_only ? adapters_only(teacher) : TrainedParameters{}, item_shards);
   if (settings.history_keep > 0 && settings.history_keep < teacher->options().maxlen)
     throw ConfigError(config.origin("stream.history_keep") + ": stream.history_keep (" +
                       std::to_string(settings.history_keep) + ") must be 0 (all) or at least the model's maxlen (" +
@@ -102,6 +103,9 @@ StreamModels load_stream_models(const Config& config, const StreamSettings& sett
     }
   }
   if (student) student.model->set_dropout(update_dropout(config, student.model->options().dropout));
+  if (student && item_shards)
+    throw ConfigError(config.origin("dist.item_table") + ": a stream with dist.item_table=row_sharded updates the teacher "
+                      "alone (the student would need the whole table): no --student, student.hidden=0");
   return models;
 }
 

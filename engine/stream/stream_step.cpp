@@ -87,7 +87,10 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
   std::vector<int64_t> fresh_rows;
   for (size_t r = 0; r < batch.size(); ++r)
     if (batch[r].length > 0) examples.push_back(batch[r]), fresh_rows.push_back(static_cast<int64_t>(r));
-  if (examples.empty()) {
+  // A row-sharded table's ranks make every lookup and exchange of the step in lockstep, with zero rows
+  // where they have no example; the replicated table's ranks take a shorter path then.
+  const bool lockstep = models_.teacher.item_shards() != nullptr;
+  if (examples.empty() && !lockstep) {
     if (ranked) {
       Stopwatch clock(context.profile.ranking);
       *ranked = score(in, context.known);
@@ -166,11 +169,15 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
     // are not candidates, as in the ranking): the output side gives the table a gradient, which the
     // row-wise optimizer takes as every row touched (a small catalog's table is cheap to update whole;
     // the reserved rows' gradient is zero, so their weights and moments stay as they are).
-    loss = settings_.full_softmax
-               ? full_softmax_cross_entropy(hidden, model->item_embedding().narrow(0, 0, context.known), target,
-                                            settings_.ce_chunk, excluded)
-               : sampled_softmax_cross_entropy(hidden, model->lookup_items(target), model->lookup_items(negatives),
-                                               target, negatives, log_q);
+    if (settings_.full_softmax) {
+      loss = full_softmax_cross_entropy(hidden, model->item_embedding().narrow(0, 0, context.known), target,
+                                        settings_.ce_chunk, excluded);
+    } else {
+      const auto positives = model->lookup_items(target);  // the targets' rows, then the negatives' (in
+      const auto sampled = model->lookup_items(negatives); // this order on every rank of a job)
+      loss = loss_rows > 0 ? sampled_softmax_cross_entropy(hidden, positives, sampled, target, negatives, log_q)
+                           : (hidden.sum() + positives.sum() + sampled.sum()) * 0.0;  // a lockstep rank's nothing
+    }
   }
   if (ranked) {
     Stopwatch clock(context.profile.ranking);
@@ -179,8 +186,9 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
   // A job of several: this rank's share of the micro-batch's mean loss (its examples' or positions'
   // share), so the gradients summed over the ranks are those of the whole micro-batch.
   if (group_) {
-    const double rows = static_cast<double>(loss_rows);
-    loss = loss * (rows / group_->sum(rows));
+    const double rows = static_cast<double>(loss_rows), total = group_->sum(rows);
+    if (total == 0) return {};  // no rank has an example (lockstep): no step, as one process takes none
+    loss = loss * (rows / total);
   }
   // Guard: a bad batch never reaches the weights (decided on the device; the caller counts it).
   torch::Tensor skip, student;

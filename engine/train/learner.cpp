@@ -116,8 +116,8 @@ void Learner::gather_row_gradients() {
 }
 
 void Learner::grow(int64_t rows) {
-  if (shards_) throw std::invalid_argument("a row-sharded item table does not grow");
-  model->grow_items(rows);
+  model->grow_items(rows);  // a row-sharded table grows itself (a collective)
+  if (shards_) return;
   if (sparse) sparse->grow_to_weight();
 }
 
