@@ -275,8 +275,6 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
   continual.publish_dir = config.get_string("stream.publish_dir");
   if (resume && dist.distributed()) {
     continual.resume = stream_shard_to_resume(continual.output_dir, dist.rank, dist.world_size);
-    if (config.get_string("dist.item_table") == "row_sharded")  // the whole table is in rank 0's file
-      continual.resume_model = stream_shard_to_resume(continual.output_dir, 0, dist.world_size);
   } else if (resume) {
     continual.resume = (out / "continual" / "stream.pt").string();
     if (const auto manifest = read_stream_manifest(continual.output_dir))

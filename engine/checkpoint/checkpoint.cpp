@@ -141,6 +141,10 @@ CheckpointInfo read_checkpoint_info(const std::string& path) {
 
 SASRec load_checkpoint_model(const std::string& path, torch::Device device) {
   const auto info = read_checkpoint_info(path);
+  if (info.meta.contains("item_rows"))
+    throw std::runtime_error(path + ": holds one rank's rows of a row-sharded item table (a stream of several "
+                             "processes' checkpoint), not a whole model: resume the stream from it, or use a model it "
+                             "published");
   SASRec model(sasrec_options_from_config(info.config(), info.meta.at("num_items").get<int64_t>()));
   load_checkpoint_weights(path, model);
   model->to(device);

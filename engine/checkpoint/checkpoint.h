@@ -39,7 +39,8 @@ nlohmann::json write_base_checkpoint(const std::string& path, SASRec& model, con
 
 // Everything but the tensors.
 CheckpointInfo read_checkpoint_info(const std::string& path);
-// The model, rebuilt from the checkpoint's own config and item count, on `device`.
+// The model, rebuilt from the checkpoint's own config and item count, on `device`. Refuses a rank's
+// file of a row-sharded stream checkpoint (meta "item_rows"), which holds part of the item table.
 SASRec load_checkpoint_model(const std::string& path, torch::Device device);
 // Loads the checkpoint's weights into a model of the same shape (its base's first, when it has one).
 void load_checkpoint_weights(const std::string& path, SASRec& model);

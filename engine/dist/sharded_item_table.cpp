@@ -57,12 +57,14 @@ struct ShardedLookup : public torch::autograd::Function<ShardedLookup> {
   }
 };
 
-ShardedItemTable::ShardedItemTable(SASRec model, ProcessGroup& group, const ops::RowwiseAdamOptions& adam)
+ShardedItemTable::ShardedItemTable(SASRec model, ProcessGroup& group, const ops::RowwiseAdamOptions& adam, int64_t rows)
     : model_(std::move(model)), group_(group), rank_(group.rank()), size_(group.size()) {
   const auto& whole = model_->item_embedding();
-  rows_ = whole.size(0), hidden_ = whole.size(1);
+  rows_ = rows > 0 ? rows : whole.size(0), hidden_ = whole.size(1);
   TORCH_CHECK(model_->item_adapter().empty(), "a row-sharded item table cannot carry an item adapter");
-  weight_ = own_rows(whole.detach()).clone().set_requires_grad(true);
+  TORCH_CHECK(rows == 0 || whole.size(0) == owned_rows(rows, rank_, size_), "a row-sharded table's rank ", rank_,
+              " of ", size_, " holds ", owned_rows(rows, rank_, size_), " of ", rows, " rows; the model has ", whole.size(0));
+  weight_ = (rows > 0 ? whole.detach() : own_rows(whole.detach())).clone().set_requires_grad(true);
   optimizer_ = SparseRowAdam(weight_, adam, /*padding_idx=*/rank_ == 0 ? 0 : -1);
   whole.set_data(torch::empty({0, hidden_}, whole.options()));
   model_->set_sparse_gradients(nullptr);
@@ -202,6 +204,11 @@ void ShardedItemTable::gather_whole() {
   if (rank_ != 0) return;
   model_->item_embedding().set_data(table);
   for (auto& [name, whole] : state) optimizer_->named_buffers()[name].set_data(whole);
+}
+
+void ShardedItemTable::rows_in_model(bool shown) {
+  torch::NoGradGuard no_grad;
+  model_->item_embedding().set_data(shown ? weight_.detach() : torch::empty({0, hidden_}, weight_.options().requires_grad(false)));
 }
 
 void ShardedItemTable::keep_own_rows() {

@@ -37,8 +37,10 @@ namespace freshrec {
 class ShardedItemTable final : public ItemRows {
  public:
   // Takes this rank's rows of `model`'s table (every rank's model holds the same whole table, as
-  // initialised from one seed), frees the model's copy and makes the model read its rows here.
-  ShardedItemTable(SASRec model, ProcessGroup& group, const ops::RowwiseAdamOptions& adam);
+  // initialised from one seed), frees the model's copy and makes the model read its rows here. With
+  // `rows` > 0, the model's table holds this rank's rows already (a rank's file of a row-sharded
+  // checkpoint), of a whole table of `rows` rows.
+  ShardedItemTable(SASRec model, ProcessGroup& group, const ops::RowwiseAdamOptions& adam, int64_t rows = 0);
   ~ShardedItemTable() override;
   ShardedItemTable(const ShardedItemTable&) = delete;
   ShardedItemTable& operator=(const ShardedItemTable&) = delete;
@@ -69,6 +71,9 @@ class ShardedItemTable final : public ItemRows {
   // After the model's table (and maybe optimizer()'s state) was made whole (a checkpoint read, or
   // gather_whole on rank 0): keeps this rank's rows of them and frees the rest. Not a collective.
   void keep_own_rows();
+  // The model's table holds this rank's rows (shared with weight()), for a checkpoint of this rank's
+  // share; false: it holds none again. Not a collective.
+  void rows_in_model(bool shown);
 
  private:
   friend struct ShardedLookup;

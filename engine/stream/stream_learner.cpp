@@ -658,16 +658,17 @@ class StreamLearner {
     } else {
       // Version V: every rank's file, then (once all are durable) rank 0's manifest naming V, then
       // each rank drops its older files. A crash at any point leaves a manifest whose files all exist.
-      // A row-sharded table is gathered whole into rank 0's file (the other files hold no row of it).
+      // With a row-sharded table each rank's file holds its rows and their moments alone.
       const uint64_t version = version_ + 1;
       info.meta["version"] = version;
       info.meta["rank"] = rank_;
       info.meta["world_size"] = ranks_;
-      if (shards_) info.meta["item_table"] = rank_ == 0 ? "whole" : "in rank 0's file";
+      if (shards_)
+        info.meta["item_rows"] = {{"rank", rank_}, {"ranks", ranks_}, {"local", shards_->local_rows()}, {"rows", shards_->rows()}};
       last_checkpoint_path_ = (fs::path(run_.output_dir) / stream_shard_name(version, rank_)).string();
-      if (shards_) shards_->gather_whole();
+      if (shards_) shards_->rows_in_model(true);
       save_checkpoint(last_checkpoint_path_, model_, teacher.dense.get(), info, teacher.sparse.get());
-      if (shards_) shards_->keep_own_rows();
+      if (shards_) shards_->rows_in_model(false);
       group_->barrier();
       if (rank_ == 0) {
         StreamManifest manifest{version, ranks_, summary_.events, position, {}};
@@ -685,10 +686,7 @@ class StreamLearner {
 
   // The stream's state from its checkpoint at `path` (the models are loaded by then).
   void restore(const std::string& path) {
-    // A row-sharded table's state is whole in rank 0's file: each rank keeps its rows of it.
-    load_checkpoint_optimizer(run_.resume_model.empty() ? path : run_.resume_model, *step_->teacher().dense,
-                              step_->teacher().sparse.get());
-    if (auto* shards = step_->teacher().item_shards()) shards->keep_own_rows();
+    load_checkpoint_optimizer(path, *step_->teacher().dense, step_->teacher().sparse.get());
     const auto& m = info_.meta;
     if (m.value("kind", "") != "stream") throw std::runtime_error(path + ": not a stream checkpoint (kind is not 'stream')");
     saved_position_ = m.at("source_position").get<std::string>();

@@ -28,8 +28,6 @@ struct StreamRun {
   std::string label = "continual";
   std::string student;      // optional student checkpoint, distilled online from the teacher (ignored when resuming)
   std::string publish_dir;  // where models are published (stream.publish_*); "" for output_dir/published
-  std::string resume_model; // with a row-sharded table: the file of the same checkpoint that holds the
-                            // whole table (rank 0's), which the models are read from; "": `resume`
 };
 
 // Where a run's wall time went, by the host's clock (on a GPU the device runs behind the host, so its

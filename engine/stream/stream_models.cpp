@@ -57,11 +57,22 @@ SASRec with_adapters(SASRec& plain, const Config& config, uint64_t seed, torch::
   return adapted;
 }
 
+// The model of a rank's file of a row-sharded stream checkpoint: its table holds that rank's rows
+// alone (meta "item_rows"), so no rank builds the whole table to resume.
+SASRec rank_rows_model(const std::string& path, const CheckpointInfo& info, torch::Device device) {
+  const int64_t local = info.meta.at("item_rows").at("local").get<int64_t>();
+  if (local < 1) throw std::runtime_error(path + ": item_rows names " + std::to_string(local) + " rows");
+  SASRec model(sasrec_options_from_config(info.config(), local - 1));
+  load_checkpoint_weights(path, model);
+  model->to(device);
+  return model;
+}
+
 }  // namespace
 
 StreamModels load_stream_models(const Config& config, const StreamSettings& settings, const StreamRun& run,
                                 CheckpointInfo& info, torch::Device device, ProcessGroup* item_shards) {
-  const std::string& start = run.resume.empty() ? run.teacher : run.resume_model.empty() ? run.resume : run.resume_model;
+  const std::string& start = run.resume.empty() ? run.teacher : run.resume;
   if (!run.resume.empty()) {  // the optimizer state saved is that of one update mode
     const std::string saved = info.meta.value("update", "all"), now = settings.adapters_only ? "adapters" : "all";
     if (saved != now)
@@ -69,12 +80,19 @@ StreamModels load_stream_models(const Config& config, const StreamSettings& sett
                         ", this run asks for " + now + ": resume with the same, or start a new run from its teacher");
   }
   StreamModels models;
-  SASRec teacher = without_item_adapter(load_checkpoint_model(start, device), info.config_yaml);
+  // A rank's file of a row-sharded stream checkpoint holds this rank's rows of the table.
+  const int64_t sharded_rows = info.meta.contains("item_rows") ? info.meta.at("item_rows").at("rows").get<int64_t>() : 0;
+  if (sharded_rows > 0 && !item_shards)
+    throw ConfigError(start + ": holds one rank's rows of a row-sharded item table: resume it with "
+                      "dist.item_table=row_sharded on as many processes");
+  SASRec teacher = sharded_rows > 0 ? rank_rows_model(start, info, device)
+                                    : without_item_adapter(load_checkpoint_model(start, device), info.config_yaml);
   if (settings.adapters_only && teacher->options().lora_rank == 0)
     teacher = with_adapters(teacher, config, settings.seed, device, info.config_yaml);
   const LearnerSettings& learning = settings.learning;
   models.teacher =
-      Learner(teacher, learning, settings.adapters_only ? adapters_only(teacher) : TrainedParameters{}, item_shards);
+      Learner(teacher, learning, settings.adapters_only ? adapters_only(teacher) : TrainedParameters{}, item_shards,
+              sharded_rows);
   if (settings.history_keep > 0 && settings.history_keep < teacher->options().maxlen)
     throw ConfigError(config.origin("stream.history_keep") + ": stream.history_keep (" +
                       std::to_string(settings.history_keep) + ") must be 0 (all) or at least the model's maxlen (" +

@@ -20,7 +20,8 @@ TrainedParameters adapters_only(SASRec& model) {
   return trained;
 }
 
-Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters trained, ProcessGroup* item_shards)
+Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters trained, ProcessGroup* item_shards,
+                 int64_t sharded_rows)
     : model(std::move(m)), settings_(settings) {
   if (item_shards && !settings.row_wise_items)
     throw std::invalid_argument("a row-sharded item table learns row-wise (LearnerSettings::row_wise_items)");
@@ -37,7 +38,8 @@ Learner::Learner(SASRec m, const LearnerSettings& settings, TrainedParameters tr
     o.weight_decay = wd, o.decoupled_weight_decay = wd > 0;
     o.per_row_step = settings.per_row_step;
     if (item_shards) {
-      shards_ = std::make_unique<ShardedItemTable>(model, *item_shards, o);
+      shards_ = std::make_unique<ShardedItemTable>(model, *item_shards, o, sharded_rows);
+      model->grow_items(shards_->rows() - 1);  // the whole table's item count (a table read as one rank's rows)
       sparse = shards_->optimizer();
     } else {
       sparse = SparseRowAdam(model->item_embedding(), o, /*padding_idx=*/0);

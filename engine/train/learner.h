@@ -46,9 +46,10 @@ class Learner {
 
   Learner() = default;
   // With `item_shards` (and settings.row_wise_items), the item table is sharded by rows across that
-  // group (ShardedItemTable): `sparse` then updates this rank's rows.
+  // group (ShardedItemTable): `sparse` then updates this rank's rows. With `sharded_rows` > 0 the
+  // model's table holds this rank's rows already, of a table of that many rows.
   Learner(SASRec model, const LearnerSettings& settings, TrainedParameters trained = {},
-          ProcessGroup* item_shards = nullptr);
+          ProcessGroup* item_shards = nullptr, int64_t sharded_rows = 0);
   explicit operator bool() const { return static_cast<bool>(model); }
   // The row-wise optimizer as checkpoints save it (null without one).
   torch::nn::Module* sparse_state() { return sparse ? sparse.get() : nullptr; }
