@@ -197,7 +197,7 @@ std::string two_rank_stream(const std::string& teacher_run, const std::string& o
 TEST(Distributed, AStreamOfTwoRanksLearnsAsOneProcess) {
   TempDir dir;
   const std::string one = (dir.path() / "one").string(), two = (dir.path() / "two").string();
-  const std::string student = " student.hidden=8 student.blocks=1 student.heads=1";
+  const std::string student = " student.hidden=8 student.blocks=1 student.heads=1 stream.publish_every=2000";
   // One process pre-trains the teacher and distils the student, then streams.
   const auto [single_code, single_out] = run_command(std::string(FRESHREC_BINARY) + stream_args(one) + student);
   ASSERT_EQ(single_code, 0) << single_out;
@@ -208,9 +208,12 @@ TEST(Distributed, AStreamOfTwoRanksLearnsAsOneProcess) {
   const std::string job = two + "/continual";
   const auto alone = read_checkpoint_info(one + "/continual/stream.pt");
   const auto shared = read_checkpoint_info(stream_shard(job, 0));
-  for (const char* counter : {"events", "scored", "new_users", "new_items", "cold_items", "batches", "source_position"})
+  for (const char* counter : {"events", "scored", "new_users", "new_items", "cold_items", "batches", "source_position",
+                              "publications"})
     EXPECT_EQ(shared.meta.at(counter), alone.meta.at(counter)) << counter;
   EXPECT_GT(alone.meta.at("new_items").get<int64_t>(), 0) << "the stream grows the vocabulary";
+  EXPECT_GT(alone.meta.at("publications").get<int64_t>(), 1);
+  EXPECT_TRUE(fs::exists(job + "/published/manifest.json")) << "rank 0 publishes the student";
   EXPECT_EQ(shared.items.size(), alone.items.size());
   EXPECT_LT(largest_relative_difference(one + "/continual/stream.pt", stream_shard(job, 0)), 1e-5);
   expect_identical_models(stream_shard(job, 0), stream_shard(job, 1));
@@ -306,10 +309,11 @@ TEST(Distributed, AStreamResumesAfterARankIsKilled) {
 TEST(Distributed, ARowShardedStreamLearnsAsOneProcessAndResumes) {
   TempDir dir;
   const std::string one = (dir.path() / "one").string(), logs = dir.path().string();
-  const auto [single_code, single_out] = run_command(std::string(FRESHREC_BINARY) + stream_args(one));
+  const auto [single_code, single_out] =
+      run_command(std::string(FRESHREC_BINARY) + stream_args(one) + " stream.publish_every=2000");
   ASSERT_EQ(single_code, 0) << single_out;
   auto args = [&](const std::string& run) {
-    return stream_args((dir.path() / run).string(), "info") + " dist.item_table=row_sharded";
+    return stream_args((dir.path() / run).string(), "info") + " dist.item_table=row_sharded stream.publish_every=2000";
   };
   const std::string teacher = " --teacher " + one + "/teacher/best.pt";
   const auto [code, out] = two_ranks(args("whole") + teacher, logs);
@@ -321,6 +325,11 @@ TEST(Distributed, ARowShardedStreamLearnsAsOneProcessAndResumes) {
   EXPECT_GT(alone.meta.at("new_items").get<int64_t>(), 0) << "the stream grows the sharded table";
   for (const char* counter : {"events", "scored", "new_users", "new_items", "cold_items", "batches"})
     EXPECT_EQ(shared.meta.at(counter), alone.meta.at(counter)) << counter;
+  // Rank 0 publishes the teacher, its table gathered whole; every rank counts the publications.
+  EXPECT_GT(shared.meta.at("publications").get<int64_t>(), 1);
+  EXPECT_EQ(shared.meta.at("publications"), alone.meta.at("publications"));
+  EXPECT_EQ(read_checkpoint_info(stream_shard(whole, 1)).meta.at("publications"), shared.meta.at("publications"));
+  EXPECT_TRUE(fs::exists(whole + "/published/manifest.json"));
   const int64_t rows = shared.meta.at("item_rows").at("rows").get<int64_t>();
   EXPECT_EQ(shared.meta.at("item_rows").at("local").get<int64_t>(), (rows + 1) / 2);
   EXPECT_EQ(read_checkpoint_info(stream_shard(whole, 1)).meta.at("item_rows").at("local").get<int64_t>(), rows / 2);

@@ -304,7 +304,7 @@ class StreamLearner {
     }
     {
       Stopwatch clock(profile_.saving);
-      if (publisher_ && run_.learn && !unpublished_.empty()) publish();
+      if (publishing_ && events_since_publish_ > 0) publish();  // every rank: publish() may be a collective
       write_window(current());
       save();
     }
