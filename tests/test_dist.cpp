@@ -394,7 +394,8 @@ TEST(Distributed, TorchrunRestartsAKilledStream) {
 #ifdef FRESHREC_WITH_KAFKA
 // Two ranks consuming a topic of two partitions, each rank one (a user's events all in one partition,
 // as a producer keyed by user puts them): every message is applied once, the replicas stay equal, each
-// rank's checkpoint holds its own partition's offset and users. A rank killed after the job's first
+// rank's checkpoint holds its own partition's offset and users; over a row-sharded table the job
+// takes the same steps. A rank killed after the job's first
 // checkpoint, and the job resumed, ends with the uninterrupted job's model and metrics: each rank's
 // micro-batches are its share of events in its partition's order, closed by count (stream.max_wait_ms
 // is longer than the run), so the two jobs take the same steps.
@@ -441,6 +442,18 @@ TEST(Distributed, KafkaRanksReadTheirPartitionsAndResumeAfterAKill) {
   EXPECT_EQ(finished.tensors.at("history_lengths").sum().item<int64_t>() +
                 other.tensors.at("history_lengths").sum().item<int64_t>(),
             static_cast<int64_t>(messages.size()));
+
+  // The same job over a row-sharded table: the same micro-batches, so the same steps (within 1e-5).
+  const auto [sharded_code, sharded_out] =
+      two_ranks(args("sharded") + " dist.item_table=row_sharded --teacher " + teacher + "/teacher/best.pt", logs);
+  ASSERT_EQ(sharded_code, 0) << sharded_out;
+  const std::string sharded = (dir.path() / "sharded" / "continual").string();
+  const auto sharded_info = read_checkpoint_info(stream_shard(sharded, 0));
+  for (const char* counter : {"events", "scored", "new_users", "new_items", "batches", "source_position"})
+    EXPECT_EQ(sharded_info.meta.at(counter), finished.meta.at(counter)) << counter;
+  EXPECT_LT(largest_relative_difference(stream_shard(whole, 0), whole_from_rank_files(sharded, 2, logs + "/sharded.pt")),
+            1e-5);
+  EXPECT_EQ(stream_metrics(sharded).first, stream_metrics(whole).first);
 
   const std::string killed = (dir.path() / "killed").string();
   const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port());
