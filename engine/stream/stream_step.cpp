@@ -173,8 +173,8 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
       loss = full_softmax_cross_entropy(hidden, model->item_embedding().narrow(0, 0, context.known), target,
                                         settings_.ce_chunk, excluded);
     } else {
-      const auto positives = model->lookup_items(target);  // the targets' rows, then the negatives' (in
-      const auto sampled = model->lookup_items(negatives); // this order on every rank of a job)
+      const auto sampled = model->lookup_items(negatives);  // the negatives' rows, then the targets' (in
+      const auto positives = model->lookup_items(target);   // this order on every rank of a job)
       loss = loss_rows > 0 ? sampled_softmax_cross_entropy(hidden, positives, sampled, target, negatives, log_q)
                            : (hidden.sum() + positives.sum() + sampled.sum()) * 0.0;  // a lockstep rank's nothing
     }

@@ -89,8 +89,8 @@ void Learner::set_process_group(ProcessGroup* group, int64_t bucket_bytes, bool 
 }
 
 // Every rank's row gradients of this step, on every rank, in rank order: each rank's touched rows
-// (summed over its lookups) and their ids, in two gathers (the ids' and the rows'). The row-wise Adam
-// then reduces them by id in one order on every rank.
+// (summed over its lookups) and their ids, in one gather. The row-wise Adam then reduces them by id in
+// one order on every rank.
 void Learner::gather_row_gradients() {
   auto& g = sparse->gradients();
   TORCH_CHECK(!model->item_embedding().grad().defined(),
@@ -112,8 +112,16 @@ void Learner::gather_row_gradients() {
     rows = rows.to(weight.scalar_type());
   }
   g.clear();
-  auto all_ids = group_->all_gather(ids);
-  auto all_rows = group_->all_gather(rows);
+  torch::Tensor all_ids, all_rows;
+  if (rows.scalar_type() == torch::kFloat) {
+    // One gather: each id's eight bytes as two float32 columns beside its row, bit for bit.
+    const auto packed = group_->all_gather(torch::cat({rows, ids.contiguous().view(torch::kFloat).view({-1, 2})}, 1));
+    all_rows = packed.narrow(1, 0, width).contiguous();
+    all_ids = packed.narrow(1, width, 2).contiguous().view(torch::kLong).view({-1});
+  } else {
+    all_ids = group_->all_gather(ids);
+    all_rows = group_->all_gather(rows);
+  }
   if (all_ids.size(0) > 0) g.indices.push_back(all_ids), g.grad_outputs.push_back(all_rows);
 }
 
