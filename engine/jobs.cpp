@@ -249,10 +249,18 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
                         "every rank, and a full softmax touches every row");
     // torchrun --max-restarts starts the same command again after a rank failed: it resumes from the
     // job's last complete checkpoint, when it has one.
-    if (!resume && dist.restart_count > 0 && read_stream_manifest((out / "continual").string())) {
-      spdlog::warn("restart {} of the job: resuming from {}", dist.restart_count,
-                   (out / "continual" / kStreamManifest).string());
-      resume = true;
+    // torchrun's run id (TORCHELASTIC_RUN_ID) in the manifest tells this job's checkpoints from an
+    // earlier job's in the same folder.
+    if (!resume && dist.restart_count > 0) {
+      const auto manifest = read_stream_manifest((out / "continual").string());
+      if (manifest && !dist.run_id.empty() && manifest->run_id == dist.run_id) {
+        spdlog::warn("restart {} of the job: resuming from {}", dist.restart_count,
+                     (out / "continual" / kStreamManifest).string());
+        resume = true;
+      } else if (manifest) {
+        spdlog::warn("restart {} of the job: {} is another job's (run id '{}', this one's '{}'): starting afresh",
+                     dist.restart_count, (out / "continual" / kStreamManifest).string(), manifest->run_id, dist.run_id);
+      }
     }
     if (teacher_path.empty() && !resume)
       throw ConfigError(job + " needs --teacher CHECKPOINT (`freshrec train` pre-trains one, under the launcher too)");
@@ -264,7 +272,6 @@ int run_stream_job(const Config& config, const std::string& teacher_path, const 
       throw ConfigError(job + " distils no student before it starts: give one with --student CHECKPOINT "
                         "(`freshrec distill` trains one, under the launcher too), or student.hidden=0");
   }
-  if (!reference_python.empty() && config.get_string("stream.source") != "replay")
   if (!reference_python.empty() && config.get_string("stream.source") != "replay")
     throw ConfigError("the PyTorch reference's step is measured on a replayed stream (stream.source=" +
                       config.get_string("stream.source") + " given; --python \"\" skips the reference)");

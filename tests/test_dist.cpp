@@ -217,11 +217,19 @@ TEST(Distributed, AStreamOfTwoRanksLearnsAsOneProcess) {
   EXPECT_EQ(shared.items.size(), alone.items.size());
   EXPECT_LT(largest_relative_difference(one + "/continual/stream.pt", stream_shard(job, 0)), 1e-5);
   expect_identical_models(stream_shard(job, 0), stream_shard(job, 1));
-  // The students too: every weight within 1e-5 of its largest entry.
+  // The students too: every weight within 1e-5 of its largest entry, and the ranks' replicas equal.
   ASSERT_TRUE(has_student(alone));
   ASSERT_TRUE(has_student(shared));
   SASRec student_alone = student_model(alone), student_shared = student_model(shared);
   unpack_student(alone, student_alone), unpack_student(shared, student_shared);
+  {
+    const auto other_info = read_checkpoint_info(stream_shard(job, 1));
+    SASRec student_other = student_model(other_info);
+    unpack_student(other_info, student_other);
+    const auto replica = student_other->named_parameters();
+    for (const auto& p : student_shared->named_parameters())
+      EXPECT_TRUE(torch::equal(p.value(), replica[p.key()])) << "student " << p.key();
+  }
   const auto shared_params = student_shared->named_parameters();
   for (const auto& p : student_alone->named_parameters()) {
     if (p.key().find("qkv.bias") != std::string::npos) continue;  // rounding noise (largest_relative_difference)
@@ -256,6 +264,15 @@ TEST(Distributed, AStreamOfTwoRanksLearnsAsOneProcess) {
   EXPECT_NE(both_out.find("nothing to resume for a job of 2 processes (stream.pt there was written by one process"),
             std::string::npos)
       << both_out;
+  // A fresh start of one process in the job's folder replaces the job's checkpoints, which then
+  // resume nothing.
+  const auto [fresh_code, fresh_out] = run_command(std::string(FRESHREC_BINARY) + stream_args(two) + student +
+                                                   " stream.checkpoint_every=0 --teacher " + one + "/teacher/best.pt --student " +
+                                                   one + "/student/best.pt");
+  ASSERT_EQ(fresh_code, 0) << fresh_out;
+  EXPECT_FALSE(fs::exists(job + "/stream.json"));
+  for (const auto& entry : fs::directory_iterator(job))
+    EXPECT_EQ(entry.path().filename().string().rfind("stream-v", 0), std::string::npos) << entry.path();
 }
 
 // A rank of a stream killed (SIGKILL) after the job's first checkpoint: the other rank stops at its
@@ -333,7 +350,7 @@ TEST(Distributed, ARowShardedStreamLearnsAsOneProcessAndResumes) {
   const int64_t rows = shared.meta.at("item_rows").at("rows").get<int64_t>();
   EXPECT_EQ(shared.meta.at("item_rows").at("local").get<int64_t>(), (rows + 1) / 2);
   EXPECT_EQ(read_checkpoint_info(stream_shard(whole, 1)).meta.at("item_rows").at("local").get<int64_t>(), rows / 2);
-  EXPECT_THROW(load_checkpoint_model(stream_shard(whole, 0), torch::kCPU), std::runtime_error);
+  for (int rank : {0, 1}) EXPECT_THROW(load_checkpoint_model(stream_shard(whole, rank), torch::kCPU), std::runtime_error);
   const std::string assembled = whole_from_rank_files(whole, 2, logs + "/whole.pt");
   EXPECT_LT(largest_relative_difference(one + "/continual/stream.pt", assembled), 1e-5);
   const auto [lines_alone, losses_alone] = stream_metrics(one + "/continual");
@@ -360,6 +377,17 @@ TEST(Distributed, ARowShardedStreamLearnsAsOneProcessAndResumes) {
   expect_identical_models(assembled, whole_from_rank_files(job, 2, logs + "/killed.pt"));
   EXPECT_EQ(stream_metrics(job), stream_metrics(whole));
   EXPECT_EQ(read_checkpoint_info(stream_shard(job, 0)).meta.at("events"), shared.meta.at("events"));
+
+  // Micro-batches of 4 events (over the log's last 5%), every position trained: many micro-batches give
+  // a rank no example, and it still makes every lookup and exchange of the step, with zero rows.
+  const auto [tiny_code, tiny_out] = two_ranks(args("tiny") + teacher +
+                                                   " stream.batch_size=4 stream.train_positions=all"
+                                                   " stream.pretrain_fraction=0.95 stream.checkpoint_every=0",
+                                               logs);
+  ASSERT_EQ(tiny_code, 0) << tiny_out;
+  const auto tiny = read_checkpoint_info(stream_shard((dir.path() / "tiny" / "continual").string(), 0));
+  EXPECT_GT(tiny.meta.at("batches").get<int64_t>(), 100);
+  EXPECT_EQ(tiny.meta.at("scored"), tiny.meta.at("events"));
 }
 
 // The same through torchrun --max-restarts: torchrun sees the killed worker, stops the other and starts

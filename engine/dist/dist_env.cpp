@@ -34,6 +34,11 @@ DistEnv DistEnv::from_environment(const std::function<const char*(const char*)>&
   e.local_rank = integer("LOCAL_RANK", read("LOCAL_RANK"), 0, e.world_size - 1, 0);
   e.local_world_size = integer("LOCAL_WORLD_SIZE", read("LOCAL_WORLD_SIZE"), 1, e.world_size, 1);
   e.restart_count = integer("TORCHELASTIC_RESTART_COUNT", read("TORCHELASTIC_RESTART_COUNT"), 0, 1 << 20, 0);
+  if (const char* id = read("TORCHELASTIC_RUN_ID")) {
+    e.run_id = std::string(id).substr(0, 200);
+    for (char& c : e.run_id)
+      if (c < 0x20 || c > 0x7e) c = '?';  // printable ASCII only: it goes into files and logs
+  }
   const char* agent = read("TORCHELASTIC_USE_AGENT_STORE");
   e.agent_store = agent != nullptr && std::string(agent) == "True";
   if (!e.distributed()) return e;

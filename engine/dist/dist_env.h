@@ -18,6 +18,7 @@ struct DistEnv {
   // (TORCHELASTIC_USE_AGENT_STORE=True): every rank connects to it as a client.
   bool agent_store = false;
   int restart_count = 0;  // TORCHELASTIC_RESTART_COUNT: keys of a restarted job's rendezvous are its own
+  std::string run_id;     // TORCHELASTIC_RUN_ID: torchrun's id of the job, the same across its restarts ("": none)
 
   bool distributed() const { return world_size > 1; }
   // Reads the variables through `get` (getenv by default). Throws std::invalid_argument naming the

@@ -145,12 +145,9 @@ class StreamLearner {
                          fs::exists(fs::path(run.output_dir) / kStreamManifest)))
         spdlog::warn("{}: a fresh start replaces the earlier run's checkpoints, metrics.jsonl and dead_letters.jsonl "
                      "(--resume continues it instead)", run.output_dir);
-      // A fresh job of several forgets the folder's earlier checkpoints at once, so that a restart
-      // before its own first one never resumes another run's.
-      if (group_) {
-        if (rank_ == 0) fs::remove(fs::path(run.output_dir) / kStreamManifest);
-        remove_other_stream_shards(run.output_dir, rank_, 0);
-      }
+      // A fresh start forgets the folder's checkpoints of a job of several at once, so that nothing
+      // resumes them later (the other ranks write nothing before rank 0's first collective).
+      if (rank_ == 0) remove_stream_checkpoints(run.output_dir);
     }
     if (rank_ == 0) {  // the job's metrics: every rank holds them, rank 0 writes them
       truncate_to(metrics_path, metrics_kept);
@@ -264,7 +261,7 @@ class StreamLearner {
     const int32_t first_new = items_.end_id();
     if (name_bytes > 0) {
       auto bytes = torch::empty({static_cast<int64_t>(names.size())}, torch::kUInt8);
-      std::memcpy(bytes.data_ptr<uint8_t>(), names.data(), names.size());
+      if (!names.empty()) std::memcpy(bytes.data_ptr<uint8_t>(), names.data(), names.size());
       const auto all = group_->all_gather(bytes).contiguous();
       const auto* p = reinterpret_cast<const char*>(all.data_ptr<uint8_t>());
       const auto* end = p + all.numel();
@@ -455,6 +452,7 @@ class StreamLearner {
     if (batch_events_ == 0) return;
     Readout out;
     out.known = items_.end_id();  // rows past the vocabulary are spare capacity
+    const uint64_t replayed_before = summary_.replayed;
     StreamStep::Context context{summary_.batches, out.known, reservoir_, profile_, summary_.replayed};
     if (!pending_.empty() || shards_) {  // a row-sharded table's ranks step in lockstep, empty or not
       // Each event's history as of its arrival: the newest stream.history_keep (0: all) of the user's
@@ -503,8 +501,8 @@ class StreamLearner {
     }
     out.events = batch_events_;
     out.batch = summary_.batches;
-    // The clock's triggers, and the new users: rank 0's clock decides for a job of several, whose new
-    // users are every rank's.
+    // The clock's triggers, the new users and the replayed examples: rank 0's clock decides for a job
+    // of several, whose new users and replays are every rank's.
     const auto now = std::chrono::steady_clock::now();
     bool publish_by_time = publishing_ && settings_.publish_seconds > 0 &&
                            std::chrono::duration<double>(now - last_publish_).count() >= settings_.publish_seconds;
@@ -512,9 +510,11 @@ class StreamLearner {
                               std::chrono::duration<double>(now - last_checkpoint_).count() >= settings_.checkpoint_seconds;
     if (group_) {
       const auto agreed = group_->sum({static_cast<double>(new_users_here_), rank_ == 0 && publish_by_time ? 1.0 : 0.0,
-                                       rank_ == 0 && checkpoint_by_time ? 1.0 : 0.0});
+                                       rank_ == 0 && checkpoint_by_time ? 1.0 : 0.0,
+                                       static_cast<double>(summary_.replayed - replayed_before)});
       summary_.new_users += static_cast<uint64_t>(agreed[0]);
       publish_by_time = agreed[1] > 0, checkpoint_by_time = agreed[2] > 0;
+      summary_.replayed = replayed_before + static_cast<uint64_t>(agreed[3]);
     } else {
       summary_.new_users += new_users_here_;
     }
@@ -671,7 +671,7 @@ class StreamLearner {
       if (shards_) shards_->rows_in_model(false);
       group_->barrier();
       if (rank_ == 0) {
-        StreamManifest manifest{version, ranks_, summary_.events, position, {}};
+        StreamManifest manifest{version, ranks_, summary_.events, position, {}, DistEnv::from_environment().run_id};
         for (int r = 0; r < ranks_; ++r) manifest.shards.push_back(stream_shard_name(version, r));
         write_stream_manifest(run_.output_dir, manifest);
       }

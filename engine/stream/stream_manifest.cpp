@@ -38,7 +38,7 @@ std::string stream_shard_name(uint64_t version, int rank) {
 void write_stream_manifest(const std::string& dir, const StreamManifest& m) {
   const nlohmann::json j{{"version", m.version},          {"world_size", m.world_size},
                          {"events", m.events},            {"source_position", m.source_position},
-                         {"shards", m.shards}};
+                         {"shards", m.shards},            {"run_id", m.run_id}};
   write_file_atomically((fs::path(dir) / kStreamManifest).string(), j.dump(2) + "\n");
 }
 
@@ -56,6 +56,7 @@ std::optional<StreamManifest> read_stream_manifest(const std::string& dir) {
     m.events = j.at("events").get<uint64_t>();
     m.source_position = j.at("source_position").get<std::string>();
     m.shards = j.at("shards").get<std::vector<std::string>>();
+    m.run_id = j.value("run_id", "");
   } catch (const std::exception& e) {
     throw std::runtime_error(path.string() + ": not a stream manifest: " + e.what());
   }
@@ -79,6 +80,16 @@ void remove_other_stream_shards(const std::string& dir, int rank, uint64_t keep)
     int owner = -1;
     const std::string name = entry.path().filename().string();
     if (parse_shard_name(name, version, owner) && owner == rank && version != keep) fs::remove(entry.path(), ec);
+  }
+}
+
+void remove_stream_checkpoints(const std::string& dir) {
+  std::error_code ec;
+  fs::remove(fs::path(dir) / kStreamManifest, ec);  // first: no manifest names a file that is gone
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    uint64_t version = 0;
+    int rank = -1;
+    if (parse_shard_name(entry.path().filename().string(), version, rank)) fs::remove(entry.path(), ec);
   }
 }
 

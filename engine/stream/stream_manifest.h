@@ -19,6 +19,7 @@ struct StreamManifest {
   uint64_t events = 0;          // records consumed when the version was written
   std::string source_position;  // where the stream continues
   std::vector<std::string> shards;  // file names (in the manifest's folder), by rank
+  std::string run_id;           // the launcher's id of the job that wrote it (TORCHELASTIC_RUN_ID; "": none)
 };
 
 // The manifest's file name in a stream's output folder, and a version's file of a rank there.
@@ -33,6 +34,8 @@ std::optional<StreamManifest> read_stream_manifest(const std::string& dir);
 // Removes `rank`'s files in `dir` of versions other than `keep` (older ones left by a crash after the
 // manifest moved on, and newer ones of a version a crash left unfinished).
 void remove_other_stream_shards(const std::string& dir, int rank, uint64_t keep);
+// Removes the manifest and every rank's files in `dir` (a fresh start).
+void remove_stream_checkpoints(const std::string& dir);
 
 // The file `rank` of a job of `world_size` resumes from, per the manifest in `dir`. Throws naming the
 // folder when there is no manifest (with a note when a single process's stream.pt is there) and when

@@ -149,7 +149,9 @@ torch::Tensor StreamStep::learn(const std::vector<Example>& batch, const StepInp
     if (settings_.all_positions) {
       // The user's recent sequence with the new item appended: every position predicts its next item.
       const AllPositions all = make_all_positions(examples, model->options().maxlen, device_);
-      hidden = model->forward(all.inputs).reshape({all.inputs.size(0) * all.inputs.size(1), -1}).index_select(0, all.positions);
+      hidden = model->forward(all.inputs)
+                   .reshape({all.inputs.size(0) * all.inputs.size(1), model->options().hidden})  // 0 rows too
+                   .index_select(0, all.positions);
       target = all.targets.index_select(0, all.positions);
       if (settings_.exclude_seen) excluded = earlier_items(all.inputs, all.targets, all.positions);
     } else {
