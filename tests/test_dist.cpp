@@ -634,6 +634,27 @@ TEST(Distributed, ARowShardedTableTrainsAsTheWholeTable) {
   EXPECT_LT(largest_relative_difference(two + "/last.pt", again + "/last.pt"), 1e-5);
 }
 
+// The full softmax over a row-sharded table: no rank gathers the logits or the table; each shard's
+// log-sum-exp terms give the loss, and every rank's rows take their gradients where they live. Two
+// ranks train as one process whose row-wise table takes the full softmax (every row touched at every
+// step): every weight and each epoch's loss within 1e-5, with batches of one user too (an empty share
+// on rank 0 at every step).
+TEST(Distributed, AFullSoftmaxOverARowShardedTableTrainsAsOneProcess) {
+  TempDir dir;
+  for (const std::string batch : {"64", "1"}) {
+    const std::string one = (dir.path() / ("one" + batch)).string(), two = (dir.path() / ("two" + batch)).string();
+    const std::string job = " train.batch_size=" + batch + (batch == "1" ? " train.epochs=1 generator.users=40" : "");
+    const auto [single_code, single_out] =
+        run_command(std::string(FRESHREC_BINARY) + train_args(one) + job + " train.sparse_embeddings=true");
+    ASSERT_EQ(single_code, 0) << single_out;
+    const auto [code, out] = two_ranks(train_args(two) + job + " dist.item_table=row_sharded", dir.path().string());
+    ASSERT_EQ(code, 0) << out;
+    EXPECT_NE(out.find("item table sharded by rows over 2 processes"), std::string::npos) << out;
+    EXPECT_LT(largest_relative_difference(one + "/last.pt", two + "/last.pt"), 1e-5) << "batches of " << batch;
+    expect_same_losses(one, two, 1e-5);
+  }
+}
+
 // `freshrec bench dist` runs the job both ways and reports them; each step of the job of two reduces
 // every dense gradient (4 bytes a parameter) and the share's count of positions (one double).
 TEST(Distributed, BenchDistReportsBothJobs) {
@@ -729,8 +750,9 @@ TEST(Distributed, ALonelyRankAndTheRowWiseTableAreClearErrors) {
                  "rank 0: cannot start the gloo process group (store 127.0.0.1:");
   expect_refused(env + bin + train_args((dir.path() / "rows").string()) + " train.loss=sampled train.sparse_embeddings=true",
                  "train.sparse_embeddings=false");
-  expect_refused(env + bin + train_args((dir.path() / "full").string()) + " dist.item_table=row_sharded",
-                 "dist.item_table=row_sharded needs train.loss=sampled");
+  expect_refused(env + bin + train_args((dir.path() / "full").string()) +
+                     " dist.item_table=row_sharded train.exclude_seen=true",
+                 "train.exclude_seen is not supported over a row-sharded item table");
   expect_refused(env + bin + train_args((dir.path() / "sgd").string()) +
                      " dist.item_table=row_sharded train.loss=sampled dist.mode=local_sgd",
                  "dist.item_table=row_sharded needs dist.mode=data_parallel");

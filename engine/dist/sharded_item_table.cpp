@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <tuple>
 
 #include "kernels/sparse_embedding.h"
 
@@ -54,6 +56,35 @@ struct ShardedLookup : public torch::autograd::Function<ShardedLookup> {
     summed.index_copy_(0, ids, sums);
     slot.grads = slot.grads.defined() ? slot.grads + summed : summed;
     return {torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// The full softmax as an autograd function: the forward makes every exchange and computes the loss and
+// both gradients; the backward scales them (the loss is the graph's end, as in full_softmax_cross_entropy).
+struct ShardedSoftmax : public torch::autograd::Function<ShardedSoftmax> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
+                               const torch::Tensor& targets, ShardedItemTable* table, int64_t chunk) {
+    auto [loss, grad_hidden, grad_rows] = table->softmax_pass(hidden.detach(), targets, chunk);
+    ctx->saved_data["table"] = reinterpret_cast<int64_t>(table);
+    ctx->saved_data["generation"] = table->generation_;
+    ctx->save_for_backward({grad_hidden.to(hidden.scalar_type()), grad_rows});
+    return loss;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grad_outputs) {
+    auto* table = reinterpret_cast<ShardedItemTable*>(ctx->saved_data["table"].toInt());
+    TORCH_CHECK(ctx->saved_data["generation"].toInt() == table->generation_,
+                "a row-sharded item table's full softmax was differentiated after its step exchanged the gradients");
+    const auto saved = ctx->get_saved_variables();
+    const auto scale = grad_outputs[0];
+    const auto& rows = saved[1];
+    if (rows.size(0) > 0) {  // every row of this rank: a full softmax touches them all (weighted in the forward)
+      table->optimizer_->gradients().indices.push_back(
+          torch::arange(rows.size(0), torch::TensorOptions().dtype(torch::kLong).device(rows.device())));
+      table->optimizer_->gradients().grad_outputs.push_back(rows);
+    }
+    return {saved[0] * scale.to(saved[0].scalar_type()), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -156,6 +187,78 @@ void ShardedItemTable::grow(int64_t num_items) {
   if (first < extra.size(0)) weight_.set_data(torch::cat({weight_.detach(), extra.slice(0, first, extra.size(0), size_)}));
   optimizer_->grow_to_weight();
   rows_ = rows;
+}
+
+torch::Tensor ShardedItemTable::full_softmax_loss(const torch::Tensor& hidden, const torch::Tensor& targets,
+                                                  int64_t chunk) {
+  TORCH_CHECK(hidden.dim() == 2 && hidden.size(1) == hidden_ && targets.dim() == 1 && targets.size(0) == hidden.size(0),
+              "full_softmax_loss: hidden (B, ", hidden_, ") and targets (B) expected, got ", hidden.sizes(), " and ",
+              targets.sizes());
+  return ShardedSoftmax::apply(hidden, targets, this, std::max<int64_t>(chunk, 1));
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> ShardedItemTable::softmax_pass(const torch::Tensor& hidden,
+                                                                                       const torch::Tensor& targets,
+                                                                                       int64_t chunk) {
+  torch::NoGradGuard no_grad;
+  const int64_t mine = hidden.size(0), local = weight_.size(0);
+  const std::vector<int64_t> send(static_cast<size_t>(size_), mine);
+  const auto receive = group_.exchange_counts(send);  // every rank's query rows, in rank order
+  const auto queries = group_.all_to_all(hidden.to(torch::kFloat).repeat({size_, 1}), send, receive);
+  const auto asked = group_.all_to_all(targets.to(torch::kLong).repeat({size_}), send, receive);
+  const int64_t total = queries.size(0);
+  const auto W = weight_.detach().to(torch::kFloat);
+  // The queries whose target this rank owns, and the target's local row.
+  const auto owned = asked.remainder(size_) == rank_;
+  const auto column = asked.div(size_, "floor").clamp_max(std::max<int64_t>(local - 1, 0));
+  const auto padding = rank_ == 0 && local > 0;  // local row 0 of rank 0 is id 0: never a candidate
+  auto logits = [&](int64_t a, int64_t n) {
+    auto l = torch::matmul(queries.narrow(0, a, n), W.t());
+    if (padding) l.select(1, 0).fill_(-std::numeric_limits<float>::infinity());
+    return l;
+  };
+  // Per query: this shard's maximum, sum of exponentials and target logit (0 unless owned).
+  auto stats = torch::zeros({total, 3}, queries.options());
+  stats.select(1, 0).fill_(-std::numeric_limits<float>::infinity());
+  if (local > 0)
+    for (int64_t a = 0; a < total; a += chunk) {
+      const int64_t n = std::min(chunk, total - a);
+      const auto l = logits(a, n);
+      const auto top = std::get<0>(l.max(1));
+      const auto finite = torch::where(torch::isfinite(top), top, torch::zeros_like(top));  // a shard of padding alone
+      stats.narrow(0, a, n).select(1, 0).copy_(top);
+      stats.narrow(0, a, n).select(1, 1).copy_((l - finite.unsqueeze(1)).exp().sum(1));
+      const auto target = l.gather(1, column.narrow(0, a, n).unsqueeze(1)).squeeze(1);
+      stats.narrow(0, a, n).select(1, 2).copy_(torch::where(owned.narrow(0, a, n), target, torch::zeros_like(target)));
+    }
+  // Back to each asking rank: its rows' numbers from every shard, (N, mine, 3).
+  const auto back = group_.all_to_all(stats, receive, send).view({size_, mine, 3});
+  const auto top = std::get<0>(back.select(2, 0).max(0));  // (mine)
+  const auto lse = top + (back.select(2, 1) * (back.select(2, 0) - top.unsqueeze(0)).exp()).sum(0).log();
+  const auto loss = mine > 0 ? (lse - back.select(2, 2).sum(0)).mean() : torch::zeros({}, queries.options());
+  // Every query's log-sum-exp to every shard. A query's gradient is that of its rank's mean (1 / the
+  // asking rank's rows); the rows' gradient is that of the global batch's mean (1 / every rank's rows).
+  const auto lse_all = group_.all_to_all(lse.repeat({size_}), send, receive);
+  std::vector<float> inverse;
+  inverse.reserve(static_cast<size_t>(total));
+  for (int r = 0; r < size_; ++r)
+    inverse.insert(inverse.end(), static_cast<size_t>(receive[r]), 1.0f / static_cast<float>(std::max<int64_t>(receive[r], 1)));
+  const auto weight_of = torch::tensor(inverse, queries.options());
+  const double global = 1.0 / static_cast<double>(std::max<int64_t>(total, 1));
+  auto grad_rows = torch::zeros({local, hidden_}, queries.options());
+  auto grad_queries = torch::zeros({total, hidden_}, queries.options());
+  if (local > 0)
+    for (int64_t a = 0; a < total; a += chunk) {
+      const int64_t n = std::min(chunk, total - a);
+      auto p = (logits(a, n) - lse_all.narrow(0, a, n).unsqueeze(1)).exp();
+      // Minus one at each owned target's column.
+      p.scatter_add_(1, column.narrow(0, a, n).unsqueeze(1), -owned.narrow(0, a, n).to(p.scalar_type()).unsqueeze(1));
+      grad_rows.add_(torch::matmul(p.t(), queries.narrow(0, a, n)), global);
+      grad_queries.narrow(0, a, n).copy_(torch::matmul(p.mul_(weight_of.narrow(0, a, n).unsqueeze(1)), W));
+    }
+  // Each query's gradient from every shard, summed on its asking rank.
+  const auto grad_hidden = group_.all_to_all(grad_queries, receive, send).view({size_, mine, hidden_}).sum(0);
+  return {loss, grad_hidden, grad_rows};
 }
 
 torch::Tensor ShardedItemTable::score_all(const torch::Tensor& hidden) {

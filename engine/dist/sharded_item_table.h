@@ -15,6 +15,12 @@
 //  score_all   every rank's query rows go to every rank (all-to-all), each scores them against its
 //              own rows, and the scores come back to the asking rank (all-to-all): each rank ranks its
 //              users against the whole catalogue while no rank holds it. No gradient.
+//  full softmax  the same queries' logits against each shard's rows, never gathered: each shard sends
+//              back, per query, the maximum and the sum of exponentials of its logits and the target's
+//              logit when it owns the target (three numbers a query), from which the asking rank has
+//              the log-sum-exp and the loss; then every query's log-sum-exp goes to every shard, which
+//              computes its rows' gradients (kept, local) and its share of each query's gradient (sent
+//              back and summed). Five exchanges a loss, all in the forward pass.
 //
 // Checkpoints hold the whole table, as one process's do, so that evaluation, export and serving read
 // them unchanged and a job may resume on another number of processes: gather_whole() assembles it on
@@ -26,6 +32,7 @@
 
 #include <torch/torch.h>
 
+#include <tuple>
 #include <vector>
 
 #include "engine/dist/process_group.h"
@@ -47,6 +54,15 @@ class ShardedItemTable final : public ItemRows {
 
   torch::Tensor lookup(const torch::Tensor& items) override;
   torch::Tensor score_all(const torch::Tensor& hidden) override;
+  // The mean full-softmax cross-entropy of this rank's rows `hidden` (B, C) against every item (the
+  // padding item never a candidate), for `targets` (B) int64 in [1, rows): one process's
+  // full_softmax_cross_entropy without the table. Differentiable in `hidden`; in the backward pass the
+  // table's gradients go to this rank's rows' optimizer: those of the global batch's mean loss (every
+  // query weighted 1 / every rank's rows), as data parallelism weights each rank's mean by its share
+  // of the rows (the trainer's loss times B / sum of B), whatever scale the backward pass brings.
+  // Queries are scored `chunk` at a time. A collective: every rank calls it, with B = 0 when it has no
+  // rows.
+  torch::Tensor full_softmax_loss(const torch::Tensor& hidden, const torch::Tensor& targets, int64_t chunk);
   // Collective: the table grew to ids 0..num_items. Every rank draws the new rows whole, as one process
   // draws them (SASRecImpl::grow_items: the current generator, scaled by the existing rows' spread,
   // which the ranks' sums give), and keeps its own; their moments start at zero.
@@ -77,6 +93,10 @@ class ShardedItemTable final : public ItemRows {
 
  private:
   friend struct ShardedLookup;
+  friend struct ShardedSoftmax;
+  // full_softmax_loss's exchanges: the mean loss, the gradient of `hidden`, and this rank's rows' gradient.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> softmax_pass(const torch::Tensor& hidden,
+                                                                       const torch::Tensor& targets, int64_t chunk);
   struct Pending {
     torch::Tensor ids, grads;  // unique ids of one lookup, and their summed gradients
   };

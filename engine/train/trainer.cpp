@@ -51,15 +51,11 @@ struct TrainModes {
 TrainModes check_modes(const Config& config, const DistEnv& dist, bool distilling, bool finetuning) {
   const bool sampled = config.get_string("train.loss") == "sampled";
   const bool sparse = config.get_bool("train.sparse_embeddings");
-  if (sparse && !sampled)
-    throw ConfigError(config.origin("train.sparse_embeddings") +
-                      ": train.sparse_embeddings needs train.loss=sampled (a full softmax touches every row)");
   const bool row_sharded = config.get_string("dist.item_table") == "row_sharded";
-  if (row_sharded && !sampled)
-    throw ConfigError(config.origin("dist.item_table") +
-                      ": dist.item_table=row_sharded needs train.loss=sampled (a full softmax reads the whole table; "
-                      "sampled softmax is the loss for catalogues that need sharding)");
   const bool exclude_seen = config.get_bool("train.exclude_seen");
+  if (dist.distributed() && row_sharded && exclude_seen)
+    throw ConfigError(config.origin("train.exclude_seen") +
+                      ": train.exclude_seen is not supported over a row-sharded item table (dist.item_table=row_sharded)");
   if (exclude_seen && sampled)
     throw ConfigError(config.origin("train.exclude_seen") +
                       ": train.exclude_seen needs train.loss=full (it shapes the full-softmax cross-entropy)");
@@ -348,8 +344,12 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
         // Data-parallel, a last batch smaller than the job: this rank's share is empty.
         if (shards) {  // its lookups still take part in the table's exchanges (with no rows), in the same order
           const auto none = torch::zeros({0, model->options().maxlen}, torch::dtype(torch::kLong).device(device));
-          const auto zero = model->forward(none).sum() + model->lookup_items(none.view({0})).sum() +
-                            model->lookup_items(sampler.sample(negatives, device)).sum();
+          const auto hidden = model->forward(none);
+          const auto zero =
+              sampled ? hidden.sum() + model->lookup_items(none.view({0})).sum() +
+                            model->lookup_items(sampler.sample(negatives, device)).sum()
+                      : hidden.sum() + shards->full_softmax_loss(hidden.reshape({0, model->options().hidden}),
+                                                                 none.view({0}), chunk);
           group->sum(0);
           learner.step(zero * 0.0, rate);
         } else {
@@ -387,7 +387,8 @@ TrainSummary train_model(const Config& config, const EventLog& log, const std::s
                                                drawn, log_q);
         } else {
           const auto excluded = exclude_seen ? earlier_items(inputs, all_targets, positions) : torch::Tensor();
-          loss = full_softmax_cross_entropy(hidden, model->item_table(), targets, chunk, excluded);
+          loss = shards ? shards->full_softmax_loss(hidden, targets, chunk)  // the table never whole
+                        : full_softmax_cross_entropy(hidden, model->item_table(), targets, chunk, excluded);
         }
       }
       // Each rank's loss is its share of the global batch's mean: its mean times its share of the
