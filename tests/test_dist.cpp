@@ -178,6 +178,20 @@ std::string whole_from_rank_files(const std::string& dir, int ranks, const std::
   return out;
 }
 
+// Two ranks of the stream job `args` (writing to `out`), started as a launcher would; rank 1 is killed
+// with SIGKILL as soon as the job's first checkpoint (its manifest) is written. Returns rank 0's log and
+// then "exit A B", the two ranks' exit statuses.
+std::pair<int, std::string> stream_with_rank_one_killed(const std::string& args, const std::string& out,
+                                                        const std::string& logs) {
+  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port());
+  const std::string bin = FRESHREC_BINARY;
+  return run_command(
+      "RANK=0 LOCAL_RANK=0 " + env + " " + bin + args + " >" + logs + "/rank0.log 2>&1 & p0=$!; " +
+      "RANK=1 LOCAL_RANK=1 " + env + " " + bin + args + " >" + logs + "/rank1.log 2>&1 & p1=$!; " +
+      "while [ ! -e " + out + "/continual/stream.json ] && kill -0 $p1 2>/dev/null; do sleep 0.01; done; " +
+      "kill -9 $p1; wait $p0; a=$?; wait $p1; b=$?; cat " + logs + "/rank0.log; echo \"exit $a $b\"");
+}
+
 // Two ranks' stream run with the teacher of `teacher_run` (a one-process stream run): the job's
 // continual folder.
 std::string two_rank_stream(const std::string& teacher_run, const std::string& out, const std::string& logs) {
@@ -287,14 +301,8 @@ TEST(Distributed, AStreamResumesAfterARankIsKilled) {
   const std::string whole = two_rank_stream(teacher, (dir.path() / "whole").string(), dir.path().string());
 
   const std::string killed = (dir.path() / "killed").string(), logs = dir.path().string();
-  const std::string args = stream_args(killed) + " --teacher " + teacher + "/teacher/best.pt";
-  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port());
-  const std::string bin = FRESHREC_BINARY;
-  const auto [code, out] = run_command(
-      "RANK=0 LOCAL_RANK=0 " + env + " " + bin + args + " >" + logs + "/rank0.log 2>&1 & p0=$!; " +
-      "RANK=1 LOCAL_RANK=1 " + env + " " + bin + args + " >" + logs + "/rank1.log 2>&1 & p1=$!; " +
-      "while [ ! -e " + killed + "/continual/stream.json ] && kill -0 $p1 2>/dev/null; do sleep 0.01; done; " +
-      "kill -9 $p1; wait $p0; a=$?; wait $p1; b=$?; cat " + logs + "/rank0.log; echo \"exit $a $b\"");
+  const auto [code, out] =
+      stream_with_rank_one_killed(stream_args(killed) + " --teacher " + teacher + "/teacher/best.pt", killed, logs);
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("exit 1 137"), std::string::npos) << "rank 0 fails, rank 1 was killed\n" << out;
   EXPECT_NE(out.find("rank 0: a collective of the job failed: another rank stopped"), std::string::npos) << out;
@@ -362,13 +370,7 @@ TEST(Distributed, ARowShardedStreamLearnsAsOneProcessAndResumes) {
   }
 
   const std::string killed = (dir.path() / "killed").string();
-  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port());
-  const std::string bin = FRESHREC_BINARY, first = args("killed") + teacher;
-  const auto [kill_code, kill_out] = run_command(
-      "RANK=0 LOCAL_RANK=0 " + env + " " + bin + first + " >" + logs + "/rank0.log 2>&1 & p0=$!; " +
-      "RANK=1 LOCAL_RANK=1 " + env + " " + bin + first + " >" + logs + "/rank1.log 2>&1 & p1=$!; " +
-      "while [ ! -e " + killed + "/continual/stream.json ] && kill -0 $p1 2>/dev/null; do sleep 0.01; done; " +
-      "kill -9 $p1; wait $p0; a=$?; wait $p1; b=$?; echo \"exit $a $b\"");
+  const auto [kill_code, kill_out] = stream_with_rank_one_killed(args("killed") + teacher, killed, logs);
   ASSERT_EQ(kill_code, 0) << kill_out;
   EXPECT_NE(kill_out.find("exit 1 137"), std::string::npos) << kill_out;
   const auto [resumed_code, resumed_out] = two_ranks(args("killed") + " --resume", logs);
@@ -484,13 +486,8 @@ TEST(Distributed, KafkaRanksReadTheirPartitionsAndResumeAfterAKill) {
   EXPECT_EQ(stream_metrics(sharded).first, stream_metrics(whole).first);
 
   const std::string killed = (dir.path() / "killed").string();
-  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port());
-  const std::string bin = FRESHREC_BINARY, first = args("killed") + " --teacher " + teacher + "/teacher/best.pt";
-  const auto [code, out] = run_command(
-      "RANK=0 LOCAL_RANK=0 " + env + " " + bin + first + " >" + logs + "/rank0.log 2>&1 & p0=$!; " +
-      "RANK=1 LOCAL_RANK=1 " + env + " " + bin + first + " >" + logs + "/rank1.log 2>&1 & p1=$!; " +
-      "while [ ! -e " + killed + "/continual/stream.json ] && kill -0 $p1 2>/dev/null; do sleep 0.01; done; " +
-      "kill -9 $p1; wait $p0; a=$?; wait $p1; b=$?; cat " + logs + "/rank0.log; echo \"exit $a $b\"");
+  const auto [code, out] =
+      stream_with_rank_one_killed(args("killed") + " --teacher " + teacher + "/teacher/best.pt", killed, logs);
   ASSERT_EQ(code, 0) << out;
   EXPECT_NE(out.find("exit 1 137"), std::string::npos) << out;
   std::ifstream manifest_in(fs::path(killed) / "continual" / "stream.json");

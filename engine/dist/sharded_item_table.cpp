@@ -23,6 +23,21 @@ std::vector<int64_t> to_vector(const torch::Tensor& t) {
 
 }  // namespace
 
+// The table an autograd function's forward used and the step it ran in, kept in its context; its
+// backward pass recalls the table, and is refused after that step exchanged the gradients.
+struct TableStep {
+  static void remember(torch::autograd::AutogradContext* ctx, ShardedItemTable* table) {
+    ctx->saved_data["table"] = reinterpret_cast<int64_t>(table);
+    ctx->saved_data["generation"] = table->generation_;
+  }
+  static ShardedItemTable* recall(torch::autograd::AutogradContext* ctx, const char* what) {
+    auto* table = reinterpret_cast<ShardedItemTable*>(ctx->saved_data["table"].toInt());
+    TORCH_CHECK(ctx->saved_data["generation"].toInt() == table->generation_, "a row-sharded item table's ", what,
+                " was differentiated after its step exchanged the gradients");
+    return table;
+  }
+};
+
 // The lookup as an autograd function: the forward fetches the unique ids' rows from their owners;
 // the backward sums each unique id's gradient and leaves it in the table's slot for this lookup.
 struct ShardedLookup : public torch::autograd::Function<ShardedLookup> {
@@ -32,18 +47,15 @@ struct ShardedLookup : public torch::autograd::Function<ShardedLookup> {
     auto rows = table->rows_of(items, &unique, &inverse);
     const int64_t slot = static_cast<int64_t>(table->pending_.size());
     table->pending_.push_back({unique, torch::Tensor()});
-    ctx->saved_data["table"] = reinterpret_cast<int64_t>(table);
+    TableStep::remember(ctx, table);
     ctx->saved_data["slot"] = slot;
-    ctx->saved_data["generation"] = table->generation_;
     ctx->save_for_backward({inverse});
     return rows;
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grad_outputs) {
-    auto* table = reinterpret_cast<ShardedItemTable*>(ctx->saved_data["table"].toInt());
-    TORCH_CHECK(ctx->saved_data["generation"].toInt() == table->generation_,
-                "a row-sharded item table's lookup was differentiated after its step exchanged the gradients");
+    auto* table = TableStep::recall(ctx, "lookup");
     auto& slot = table->pending_.at(static_cast<size_t>(ctx->saved_data["slot"].toInt()));
     const auto inverse = ctx->get_saved_variables()[0];
     const int64_t unique = slot.ids.size(0);
@@ -65,17 +77,14 @@ struct ShardedSoftmax : public torch::autograd::Function<ShardedSoftmax> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& hidden,
                                const torch::Tensor& targets, ShardedItemTable* table, int64_t chunk) {
     auto [loss, grad_hidden, grad_rows] = table->softmax_pass(hidden.detach(), targets, chunk);
-    ctx->saved_data["table"] = reinterpret_cast<int64_t>(table);
-    ctx->saved_data["generation"] = table->generation_;
+    TableStep::remember(ctx, table);
     ctx->save_for_backward({grad_hidden.to(hidden.scalar_type()), grad_rows});
     return loss;
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grad_outputs) {
-    auto* table = reinterpret_cast<ShardedItemTable*>(ctx->saved_data["table"].toInt());
-    TORCH_CHECK(ctx->saved_data["generation"].toInt() == table->generation_,
-                "a row-sharded item table's full softmax was differentiated after its step exchanged the gradients");
+    auto* table = TableStep::recall(ctx, "full softmax");
     const auto saved = ctx->get_saved_variables();
     const auto scale = grad_outputs[0];
     const auto& rows = saved[1];

@@ -94,6 +94,7 @@ class ShardedItemTable final : public ItemRows {
  private:
   friend struct ShardedLookup;
   friend struct ShardedSoftmax;
+  friend struct TableStep;
   // full_softmax_loss's exchanges: the mean loss, the gradient of `hidden`, and this rank's rows' gradient.
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> softmax_pass(const torch::Tensor& hidden,
                                                                        const torch::Tensor& targets, int64_t chunk);

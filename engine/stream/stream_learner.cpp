@@ -171,8 +171,7 @@ class StreamLearner {
       ++consumed_here_;
       if (!record.event) {
         ++dead_here_;
-        dead_letters_ << dead_letter_json(record) << "\n";
-        spdlog::debug("dead letter at {}: {}", record.origin, printable(record.error));
+        dead_letter(record);
       } else {
         if (raw_.empty()) oldest_raw_ = std::chrono::steady_clock::now();
         raw_.push_back({record.event->user, record.event->item, std::chrono::steady_clock::now()});
@@ -183,22 +182,15 @@ class StreamLearner {
     if (batch_events_ == 0) oldest_pending_ = std::chrono::steady_clock::now();
     if (!record.event) {
       ++summary_.dead_letters;
-      if (writes_dead_letters_) dead_letters_ << dead_letter_json(record) << "\n";
-      spdlog::debug("dead letter at {}: {}", record.origin, printable(record.error));
+      dead_letter(record);
     } else if (!mine(record.event->user)) {
       item_id(record.event->item, nullptr);
       ++batch_events_;
     } else {
-      bool new_user = false;
-      const int32_t slot = store_.user_slot(record.event->user, &new_user);
-      new_users_here_ += new_user;
+      const int32_t slot = user_slot(record.event->user);
       bool cold = false;
       const int32_t item = item_id(record.event->item, &cold);
-      const auto length = static_cast<int32_t>(store_.history(slot).size());
-      const int64_t seen = seen_ ? seen_->add(slot, item) : 0;
-      pending_.push_back({slot, length, item, seen, cold, std::chrono::steady_clock::now(), batch_events_});
-      store_.push(slot, item);
-      ++batch_events_;
+      add_pending(slot, item, cold, std::chrono::steady_clock::now(), batch_events_++);
     }
     if (batch_events_ >= settings_.batch_size) flush();
   }
@@ -275,14 +267,9 @@ class StreamLearner {
     }
     for (size_t i = 0; i < raw_.size(); ++i) {
       const auto& r = raw_[i];
-      bool new_user = false;
-      const int32_t slot = store_.user_slot(r.user, &new_user);
-      new_users_here_ += new_user;
+      const int32_t slot = user_slot(r.user);
       const int32_t item = items_.find(r.item);
-      const auto length = static_cast<int32_t>(store_.history(slot).size());
-      const int64_t seen = seen_ ? seen_->add(slot, item) : 0;
-      pending_.push_back({slot, length, item, seen, item >= first_new, r.arrival, offset + static_cast<int64_t>(i)});
-      store_.push(slot, item);
+      add_pending(slot, item, item >= first_new, r.arrival, offset + static_cast<int64_t>(i));
     }
     raw_.clear();
     consumed_here_ = dead_here_ = 0;
@@ -321,6 +308,29 @@ class StreamLearner {
   }
 
  private:
+  // A malformed record's dead letter, written where this rank writes them.
+  void dead_letter(const StreamRecord& record) {
+    if (writes_dead_letters_) dead_letters_ << dead_letter_json(record) << "\n";
+    spdlog::debug("dead letter at {}: {}", record.origin, printable(record.error));
+  }
+
+  // This rank's history slot of `user`, counting a new user.
+  int32_t user_slot(const std::string& user) {
+    bool new_user = false;
+    const int32_t slot = store_.user_slot(user, &new_user);
+    new_users_here_ += new_user;
+    return slot;
+  }
+
+  // An event of this rank's user into the open micro-batch (its place `index` among every rank's
+  // events there) and the user's history.
+  void add_pending(int32_t slot, int32_t item, bool cold, std::chrono::steady_clock::time_point arrival, int64_t index) {
+    const auto length = static_cast<int32_t>(store_.history(slot).size());
+    const int64_t seen = seen_ ? seen_->add(slot, item) : 0;
+    pending_.push_back({slot, length, item, seen, cold, arrival, index});
+    store_.push(slot, item);
+  }
+
   // With every item of every history kept (stream.history_keep=0), each user's distinct items live on
   // the device (SeenItems), filled here from the store once; a bounded store walks its kept items.
   void fill_seen() {
